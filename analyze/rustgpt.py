@@ -303,8 +303,14 @@ def load_examples(corpus: str | os.PathLike | None) -> list[str]:
     except (ModuleNotFoundError, OSError, ValueError):
         pass
     if corpus is not None:
+        path = Path(corpus)
+        if path.is_dir():  # a corpus directory: the reference layout or ours
+            found = [path / n for n in ("chat_training_data.json", "instruct.txt") if (path / n).is_file()]
+            if not found:
+                raise RustLogError(f"corpus directory {path} has no chat_training_data.json or instruct.txt")
+            path = found[0]
         try:
-            examples += _read_examples(Path(corpus).read_text(encoding="utf-8-sig"))
+            examples += _read_examples(path.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as e:
             raise RustLogError(f"cannot read corpus {corpus}: {e}") from e
     return examples
@@ -599,6 +605,8 @@ def parse(raw: bytes, *, name: str = "log", examples: list[str] | None = None) -
     if not steps:
         if _looks_binary(raw):
             raise RustLogError(f"{name}: binary file, not a RustGPT training log")
+        if text.lstrip().startswith("{"):
+            raise RustLogError(f"{name}: telemetry JSONL, not a text log (nothing to import)")
         if any(m in text for m in _SNIFF_MARKERS):
             raise RustLogError(f"{name}: RustGPT log without any 'Training epoch completed' line "
                                "(a failed build, or a run stopped before its first epoch)")

@@ -25,7 +25,7 @@ Where each part of an epoch line goes (docs/telemetry.md, "Imported logs", says 
   DynW                 step.aux["entropy_weight"] (the entropy-loss weight; aux = {} without DynW)
   ThreshRange          step.thresh_range_min / thresh_range_max (min/max across layers of the
                        per-layer mean thresholds -- not per-token)
-  PredNorm             step.pred_norm           \  model-wide values: one per line, not per layer.
+  PredNorm             step.pred_norm           (model-wide values: one per line, not per layer)
   Complexity m [a-b]   step.complexity_mean / complexity_min / complexity_max (over tokens)
   Temp m [a-b]         step.temperature_mean / temperature_min / temperature_max
   ConfAvg/ConfMin/Fallback  step.conf_avg / conf_min / fallback (a trailing % kept as printed number,
@@ -290,18 +290,12 @@ def _read_examples(text: str) -> list[str]:
 
 
 def load_examples(corpus: str | os.PathLike | None) -> list[str]:
-    """Instruction examples to match samples against: the embedded corpus plus `corpus` if given.
+    """Instruction examples to match samples against: `corpus` (if given) first, then the embedded one.
 
-    The embedded file is read without importing `moh.data` (which needs torch).
+    A prompt found in `corpus` is matched against that answer even if the embedded corpus has the
+    same prompt. The embedded file is read without importing `moh.data` (which needs torch).
     """
     examples: list[str] = []
-    try:
-        from importlib import resources
-        ref = resources.files("moh").joinpath("corpus/instruct.txt")
-        if ref.is_file():
-            examples += _read_examples(ref.read_text(encoding="utf-8"))
-    except (ModuleNotFoundError, OSError, ValueError):
-        pass
     if corpus is not None:
         path = Path(corpus)
         if path.is_dir():  # a corpus directory: the reference layout or ours
@@ -313,6 +307,13 @@ def load_examples(corpus: str | os.PathLike | None) -> list[str]:
             examples += _read_examples(path.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as e:
             raise RustLogError(f"cannot read corpus {corpus}: {e}") from e
+    try:
+        from importlib import resources
+        ref = resources.files("moh").joinpath("corpus/instruct.txt")
+        if ref.is_file():
+            examples += _read_examples(ref.read_text(encoding="utf-8"))
+    except (ModuleNotFoundError, OSError, ValueError):
+        pass
     return examples
 
 

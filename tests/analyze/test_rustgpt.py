@@ -446,3 +446,26 @@ def test_reader_does_not_import_torch():
 
     code = "import sys, analyze.rustgpt as r; r.load_examples(None); assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- through the loader: a text log and its import look the same -------------------------------
+
+
+def _frames(run):
+    return {name: getattr(run, name) for name in ("steps", "layers", "head_load", "evals", "samples", "alerts")}
+
+
+@needs_shared
+@pytest.mark.parametrize("path", shared_logs(), ids=lambda p: p.name[:7])
+def test_loader_text_log_equals_imported_jsonl(tmp_path, path):
+    loader = pytest.importorskip("analyze.loader", reason="analyze.loader (issue 3) not in this tree yet")
+    import pandas as pd
+
+    direct = loader.load_run(path)
+    dst = tmp_path / "run.jsonl"
+    rustgpt.import_log(path, dst)
+    imported = loader.load_run(dst)
+    for name, frame in _frames(direct).items():
+        pd.testing.assert_frame_equal(frame, _frames(imported)[name], obj=name)
+    assert direct.meta == imported.meta and direct.end == imported.end
+    assert len(direct.steps) == len(steps_of(rustgpt.iter_records(path)))

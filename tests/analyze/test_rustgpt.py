@@ -469,3 +469,38 @@ def test_loader_text_log_equals_imported_jsonl(tmp_path, path):
         pd.testing.assert_frame_equal(frame, _frames(imported)[name], obj=name)
     assert direct.meta == imported.meta and direct.end == imported.end
     assert len(direct.steps) == len(steps_of(rustgpt.iter_records(path)))
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+
+def _run_import(*args):
+    from typer.testing import CliRunner
+
+    import cli
+
+    app = cli.app
+    lone = len(app.registered_commands) == 1 and not app.registered_groups and app.registered_callback is None
+    prefix = [] if lone else ["import"]  # typer runs a lone command as the app itself
+    return CliRunner().invoke(app, [*prefix, *map(str, args)])
+
+
+def test_cli_import_writes_jsonl_and_maps_errors_to_exit_3(tmp_path):
+    log = tmp_path / "train.log"
+    text, expected = make_log(3, samples=True, seed=29)
+    log.write_bytes(encode(text, "utf-16-le-bom", crlf=True))
+    dst = tmp_path / "run.jsonl"
+    res = _run_import(log, "-o", dst)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert len(steps_of(recs)) == len(expected)
+
+    bad = tmp_path / "crash.log"
+    bad.write_bytes(CRASHED_BUILD.encode())
+    res = _run_import(bad, "-o", tmp_path / "bad.jsonl")
+    assert res.exit_code == 3, res.output
+    assert "Training epoch completed" in res.output and not (tmp_path / "bad.jsonl").exists()
+    res = _run_import(tmp_path / "absent.log", "-o", tmp_path / "x.jsonl")
+    assert res.exit_code == 3, res.output
+    res = _run_import(log, "-o", tmp_path / "y.jsonl", "--input-format", "csv")
+    assert res.exit_code == 2, res.output

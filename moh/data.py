@@ -98,9 +98,10 @@ def load_corpus(path: str | os.PathLike | None) -> Corpus:
     """
     if path is None:
         root = resources.files("moh") / "corpus"
-        pre = _parse_text(root.joinpath(OWN_LAYOUT[0]).read_text("utf-8"), "moh/corpus/pretrain.txt")
-        ins = _parse_text(root.joinpath(OWN_LAYOUT[1]).read_text("utf-8"), "moh/corpus/instruct.txt")
-        _check_instruct(ins, "moh/corpus/instruct.txt")
+        pre_name, ins_name = (f"moh/corpus/{name}" for name in OWN_LAYOUT)
+        pre = _parse_text(root.joinpath(OWN_LAYOUT[0]).read_text("utf-8"), pre_name)
+        ins = _parse_text(root.joinpath(OWN_LAYOUT[1]).read_text("utf-8"), ins_name)
+        _check_instruct(ins, ins_name)
         return Corpus([normalize(t) for t, _ in pre], [normalize(t) for t, _ in ins], "embedded")
 
     path = os.fspath(path)
@@ -249,9 +250,9 @@ def make_batches(
     1. the example order is shuffled;
     2. each pool of `batch_size * bucket_batches` consecutive examples is sorted by length
        (stable, so ties keep their shuffled order) and cut into global batches of
-       `batch_size`; a last batch with fewer than `world_size` examples is merged into the
-       one before it (no example is dropped), so the final batch may be a little larger or
-       smaller than `batch_size`;
+       `batch_size`; a remainder is absorbed by the last batches (sizes differ by at most
+       one), so nothing is dropped and no batch is a small leftover (a corpus smaller than
+       one batch is a single smaller batch);
     3. the order of the global batches is shuffled.
     Each global batch is right-padded to its longest example; rank `r` of `world_size`
     takes a contiguous slice of its rows (sizes differ by at most one), so concatenating the
@@ -278,19 +279,32 @@ def make_batches(
     if max_len is not None:
         seqs = [s[:max_len] for s in seqs]
 
+    lengths = [len(s) for s in seqs]
     rng = random.Random(f"moh.make_batches:{seed}:{epoch}")
     order = list(range(len(seqs)))
     rng.shuffle(order)
     pool = batch_size * max(1, bucket_batches)
     for start in range(0, len(order), pool):
-        order[start : start + pool] = sorted(order[start : start + pool], key=lambda i: len(seqs[i]))
+        order[start : start + pool] = sorted(order[start : start + pool], key=lengths.__getitem__)
+    # (bucket_batches=1 sorts only within each batch: plain random batching, for comparison)
 
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(groups) > 1 and len(groups[-1]) < world_size:
-        groups[-2].extend(groups.pop())
+    # n // batch_size contiguous groups whose sizes differ by at most one, the larger ones
+    # last: a partial batch is never formed, nothing is dropped, the grouping does not depend
+    # on world_size (so every world size sees the same global batches) and no rank is empty.
+    n_groups = max(1, len(order) // batch_size)
+    base, extra = divmod(len(order), n_groups)
+    groups, start = [], 0
+    for g in range(n_groups):
+        size = base + (g >= n_groups - extra)
+        groups.append(order[start : start + size])
+        start += size
     rng.shuffle(groups)
 
-    return [_collate([seqs[i] for i in _shard(g, rank, world_size)], max(len(seqs[i]) for i in g), pad_id) for g in groups]
+    # Pad to the GLOBAL batch's longest example, so the ranks' shards concatenate exactly.
+    return [
+        _collate([seqs[i] for i in _shard(g, rank, world_size)], max(lengths[i] for i in g), pad_id)
+        for g in groups
+    ]
 
 
 def _shard(group: list[int], rank: int, world_size: int) -> list[int]:

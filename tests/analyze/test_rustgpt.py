@@ -504,3 +504,32 @@ def test_cli_import_writes_jsonl_and_maps_errors_to_exit_3(tmp_path):
     assert res.exit_code == 3, res.output
     res = _run_import(log, "-o", tmp_path / "y.jsonl", "--input-format", "csv")
     assert res.exit_code == 2, res.output
+
+
+def _has_command(name: str) -> bool:
+    import cli
+
+    return any((c.name or c.callback.__name__) == name for c in cli.app.registered_commands)
+
+
+@needs_shared
+@pytest.mark.parametrize("path", shared_logs(), ids=lambda p: p.name[:7])
+def test_report_text_log_equals_imported_jsonl(tmp_path, path):
+    if not _has_command("report"):
+        pytest.skip("`moh report` (issue 3) not in this tree yet")
+    from typer.testing import CliRunner
+
+    import cli
+
+    dst = tmp_path / "run.jsonl"
+    rustgpt.import_log(path, dst)
+    runner = CliRunner()
+    direct = runner.invoke(cli.app, ["report", str(path), "--format", "json"])
+    imported = runner.invoke(cli.app, ["report", str(dst), "--format", "json"])
+    assert direct.exit_code in (0, 1), direct.output
+    assert imported.exit_code == direct.exit_code, imported.output
+    a, b = json.loads(direct.stdout), json.loads(imported.stdout)
+    assert a["verdict"] == b["verdict"]
+    assert a["criteria"] == b["criteria"]
+    key = lambda f: (f["code"], f["severity"], f["layer"], json.dumps(f["evidence"], sort_keys=True))  # noqa: E731
+    assert sorted(map(key, a["findings"])) == sorted(map(key, b["findings"]))

@@ -116,6 +116,7 @@ def test_shared_logs_end_and_samples():
     records = list(rustgpt.iter_records(trm, corpus=CHAT))
     steps = steps_of(records)
     assert records[0]["model"]["n_layers"] == 1, "a TRM's shared layer is printed twice, counted once"
+    assert all([lay["label"] for lay in s["layers"]] == ["L1"] for s in steps)
     assert all(s["aux"] == {"entropy_weight": 0.0} for s in steps)
     assert any(s["complexity_min"] == s["complexity_max"] for s in steps)
     assert all(s["grad_norms_source"] == "lars" for s in steps)

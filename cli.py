@@ -30,6 +30,58 @@ app = typer.Typer(
 
 # ---- plot (analyze/) ------------------------------------------------------------------------
 
+
+@app.command("plot")
+def plot(
+    runs: list[Path] = typer.Argument(..., help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
+    fmt: str = typer.Option("png", "--format", help="png or svg."),
+    x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
+    input_format: str = typer.Option("auto", "--input-format", help="auto, jsonl or rustgpt."),
+    strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
+) -> None:
+    """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
+    import warnings
+
+    from analyze import loader, plots
+
+    if fmt not in plots.FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(plots.FORMATS)}, not {fmt!r}", err=True)
+        raise typer.Exit(2)
+    if x not in ("step", "time"):
+        typer.echo(f"error: --x must be step or time, not {x!r}", err=True)
+        raise typer.Exit(2)
+    if input_format not in loader.INPUT_FORMATS:
+        typer.echo(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}", err=True)
+        raise typer.Exit(2)
+    loaded = []
+    for path in runs:
+        try:
+            run = loader.load_run(path, strict=strict, input_format=input_format)
+        except (loader.LoadError, OSError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(3)
+        for note in run.notes:
+            typer.echo(f"note: {path}: {note}", err=True)
+        loaded.append(run)
+    try:
+        plots.prepare_output_dir(output)
+    except OSError as e:
+        typer.echo(f"error: cannot write to {output}: {e.strerror or e}", err=True)
+        raise typer.Exit(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", plots.PlotWarning)
+        try:
+            written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step")
+        except OSError as e:
+            typer.echo(f"error: cannot write to {output}: {e.strerror or e}", err=True)
+            raise typer.Exit(3)
+    for w in caught:
+        if issubclass(w.category, plots.PlotWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+    for path in written:
+        typer.echo(str(path))
+
 # ---- import (analyze/) ----------------------------------------------------------------------
 
 

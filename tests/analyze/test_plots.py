@@ -227,3 +227,11 @@ def test_cli_plot_usage_errors_exit_2(tmp_path, logs):
     assert result.exit_code == 2, result.output
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "absent.jsonl"), "-o", str(tmp_path)])
     assert result.exit_code == 3, result.output
+
+
+def test_write_figures_in_forked_workers_matches_serial(tmp_path, healthy, dense):
+    with pytest.warns(plots.PlotWarning, match="dense"):
+        forked = plots.write_figures([healthy, dense], tmp_path / "a", jobs=2)
+    with pytest.warns(plots.PlotWarning, match="dense"):
+        serial = plots.write_figures([healthy, dense], tmp_path / "b", jobs=1)
+    assert [p.name for p in forked] == [p.name for p in serial] == [f"{f}.png" for f in FAMILIES]

@@ -1,0 +1,504 @@
+"""Success criteria: the reference "Expected vs Actual" table as data, evaluated on a `Run`.
+
+A criterion is a metric, a window, a target and where it applies (per layer, per phase); its
+result has a status `pass | fail | warn | missing`. The defaults live in `default_criteria.toml`
+(next to this file, documented there); a user file is merged over them (`load_criteria`).
+
+Decisions worth knowing:
+- `missing` means "could not be judged" (metric not logged, no evals, or a routing criterion on a
+  dense baseline, which has no routing: marked n/a). It does not fail the verdict; the report says
+  so plainly. A routing stat that is absent is a *fail* of `statistics_logged`, though: that is what
+  that criterion is for.
+- Criteria read the log's declared semantics: a head figure that is a soft-weight sum cannot pass
+  "average heads" (pass becomes warn, with the reason); a post-clip gradient norm is flagged.
+- float32 per-layer stats are compared with a 1e-6 relative tolerance, so 0.8 stored as
+  0.80000001 is not a miss.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moh import schema
+
+from .run import Run
+
+__all__ = ["Criterion", "Result", "CriteriaError", "load_criteria", "evaluate", "verdict",
+           "DEFAULT_CRITERIA_PATH", "STATUSES"]
+
+DEFAULT_CRITERIA_PATH = Path(__file__).with_name("default_criteria.toml")
+STATUSES = ("pass", "fail", "warn", "missing")
+KINDS = ("value", "stats_logged", "changes")
+WINDOWS = ("final", "last", "max_after_warmup", "every_step")
+PHASES = ("all", "each", "last")
+SEVERITIES = ("fail", "warn")
+_TOL = 1e-6
+
+
+class CriteriaError(Exception):
+    """A criteria file is unreadable or invalid; one-line message naming the file and key."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    label: str = ""
+    kind: str = "value"
+    metric: str | None = None
+    fallback: str | None = None
+    min_metric: str | None = None
+    max_metric: str | None = None
+    metrics: tuple[str, ...] = ()
+    window: str = "final"
+    n: int = 50
+    warmup: float = 0.1
+    target_min: float | None = None
+    target_max: float | None = None
+    min_change: float = 1e-6
+    phases: str = "all"
+    routing: bool = False
+    severity: str = "fail"
+    enabled: bool = True
+
+    @property
+    def target_text(self) -> str:
+        if self.kind == "stats_logged":
+            return f"all {len(self.metrics)} present, not all 0"
+        if self.kind == "changes":
+            return f"each changes (> {self.min_change:g})"
+        lo, hi = self.target_min, self.target_max
+        if lo is not None and hi is not None:
+            return f"[{lo:g}, {hi:g}]"
+        return f"≤ {hi:g}" if hi is not None else f"≥ {lo:g}"
+
+    def window_text(self) -> str:
+        return {
+            "final": "final value",
+            "last": f"mean of last {self.n} logged steps",
+            "max_after_warmup": (f"max after warmup ({self.warmup:g} of the phase)" if self.warmup < 1
+                                 else f"max after {int(self.warmup)} warmup steps"),
+            "every_step": "every logged step",
+        }[self.window] if self.kind == "value" else "whole run"
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    label: str
+    status: str
+    value: Any                   # float | [lo, hi] | int | {metric: change} | None
+    target: str
+    layer: int | None = None
+    phase: str | None = None
+    window: str = ""
+    metric: str | None = None
+    detail: str = ""
+    applicable: bool = True
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "label": self.label, "status": self.status,
+                "value": _jsonable(self.value), "target": self.target, "layer": self.layer,
+                "phase": self.phase, "window": self.window, "metric": self.metric,
+                "detail": self.detail, "applicable": self.applicable}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+# ---- loading criteria files ----------------------------------------------------------------
+
+_KEYS = {"label", "kind", "metric", "fallback", "min_metric", "max_metric", "metrics", "window", "n",
+         "warmup", "target", "min_change", "phases", "routing", "severity", "enabled"}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CriteriaError(f"{path}: no such criteria file") from None
+    except IsADirectoryError:
+        raise CriteriaError(f"{path}: is a directory, not a criteria file") from None
+    except PermissionError:
+        raise CriteriaError(f"{path}: permission denied") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CriteriaError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise CriteriaError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise CriteriaError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _build(name: str, spec: dict, defaults: dict, where: str) -> Criterion:
+    def bad(msg: str) -> CriteriaError:
+        return CriteriaError(f"{where}: [criteria.{name}] {msg}")
+
+    unknown = sorted(set(spec) - _KEYS)
+    if unknown:
+        raise bad(f"unknown key '{unknown[0]}' (known: {', '.join(sorted(_KEYS))})")
+    kw: dict[str, Any] = {"name": name, "label": spec.get("label", name.replace("_", " ").capitalize())}
+    for key, typ in (("kind", str), ("metric", str), ("fallback", str), ("min_metric", str),
+                     ("max_metric", str), ("window", str), ("phases", str), ("severity", str),
+                     ("label", str), ("routing", bool), ("enabled", bool)):
+        if key in spec:
+            if not isinstance(spec[key], typ):
+                raise bad(f"'{key}' must be a {typ.__name__}, not {spec[key]!r}")
+            kw[key] = spec[key]
+    for key in ("n", "warmup", "min_change"):
+        val = spec.get(key, defaults.get(key))
+        if val is None:
+            continue
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+            raise bad(f"'{key}' must be a non-negative number, not {val!r}")
+        kw[key] = val
+    if "n" in kw:
+        if kw["n"] < 1 or kw["n"] != int(kw["n"]):
+            raise bad(f"'n' must be a whole number >= 1, not {kw['n']!r}")
+        kw["n"] = int(kw["n"])
+    if "metrics" in spec:
+        m = spec["metrics"]
+        if not isinstance(m, list) or not m or not all(isinstance(x, str) for x in m):
+            raise bad("'metrics' must be a non-empty list of column names")
+        kw["metrics"] = tuple(m)
+    if "target" in spec:
+        t = spec["target"]
+        if not isinstance(t, dict) or not t or set(t) - {"min", "max"}:
+            raise bad("'target' must be a table with 'min' and/or 'max', e.g. { max = 0.4 }")
+        for k, v in t.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+                raise bad(f"target.{k} must be a number, not {v!r}")
+        kw["target_min"], kw["target_max"] = t.get("min"), t.get("max")
+        if kw["target_min"] is not None and kw["target_max"] is not None and kw["target_min"] > kw["target_max"]:
+            raise bad("target.min is greater than target.max")
+    c = Criterion(**kw)
+    for attr, allowed in (("kind", KINDS), ("window", WINDOWS), ("phases", PHASES), ("severity", SEVERITIES)):
+        if getattr(c, attr) not in allowed:
+            raise bad(f"'{attr}' must be one of {', '.join(allowed)}, not {getattr(c, attr)!r}")
+    if c.enabled:
+        if c.kind == "value":
+            if not c.metric:
+                raise bad("needs a 'metric'")
+            if c.target_min is None and c.target_max is None:
+                raise bad("needs a 'target', e.g. { max = 0.4 }")
+        elif not c.metrics:
+            raise bad(f"kind '{c.kind}' needs 'metrics'")
+    return c
+
+
+def _merge_specs(base: dict, override: dict, where: str) -> dict:
+    out = {k: dict(v) for k, v in base.items()}
+    for name, spec in override.items():
+        if not isinstance(spec, dict):
+            raise CriteriaError(f"{where}: 'criteria.{name}' must be a table")
+        if name in out:
+            merged = {**out[name], **spec}
+            if "target" in spec:
+                merged["target"] = spec["target"]  # a new target replaces, never mixes bounds
+            out[name] = merged
+        else:
+            out[name] = dict(spec)
+    return out
+
+
+def _split(doc: dict, where: str) -> tuple[dict, dict, bool]:
+    unknown = sorted(set(doc) - {"defaults", "criteria", "replace"})
+    if unknown:
+        raise CriteriaError(f"{where}: unknown top-level key '{unknown[0]}' (known: criteria, defaults, replace)")
+    defaults = doc.get("defaults", {})
+    crit = doc.get("criteria", {})
+    replace_ = doc.get("replace", False)
+    if not isinstance(defaults, dict) or set(defaults) - {"n", "warmup", "min_change"}:
+        raise CriteriaError(f"{where}: [defaults] may only set n, warmup, min_change")
+    if not isinstance(crit, dict):
+        raise CriteriaError(f"{where}: 'criteria' must be a table of tables")
+    if not isinstance(replace_, bool):
+        raise CriteriaError(f"{where}: 'replace' must be true or false")
+    return defaults, crit, replace_
+
+
+def load_criteria(path: str | Path | None = None) -> list[Criterion]:
+    """The default criteria, with the file at `path` (if any) merged over them. Enabled ones only."""
+    base_defaults, base_crit, _ = _split(_read_toml(DEFAULT_CRITERIA_PATH), str(DEFAULT_CRITERIA_PATH))
+    defaults, specs, where = base_defaults, base_crit, str(DEFAULT_CRITERIA_PATH)
+    if path is not None:
+        where = str(path)
+        user_defaults, user_crit, replace_ = _split(_read_toml(Path(path)), where)
+        defaults = {**({} if replace_ else base_defaults), **user_defaults}
+        specs = _merge_specs({} if replace_ else base_crit, user_crit, where)
+    out = [_build(name, spec, defaults, where) for name, spec in specs.items()]
+    out = [c for c in out if c.enabled]
+    if not out:
+        raise CriteriaError(f"{where}: no enabled criteria")
+    return out
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+def _segments(frame: pd.DataFrame, phases: str) -> list[tuple[str | None, pd.DataFrame]]:
+    """(phase, rows) pieces of `frame` the criterion is judged on, in run order."""
+    if phases == "all" or "phase" not in frame or frame["phase"].isna().all():
+        return [(None, frame)]
+    col = frame["phase"]
+    names = [p for p in pd.unique(col.dropna())]
+    segs = [(str(p), frame[col == p]) for p in names]
+    return segs[-1:] if phases == "last" else segs
+
+
+def _source(run: Run, metric: str) -> tuple[str, pd.DataFrame] | None:
+    """Where `metric` lives: ('layers'|'steps'|'evals', frame) or None when not logged."""
+    if metric.startswith("eval."):
+        col = metric[5:]
+        if col in run.evals and run.evals[col].notna().any():
+            return "evals", run.evals
+        return None
+    if metric in run.layers and run.layers[metric].notna().any():
+        return "layers", run.layers
+    if metric in run.steps and run.steps[metric].notna().any():
+        return "steps", run.steps
+    return None
+
+
+def _window(c: Criterion, values: np.ndarray) -> float:
+    """Apply the criterion's window to one series (already in step order)."""
+    if len(values) == 0:
+        return math.nan
+    if c.window == "final":
+        return float(values[-1])
+    if c.window == "last":
+        tail = values[-c.n:]
+        tail = tail[~np.isnan(tail)]
+        return float(tail.mean()) if len(tail) else math.nan
+    if c.window == "max_after_warmup":
+        skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
+        rest = values[skip:] if skip < len(values) else values[-1:]
+        rest = rest[~np.isnan(rest)]
+        return float(rest.max()) if len(rest) else math.nan
+    raise AssertionError(c.window)
+
+
+def _within(c: Criterion, lo: float, hi: float) -> bool:
+    ok = True
+    if c.target_min is not None:
+        ok &= lo >= c.target_min - _TOL * max(1.0, abs(c.target_min))
+    if c.target_max is not None:
+        ok &= hi <= c.target_max + _TOL * max(1.0, abs(c.target_max))
+    return bool(ok)
+
+
+def _series(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return frame[col].to_numpy(dtype=np.float64, na_value=np.nan) if col in frame else np.zeros(0)
+
+
+def _judge_value(c: Criterion, run: Run, rows: pd.DataFrame, metric: str) -> tuple[str, Any, str]:
+    vals = _series(rows, metric)
+    if c.window == "every_step":
+        lo_col = c.min_metric if c.min_metric and c.min_metric in rows and rows[c.min_metric].notna().any() else metric
+        hi_col = c.max_metric if c.max_metric and c.max_metric in rows and rows[c.max_metric].notna().any() else metric
+        lo_v, hi_v = _series(rows, lo_col), _series(rows, hi_col)
+        if np.isnan(lo_v).all() or np.isnan(hi_v).all():
+            return "missing", None, "no values in this window"
+        lo, hi = float(np.nanmin(lo_v)), float(np.nanmax(hi_v))
+        if c.target_min is not None and c.target_max is not None:
+            value: Any = [lo, hi]
+        else:
+            value = lo if c.target_min is not None else hi
+        ok = _within(c, lo, hi)
+        detail = "" if ok else _first_miss(c, rows, lo_col, hi_col)
+        return ("pass" if ok else "fail"), value, detail
+    v = _window(c, vals)
+    if math.isnan(v):
+        if len(vals) and not np.isnan(vals).all():
+            return "fail", v, "non-finite value in the window"
+        return "missing", None, "no values in this window"
+    return ("pass" if _within(c, v, v) else "fail"), v, ""
+
+
+def _first_miss(c: Criterion, rows: pd.DataFrame, lo_col: str, hi_col: str) -> str:
+    bad = np.zeros(len(rows), dtype=bool)
+    if c.target_min is not None:
+        bad |= _series(rows, lo_col) < c.target_min - _TOL * max(1.0, abs(c.target_min))
+    if c.target_max is not None:
+        bad |= _series(rows, hi_col) > c.target_max + _TOL * max(1.0, abs(c.target_max))
+    idx = np.nonzero(bad)[0]
+    if not len(idx):
+        return ""
+    steps = rows["step"].to_numpy()
+    return f"outside the target at {len(idx)} logged step(s), first at step {int(steps[idx[0]])}"
+
+
+def _eval_value(c: Criterion, run: Run) -> list[Result]:
+    metric = c.metric or ""
+    src = _source(run, metric)
+    if src is None and c.fallback:
+        metric = c.fallback
+        src = _source(run, metric)
+    if src is None:
+        why = "no eval records" if (c.metric or "").startswith("eval.") and not len(run.evals) else \
+            f"'{c.metric}' not in this log"
+        return [_missing(c, why, metric=c.metric)]
+    kind, frame = src
+    col = metric[5:] if kind == "evals" else metric
+    out = []
+    for phase, rows in _segments(frame, c.phases):
+        if kind == "layers":
+            for layer, lrows in rows.groupby("layer", sort=True, observed=True):
+                status, value, detail = _judge_value(c, run, lrows, col)
+                out.append(_result(c, status, value, detail, layer=int(layer), phase=phase, metric=metric))
+        else:
+            status, value, detail = _judge_value(c, run, rows, col)
+            out.append(_result(c, status, value, detail, phase=phase, metric=metric))
+    return out
+
+
+def _stats_logged(c: Criterion, run: Run) -> list[Result]:
+    layers = run.layers
+    if not len(layers):
+        return [_result(c, "fail", 0, "no per-layer statistics in the log")]
+    hl = run.head_load
+    hl_count = hl_nonzero = pd.Series(dtype=np.int64)
+    if "head_load" in c.metrics and len(hl):
+        load = hl["load"]
+        hl_count = load.notna().groupby(hl["layer"]).sum()
+        hl_nonzero = (load.notna() & (load != 0)).groupby(hl["layer"]).sum()
+    out = []
+    for layer, rows in layers.groupby("layer", sort=True, observed=True):
+        absent, zero = [], []
+        for m in c.metrics:
+            if m == "head_load":
+                if not hl_count.get(layer, 0):
+                    absent.append(m)
+                elif not hl_nonzero.get(layer, 0):
+                    zero.append(m)
+                continue
+            if m in rows:
+                v = rows[m].to_numpy(np.float64, na_value=np.nan)
+            else:
+                v = np.zeros(0)
+            v = v[~np.isnan(v)]
+            if not len(v):
+                absent.append(m)
+            elif not np.any(v != 0):
+                zero.append(m)
+        ok = len(c.metrics) - len(absent) - len(zero)
+        parts = ([f"absent: {', '.join(absent)}"] if absent else []) + \
+                ([f"identically 0: {', '.join(zero)}"] if zero else [])
+        status = "pass" if not parts else "fail"
+        out.append(_result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=int(layer)))
+    return out
+
+
+def _changes(c: Criterion, run: Run) -> list[Result]:
+    layers = run.layers
+    present = [m for m in c.metrics if m in layers and layers[m].notna().any()]
+    if not present:
+        return [_missing(c, f"none of {', '.join(c.metrics)} in this log")]
+    out = []
+    for layer, rows in layers.groupby("layer", sort=True, observed=True):
+        changes: dict[str, float | None] = {}
+        still, absent = [], []
+        for m in c.metrics:
+            v = rows[m].to_numpy(np.float64, na_value=np.nan) if m in rows else np.zeros(0)
+            v = v[np.isfinite(v)]
+            if not len(v):
+                absent.append(m)
+                changes[m] = None
+                continue
+            changes[m] = float(v.max() - v.min())
+            if changes[m] <= c.min_change:
+                still.append(m)
+        if still:
+            status, detail = "fail", f"constant over the run: {', '.join(still)}"
+        elif absent:
+            status, detail = "warn", f"not logged: {', '.join(absent)}"
+        else:
+            status, detail = "pass", ""
+        out.append(_result(c, status, changes, detail, layer=int(layer)))
+    return out
+
+
+def _result(c: Criterion, status: str, value: Any, detail: str = "", *, layer: int | None = None,
+            phase: str | None = None, metric: str | None = None) -> Result:
+    if status == "fail" and c.severity == "warn":
+        status = "warn"
+    return Result(name=c.name, label=c.label, status=status, value=value, target=c.target_text,
+                  layer=layer, phase=phase, window=c.window_text(), metric=metric or c.metric,
+                  detail=detail)
+
+
+def _missing(c: Criterion, why: str, *, metric: str | None = None, applicable: bool = True) -> Result:
+    return Result(name=c.name, label=c.label, status="missing", value=None, target=c.target_text,
+                  window=c.window_text(), metric=metric or c.metric, detail=why, applicable=applicable)
+
+
+def _semantics(c: Criterion, run: Run, results: list[Result]) -> list[Result]:
+    """Qualify results by what the logged numbers mean (declared in run_start semantics)."""
+    sem = {**schema.DEFAULT_SEMANTICS, **run.semantics}
+    metrics = {c.metric, c.fallback} | set(c.metrics)
+    out = []
+    for r in results:
+        if r.status == "missing":
+            out.append(r)
+            continue
+        notes, status = [], r.status
+        if metrics & {"heads_mean", "heads_min", "heads_max"} and sem.get("heads") == schema.HEADS_SOFT_WEIGHT_SUM:
+            notes.append("heads are a soft-weight sum, not a hard head count")
+            if status == "pass":
+                status = "warn"
+        if r.metric == "grad_norm":
+            if sem.get("grad_norm") == schema.GRAD_NORM_POST_CLIP:
+                clip = sem.get("grad_norm_clip")
+                notes.append("logged norm is after clipping" + (f" at {clip:g}" if isinstance(clip, (int, float)) else ""))
+            if sem.get("grad_norm_reduction") == "epoch_mean":
+                notes.append("an epoch mean (single-step spikes are hidden)")
+        if notes:
+            r = replace(r, status=status, detail="; ".join([d for d in [r.detail] if d] + notes))
+        out.append(r)
+    return out
+
+
+def evaluate(run: Run, criteria: list[Criterion] | None = None) -> list[Result]:
+    """One result per criterion, layer and phase it applies to."""
+    criteria = load_criteria() if criteria is None else criteria
+    dense = run.router == "dense"
+    results: list[Result] = []
+    for c in criteria:
+        if not c.enabled:
+            continue
+        if c.routing and dense:
+            results.append(_missing(c, "n/a: dense baseline, no routing", applicable=False))
+            continue
+        if c.kind == "stats_logged":
+            rs = _stats_logged(c, run)
+        elif c.kind == "changes":
+            rs = _changes(c, run)
+        else:
+            rs = _eval_value(c, run)
+        results.extend(_semantics(c, run, rs))
+    return results
+
+
+def verdict(results: list[Result], findings: list | None = None) -> str:
+    """'fail' when any criterion failed or any finding is an error; otherwise 'pass'."""
+    if any(r.status == "fail" for r in results):
+        return "fail"
+    if any(getattr(f, "severity", None) == "error" for f in findings or ()):
+        return "fail"
+    return "pass"

@@ -135,6 +135,7 @@ class _Ctx:
             for li, sub in lay.groupby("layer", sort=True, observed=True):
                 self.layer_frames[int(li)] = sub.sort_values("step", kind="stable").reset_index(drop=True)
         self.routing = (not self.dense) and (self.router is not None or bool(self.layer_frames))
+        self.final_loads: dict[int, np.ndarray] | None = None
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
                            and self.steps[s].notna().any()]
 
@@ -266,15 +267,17 @@ def silent_zero(ctx: _Ctx) -> list[Finding]:
                     f"does not apply); never return a fake 0"))
     loads = ctx.run.head_load
     if len(loads) and "load" in loads.columns:
-        for li, sub in loads.groupby("layer", observed=True):
-            v = sub["load"].to_numpy(float)
-            v = v[np.isfinite(v)]
-            if len(v) >= MIN_STEPS and np.all(np.abs(v) <= ZERO_ATOL):
-                out.append(Finding(
-                    "silent_zero", "error", int(li),
-                    f"head_load (layer {int(li)}) is 0 for every head on every step",
-                    _ev(values=v[:3], stat="head_load"),
-                    "log the fraction of tokens that selected each head"))
+        lay = loads["layer"].to_numpy().astype(np.int64)
+        v = loads["load"].to_numpy(float)
+        fin = np.isfinite(v)
+        n_fin = np.bincount(lay[fin], minlength=lay.max() + 1)
+        n_nonzero = np.bincount(lay[fin & (np.abs(v) > ZERO_ATOL)], minlength=lay.max() + 1)
+        for li in np.nonzero((n_fin >= MIN_STEPS) & (n_nonzero == 0))[0]:
+            out.append(Finding(
+                "silent_zero", "error", int(li),
+                f"head_load (layer {int(li)}) is 0 for every head on every step",
+                _ev(values=[0.0], stat="head_load", n=int(n_fin[li])),
+                "log the fraction of tokens that selected each head"))
     return out
 
 
@@ -402,6 +405,8 @@ def _quantum(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     if not len(v):
         return 0.0
+    if len(v) > 4096:  # the printing step shows in any few thousand values
+        v = v[np.linspace(0, len(v) - 1, 4096).astype(np.int64)]
     tol = 2e-7 * np.maximum(np.abs(v), 1e-3)  # float32 storage error
     for d in range(0, 10):
         if np.all(np.abs(np.round(v, d) - v) <= tol):
@@ -417,15 +422,17 @@ def _affine(x: np.ndarray, y: np.ndarray, qx: float | None = None,
     half a step of x (qx/qy: given for means over layers, whose own digits hide the step).
     """
     ok = np.isfinite(x) & np.isfinite(y)
-    if qx is None:
-        qx = _quantum(x)
-    if qy is None:
-        qy = _quantum(y)
     x, y = x[ok], y[ok]
     if len(x) < REDUNDANT_MIN_STEPS or np.ptp(x) == 0:
         return None
     b, a = np.polyfit(x, y, 1)
     resid = float(np.max(np.abs(y - (a + b * x))))
+    if resid * REDUNDANT_POWER > np.ptp(y):
+        return None  # cheap necessary condition: tol <= ptp / POWER and resid <= tol
+    if qx is None:
+        qx = _quantum(x)
+    if qy is None:
+        qy = _quantum(y)
     tol = REDUNDANT_SLACK * (qy + abs(b) * qx) + 1e-6 * float(np.max(np.abs(y)))
     if np.ptp(y) < REDUNDANT_POWER * tol or resid > tol:
         return None
@@ -439,7 +446,14 @@ def redundant_stat(ctx: _Ctx) -> list[Finding]:
     pairs = [(y, x) for i, x in enumerate(REDUNDANT_STATS) for y in REDUNDANT_STATS[:i]]
     step_index = ctx.steps["step"].to_numpy() if "step" in ctx.steps.columns else np.zeros(0)
 
+    cache: dict = {}
+
     def model_level(stat: str) -> tuple[np.ndarray | None, float]:
+        if stat not in cache:
+            cache[stat] = _model_level(stat)
+        return cache[stat]
+
+    def _model_level(stat: str) -> tuple[np.ndarray | None, float]:
         """(per-step value over the model, its printing half-step): the model-wide column,
         else the mean over layers (a mean of rounded values is off by at most their half-step)."""
         if stat in ctx.model_wide:
@@ -814,20 +828,32 @@ def head_collapse(ctx: _Ctx) -> list[Finding]:
 
 
 def _final_loads(ctx: _Ctx) -> dict[int, np.ndarray]:
+    """Mean load per head over the final window, per layer (computed once per run)."""
+    if ctx.final_loads is not None:
+        return ctx.final_loads
+    ctx.final_loads = out = {}
     hl = ctx.run.head_load
-    if not len(hl) or "load" not in hl.columns or not ctx.n_heads:
-        return {}
-    steps = np.sort(pd.unique(hl["step"]))
-    if not len(steps):
-        return {}
+    H = ctx.n_heads
+    if not len(hl) or "load" not in hl.columns or not H:
+        return out
+    step = hl["step"].to_numpy()
+    steps = np.unique(step)
     cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
-    w = hl[hl["step"] >= cut]
-    mean = w.groupby(["layer", "head"], observed=True)["load"].mean()
-    out = {}
-    for li in mean.index.get_level_values(0).unique():
-        v = mean.loc[li].reindex(range(ctx.n_heads)).to_numpy(float)
-        if np.isfinite(v).all() and v.sum() > 0:
-            out[int(li)] = v
+    w = step >= cut
+    lay = hl["layer"].to_numpy()[w].astype(np.int64)
+    head = hl["head"].to_numpy()[w].astype(np.int64)
+    v = hl["load"].to_numpy(float)[w]
+    keep = np.isfinite(v) & (head >= 0) & (head < H) & (lay >= 0)
+    lay, head, v = lay[keep], head[keep], v[keep]
+    if not len(v):
+        return out
+    key = lay * H + head
+    n_l = int(lay.max()) + 1
+    sums = np.bincount(key, weights=v, minlength=n_l * H).reshape(n_l, H)
+    counts = np.bincount(key, minlength=n_l * H).reshape(n_l, H)
+    for li in range(n_l):
+        if (counts[li] > 0).all() and sums[li].sum() > 0:
+            out[li] = sums[li] / counts[li]
     return out
 
 

@@ -43,7 +43,8 @@ GRAD_SPIKE_WINDOW = 20       # "recent": the previous 20 logged steps
 GRAD_TARGET = 2.5            # the success table's bound; spikes that stay below it are harmless
 GRAD_GROWTH_FACTOR = 10.0    # a phase ending 10x above its calmest stretch keeps growing
 CLIP_TOL = 0.01              # "at the clip value": within 1% (epoch means of clipped norms)
-CLIP_SATURATED_FRACTION = 0.5    # clipped on most steps: the clip sets the step size, not the LR
+CLIP_SATURATED_FRACTION = 0.5    # clipped on most steps of a phase's second half (early steps
+                                 # after init are expected above the clip): the clip sets the step
 CLIP_INFO_FRACTION = 0.25
 LOSS_MIN_REL_DROP = 0.10     # a phase that lowers its loss by < 10% has not learned
 LOSS_TAIL_SHARE = 0.10       # the last tenth of a phase still giving >= 10% of its progress
@@ -607,12 +608,15 @@ def clip_saturation(ctx: _Ctx) -> list[Finding]:
         return []
     at = ok & (g >= clip * (1 - CLIP_TOL))
     steps = s["step"].to_numpy()
-    worst, worst_ph = float(at[ok].mean()), None
+    # "pinned": judged on the second half of each phase -- norms above the clip in the first
+    # steps after initialisation (or a phase start) are normal and the clip is there for them
+    worst, worst_ph = 0.0, None
     for ph, f in _phases(ctx, s):
         gg = f["grad_norm"].to_numpy(float)
-        okp = np.isfinite(gg)
-        if okp.sum() >= MIN_STEPS:
-            fr = float((gg[okp] >= clip * (1 - CLIP_TOL)).mean())
+        gg = gg[np.isfinite(gg)]
+        gg = gg[len(gg) // 2:]
+        if len(gg) >= MIN_STEPS // 2 + 1:
+            fr = float((gg >= clip * (1 - CLIP_TOL)).mean())
             if fr > worst:
                 worst, worst_ph = fr, ph
     n_at = int(at.sum())
@@ -637,7 +641,8 @@ def clip_saturation(ctx: _Ctx) -> list[Finding]:
     return [Finding(
         "clip_saturation", sev, None,
         f"the {ctx.grad_what()} is {what} the clip threshold {_g(clip)} on {_g(100 * worst)}% of "
-        f"logged steps{_in(worst_ph)}: the clip, not the learning rate, sets the update size",
+        f"the logged steps of the second half{_in(worst_ph)}: the clip, not the learning rate, sets "
+        f"the update size",
         _ev(steps[at], g[at], clip=clip, fraction=worst, phase=worst_ph),
         "lower the learning rate or raise the clip threshold; a norm pinned above the clip for "
         "long usually means the LR is too high")]

@@ -259,3 +259,16 @@ def test_reference_logs_show_their_known_faults(name, expected):
     assert all("soft-weight sum" in f.message for f in fs if f.code == "redundant_stat")
     for f in fs:
         json.dumps(f.to_dict(), allow_nan=False)
+
+
+def test_norm_above_the_clip_only_early_in_each_phase_is_not_saturation(tmp_path):
+    recs = synthetic.generate(n_steps=N_STEPS)
+    for phase in (schema.PHASE_PRETRAIN, schema.PHASE_INSTRUCT):
+        steps = [r for r in recs if r["event"] == schema.STEP and r["phase"] == phase]
+        for r in steps[: int(len(steps) * 0.45)]:
+            r["grad_norm"] = 1.8  # clip is 1.0: well above it, but only while the phase starts
+    assert "clip_saturation" not in codes(run_of(tmp_path, recs))
+    for r in recs:
+        if r["event"] == schema.STEP:
+            r["grad_norm"] = 1.8
+    assert "clip_saturation" in codes(run_of(tmp_path, recs, name="b"))

@@ -28,6 +28,112 @@ app = typer.Typer(
 
 # ---- report / compare (analyze/) ------------------------------------------------------------
 
+
+_FORMAT_HELP = "table (rich, for a terminal), md (Markdown, for docs) or json (one document)."
+_CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_criteria.toml)."
+
+
+def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
+    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
+    from analyze import criteria as crit
+    from analyze import loader, report
+
+    if fmt not in report.FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(report.FORMATS)}, not {fmt!r}", err=True)
+        raise typer.Exit(2)
+    if input_format not in loader.INPUT_FORMATS:
+        typer.echo(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        specs = crit.load_criteria(criteria)
+    except crit.CriteriaError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    reports = []
+    for path in paths:
+        try:
+            run = loader.load_run(path, strict=strict, input_format=input_format)
+        except loader.LoadError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(3)
+        for note in run.notes:
+            typer.echo(f"note: {note}", err=True)
+        if not len(run.steps):
+            typer.echo(f"error: {path}: no step records, nothing to judge", err=True)
+            raise typer.Exit(3)
+        reports.append(report.build_report(run, specs))
+    return reports
+
+
+def _emit(payload) -> None:
+    """Payload to stdout: rich renderables through a console, text as is."""
+    if isinstance(payload, str):
+        typer.echo(payload, nl=False)
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=False).print(payload)
+
+
+def _guarded(fn):
+    """Run a command body; an unexpected error becomes one line and exit 3, never a traceback."""
+    import os
+
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except BrokenPipeError:  # stdout closed early (| head): not an error worth a message
+        raise typer.Exit(0)
+    except Exception as e:  # noqa: BLE001 -- the CLI edge: a one-line message instead of a traceback
+        if os.environ.get("MOH_DEBUG"):
+            raise
+        typer.echo(f"error: internal error while analysing ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                   f"set MOH_DEBUG=1 for the traceback", err=True)
+        raise typer.Exit(3)
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
+    criteria: Optional[Path] = typer.Option(None, "--criteria", help=_CRITERIA_HELP),
+    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
+    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
+    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+) -> None:
+    """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
+    def body():
+        from analyze import report
+
+        (rep,) = _analysis([run], criteria, fmt, strict, input_format)
+        _emit(report.render(rep, fmt))
+        raise typer.Exit(0 if rep.verdict == "pass" else 1)
+
+    _guarded(body)
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="Two or more telemetry logs; the first is the baseline for deltas."),
+    criteria: Optional[Path] = typer.Option(None, "--criteria", help=_CRITERIA_HELP),
+    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
+    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
+    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+) -> None:
+    """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
+    def body():
+        from analyze import compare
+
+        if len(runs) < 2:
+            typer.echo("error: compare needs at least two runs", err=True)
+            raise typer.Exit(2)
+        reports = _analysis(runs, criteria, fmt, strict, input_format)
+        cmp = compare.build_comparison(reports)
+        _emit(compare.render(cmp, fmt))
+        raise typer.Exit(0 if cmp.verdict == "pass" else 1)
+
+    _guarded(body)
+
 # ---- plot (analyze/) ------------------------------------------------------------------------
 
 

@@ -372,6 +372,7 @@ def _stats_logged(c: Criterion, run: Run) -> list[Result]:
     layers = run.layers
     if not len(layers):
         return [_result(c, "fail", 0, "no per-layer statistics in the log")]
+    wide = _model_wide(run)
     hl = run.head_load
     hl_count = hl_nonzero = pd.Series(dtype=np.int64)
     if "head_load" in c.metrics and len(hl):
@@ -380,7 +381,7 @@ def _stats_logged(c: Criterion, run: Run) -> list[Result]:
         hl_nonzero = (load.notna() & (load != 0)).groupby(hl["layer"]).sum()
     out = []
     for layer, rows in layers.groupby("layer", sort=True, observed=True):
-        absent, zero = [], []
+        absent, zero, model_wide = [], [], []
         for m in c.metrics:
             if m == "head_load":
                 if not hl_count.get(layer, 0):
@@ -388,11 +389,10 @@ def _stats_logged(c: Criterion, run: Run) -> list[Result]:
                 elif not hl_nonzero.get(layer, 0):
                     zero.append(m)
                 continue
-            if m in rows:
-                v = rows[m].to_numpy(np.float64, na_value=np.nan)
-            else:
-                v = np.zeros(0)
+            v = rows[m].to_numpy(np.float64, na_value=np.nan) if m in rows else np.zeros(0)
             v = v[~np.isnan(v)]
+            if not len(v) and m in wide:
+                v, model_wide = wide[m], model_wide + [m]
             if not len(v):
                 absent.append(m)
             elif not np.any(v != 0):
@@ -401,22 +401,28 @@ def _stats_logged(c: Criterion, run: Run) -> list[Result]:
         parts = ([f"absent: {', '.join(absent)}"] if absent else []) + \
                 ([f"identically 0: {', '.join(zero)}"] if zero else [])
         status = "pass" if not parts else "fail"
+        if model_wide:
+            parts.append(f"model-wide only: {', '.join(model_wide)}")
         out.append(_result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=int(layer)))
     return out
 
 
 def _changes(c: Criterion, run: Run) -> list[Result]:
     layers = run.layers
-    present = [m for m in c.metrics if m in layers and layers[m].notna().any()]
+    wide = _model_wide(run)
+    present = [m for m in c.metrics if (m in layers and layers[m].notna().any()) or m in wide]
     if not present:
         return [_missing(c, f"none of {', '.join(c.metrics)} in this log")]
     out = []
-    for layer, rows in layers.groupby("layer", sort=True, observed=True):
+    groups = list(layers.groupby("layer", sort=True, observed=True)) if len(layers) else [(None, layers)]
+    for layer, rows in groups:
         changes: dict[str, float | None] = {}
         still, absent = [], []
         for m in c.metrics:
             v = rows[m].to_numpy(np.float64, na_value=np.nan) if m in rows else np.zeros(0)
             v = v[np.isfinite(v)]
+            if not len(v) and m in wide:  # imported logs: one model-wide value per step
+                v = wide[m][np.isfinite(wide[m])]
             if not len(v):
                 absent.append(m)
                 changes[m] = None
@@ -430,7 +436,18 @@ def _changes(c: Criterion, run: Run) -> list[Result]:
             status, detail = "warn", f"not logged: {', '.join(absent)}"
         else:
             status, detail = "pass", ""
-        out.append(_result(c, status, changes, detail, layer=int(layer)))
+        out.append(_result(c, status, changes, detail, layer=None if layer is None else int(layer)))
+    return out
+
+
+def _model_wide(run: Run) -> dict[str, np.ndarray]:
+    """Layer stats an imported log carries once per step for the whole model (semantics
+    "model_wide_stats"), as float arrays in step order."""
+    names = run.semantics.get("model_wide_stats") or ()
+    out = {}
+    for m in names if isinstance(names, (list, tuple)) else ():
+        if isinstance(m, str) and m in run.steps and run.steps[m].notna().any():
+            out[m] = run.steps[m].to_numpy(np.float64, na_value=np.nan)
     return out
 
 
@@ -451,7 +468,7 @@ def _missing(c: Criterion, why: str, *, metric: str | None = None, applicable: b
 def _semantics(c: Criterion, run: Run, results: list[Result]) -> list[Result]:
     """Qualify results by what the logged numbers mean (declared in run_start semantics)."""
     sem = {**schema.DEFAULT_SEMANTICS, **run.semantics}
-    metrics = {c.metric, c.fallback} | set(c.metrics)
+    metrics = {c.metric, c.fallback} if c.kind == "value" else set()
     out = []
     for r in results:
         if r.status == "missing":

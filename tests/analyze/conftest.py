@@ -18,7 +18,7 @@ from moh import schema
 
 def make_records(n_steps: int = 60, n_layers: int = 2, n_heads: int = 8, *, router: str = "adaptive",
                  phases: tuple[str, ...] = ("pretrain", "instruct"), seed: int = 0,
-                 final_loss: float = 0.2, grad: float = 1.0, exact_match: float = 0.95,
+                 final_loss: float = 0.2, grad: float = 0.5, exact_match: float = 0.95,
                  heads: float = 3.5, semantics: dict | None = None, run_end: bool = True) -> list[dict]:
     rng = random.Random(seed)
     dense = router == "dense"
@@ -87,9 +87,22 @@ def write_log(path: Path, records: list[dict], *, gz: bool = False) -> Path:
 
 @pytest.fixture
 def healthy_log(tmp_path: Path) -> Path:
+    """Structural fixture (hand-built records, known values) for loader tests."""
     return write_log(tmp_path / "healthy" / "run.jsonl", make_records())
+
+
+def synthetic_log(path: Path, **knobs) -> Path:
+    """A realistic run from analyze.synthetic (healthy unless a pathology knob is set)."""
+    from analyze.synthetic import write_synthetic
+
+    return write_synthetic(path, workers=1, **{"n_steps": 200, **knobs})
+
+
+@pytest.fixture
+def good_log(tmp_path: Path) -> Path:
+    return synthetic_log(tmp_path / "good" / "run.jsonl")
 
 
 @pytest.fixture
 def dense_log(tmp_path: Path) -> Path:
-    return write_log(tmp_path / "dense" / "run.jsonl", make_records(router="dense"))
+    return synthetic_log(tmp_path / "dense" / "run.jsonl", router="dense")

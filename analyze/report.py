@@ -1,0 +1,307 @@
+"""The report: criteria results and findings for one run, and one renderer per output format.
+
+`build_report(run, criteria)` evaluates everything once; `render_table` (rich, for a terminal),
+`render_md` (for docs) and `render_json` (one document for machines) only present it. Strings that
+come from the log (phase names, layer labels, messages, paths) are never interpreted: rich markup
+is not parsed in them, and Markdown/HTML special characters are escaped.
+
+Verdict: "fail" when any criterion fails or any finding has severity "error"; otherwise "pass".
+A `missing` criterion (not logged, or not applicable to a dense baseline) does not fail the
+verdict, and is shown as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .criteria import Criterion, Result, evaluate, load_criteria, verdict
+from .findings import Finding, find_all
+from .run import Run
+
+__all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
+           "format_value", "md_escape", "json_safe"]
+
+FORMATS = ("table", "md", "json")
+_STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "warn": "bold yellow", "missing": "dim", "n/a": "dim"}
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_STATUS_RANK = {"fail": 0, "warn": 1, "missing": 2, "pass": 3}
+
+
+@dataclass(frozen=True)
+class Report:
+    run: Run
+    results: list[Result]
+    findings: list[Finding]
+    verdict: str
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("pass", "fail", "warn", "missing")}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    @property
+    def finding_counts(self) -> dict[str, int]:
+        out = {"error": 0, "warning": 0, "info": 0}
+        for f in self.findings:
+            out[f.severity] = out.get(f.severity, 0) + 1
+        return out
+
+    def run_info(self) -> dict:
+        run = self.run
+        steps = run.steps
+        end = run.end or {}
+        phases = [str(p) for p in steps["phase"].cat.categories] if "phase" in steps else []
+        return {
+            "name": run.name, "path": str(run.path), "router": run.router,
+            "source": run.meta.get("source"), "run_id": run.meta.get("run_id"),
+            "n_layers": (run.meta.get("model") or {}).get("n_layers"), "n_heads": run.n_heads,
+            "logged_steps": int(len(steps)),
+            "last_step": int(steps["step"].iloc[-1]) if len(steps) else None,
+            "phases": phases, "status": end.get("status"), "wall_s": end.get("wall_s"),
+            "semantics": run.semantics,
+        }
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "verdict": self.verdict,
+            "run": self.run_info(),
+            "summary": {"criteria": self.counts, "findings": self.finding_counts},
+            "criteria": [r.to_dict() for r in self.results],
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": list(self.run.notes),
+        })
+
+
+def build_report(run: Run, criteria: list[Criterion] | None = None) -> Report:
+    results = evaluate(run, load_criteria() if criteria is None else criteria)
+    findings = find_all(run)
+    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings))
+
+
+# ---- value formatting ------------------------------------------------------------------------
+
+
+def _num(x: Any) -> str:
+    if x is None:
+        return "—"
+    x = float(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
+
+
+def format_value(v: Any) -> str:
+    """A criterion value as short text: 0.1234, [0.3, 0.79], 13/13, Δthreshold_mean 0.05 ..."""
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        return ", ".join(f"Δ{k} {_num(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_num(x) for x in v) + "]"
+    return _num(v)
+
+
+def _group_value(values: list[Any]) -> str:
+    """Several layers' values as one cell: a range of numbers, or the worst of each part."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    if all(isinstance(v, (int, float, np.floating)) for v in vals):
+        lo, hi = min(vals), max(vals)
+        return _num(lo) if _num(lo) == _num(hi) else f"{_num(lo)}–{_num(hi)}"
+    if all(isinstance(v, (list, tuple)) and len(v) == 2 for v in vals):
+        return format_value([min(v[0] for v in vals), max(v[1] for v in vals)])
+    if all(isinstance(v, dict) for v in vals):
+        keys = list(vals[0])
+        mins = {k: min((v.get(k) for v in vals if v.get(k) is not None), default=None) for k in keys}
+        return "min " + format_value(mins)
+    uniq = list(dict.fromkeys(format_value(v) for v in vals))
+    return uniq[0] if len(uniq) == 1 else ", ".join(uniq)
+
+
+def _layer_text(layers: list[int | None]) -> str:
+    ls = [x for x in layers if x is not None]
+    if not ls:
+        return ""
+    if len(ls) == 1:
+        return str(ls[0])
+    return f"all ({min(ls)}–{max(ls)})" if sorted(ls) == list(range(min(ls), max(ls) + 1)) else \
+        "all (" + ", ".join(map(str, ls)) + ")"
+
+
+def _status_text(r: Result) -> str:
+    return "n/a" if not r.applicable else r.status
+
+
+@dataclass(frozen=True)
+class _Row:
+    criterion: str
+    phase: str | None
+    layer: str
+    target: str
+    actual: str
+    status: str
+    detail: str
+
+
+def table_rows(results: list[Result]) -> list[_Row]:
+    """Display rows: a criterion's layers fold into one row when they all share a status."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.name, r.phase), []).append(r)
+    rows = []
+    for (name, phase), rs in groups.items():
+        statuses = {r.status for r in rs}
+        details = list(dict.fromkeys(r.detail for r in rs if r.detail))
+        if len(rs) > 1 and len(statuses) == 1 and len(details) <= 1:
+            r0 = rs[0]
+            rows.append(_Row(r0.label, phase, _layer_text([r.layer for r in rs]), r0.target,
+                             _group_value([r.value for r in rs]), _status_text(r0),
+                             details[0] if details else ""))
+        else:
+            for r in sorted(rs, key=lambda r: (_STATUS_RANK[r.status], -1 if r.layer is None else r.layer)):
+                rows.append(_Row(r.label, phase, "" if r.layer is None else str(r.layer), r.target,
+                                 format_value(r.value), _status_text(r), r.detail))
+    return rows
+
+
+def _verdict_line(rep: Report) -> str:
+    c, f = rep.counts, rep.finding_counts
+    return (f"{rep.verdict.upper()}: {c['pass']} passed, {c['fail']} failed, {c['warn']} warned, "
+            f"{c['missing']} missing or n/a; findings: {f['error']} error, {f['warning']} warning, "
+            f"{f['info']} info")
+
+
+def _run_line(rep: Report) -> str:
+    i = rep.run_info()
+    parts = [f"router {i['router'] or 'unknown'}"]
+    if i["n_layers"] is not None and i["n_heads"] is not None:
+        parts.append(f"{i['n_layers']} layers x {i['n_heads']} heads")
+    parts.append(f"{i['logged_steps']} logged steps" + (f" (last step {i['last_step']})" if i["last_step"] is not None else ""))
+    if i["phases"]:
+        parts.append("phases " + ", ".join(i["phases"]))
+    parts.append(f"status {i['status'] or 'no run_end (killed or still running)'}")
+    if i["source"] and i["source"] != "moh":
+        parts.append(f"imported from {i['source']}")
+    return "; ".join(parts)
+
+
+# ---- table (rich) ----------------------------------------------------------------------------
+
+
+def render_table(rep: Report) -> Group:
+    """Expected-vs-actual table and findings as rich renderables (log strings shown literally)."""
+    head = Text()
+    head.append("moh report  ", style="bold")
+    head.append(rep.run.name, style="bold")
+    head.append(f"  {rep.run.path}\n", style="dim")
+    head.append(_run_line(rep))
+
+    t = Table(title="Expected vs actual", title_justify="left", show_lines=False, expand=False)
+    for col, kw in (("Criterion", {}), ("Layer", {"justify": "right"}), ("Target", {}),
+                    ("Actual", {"justify": "right"}), ("Status", {}), ("Notes", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    for row in table_rows(rep.results):
+        crit = row.criterion + (f" ({row.phase})" if row.phase else "")
+        t.add_row(Text(crit), Text(row.layer), Text(row.target), Text(row.actual),
+                  Text(row.status, style=_STATUS_STYLE.get(row.status, "")), Text(row.detail, style="dim"))
+
+    parts: list[Any] = [head, t]
+    if rep.findings:
+        ft = Table(title="Findings", title_justify="left", expand=False)
+        for col in ("Severity", "Code", "Layer", "Finding", "Suggested action"):
+            ft.add_column(col, overflow="fold")
+        for f in rep.findings:
+            ft.add_row(Text(f.severity, style=_SEVERITY_STYLE.get(f.severity, "")), Text(f.code),
+                       Text("" if f.layer is None else str(f.layer)), Text(f.message), Text(f.action, style="dim"))
+        parts.append(ft)
+    else:
+        parts.append(Text("Findings: none", style="green"))
+    parts.append(Text(_verdict_line(rep), style=_STATUS_STYLE["pass" if rep.verdict == "pass" else "fail"]))
+    return Group(*parts)
+
+
+# ---- Markdown --------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(text: Any) -> str:
+    """Text safe inside a Markdown table cell: no markup, no HTML, no line breaks."""
+    s = " ".join(str(text).split())
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def render_md(rep: Report) -> str:
+    lines = [f"# moh report: {md_escape(rep.run.name)}", "",
+             f"Log: {md_escape(rep.run.path)}  ", md_escape(_run_line(rep)), "",
+             f"**Verdict: {md_escape(_verdict_line(rep))}**", "", "## Expected vs actual", ""]
+    lines += _md_table(["Criterion", "Layer", "Target", "Actual", "Status", "Notes"],
+                       ([r.criterion + (f" ({r.phase})" if r.phase else ""), r.layer, r.target, r.actual,
+                         r.status, r.detail] for r in table_rows(rep.results)))
+    lines += ["", "## Findings", ""]
+    if rep.findings:
+        lines += _md_table(["Severity", "Code", "Layer", "Finding", "Suggested action"],
+                           ([f.severity, f.code, "" if f.layer is None else str(f.layer), f.message, f.action]
+                            for f in rep.findings))
+    else:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+
+def json_safe(v: Any) -> Any:
+    """Plain JSON types only; non-finite numbers become null (json.loads must accept the output)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if v is None or isinstance(v, str):
+        return v
+    return str(v)
+
+
+def render_json(rep: Report) -> str:
+    return json.dumps(rep.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def render(rep: Report, fmt: str) -> Group | str:
+    """The renderer for `fmt` ("table" returns rich renderables; the others text)."""
+    if fmt == "table":
+        return render_table(rep)
+    if fmt == "md":
+        return render_md(rep)
+    if fmt == "json":
+        return render_json(rep)
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")

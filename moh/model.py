@@ -1,0 +1,153 @@
+"""Decoder-only transformer LM whose attention heads are gated per token by a router.
+
+Token + learned position embeddings, pre-norm blocks (LayerNorm -> causal self-attention ->
+residual, LayerNorm -> MLP -> residual), final LayerNorm, output head tied to the token
+embedding. Shapes: B batch, T time, C d_model, H heads, D = C / H head dim, V vocabulary.
+
+Every head is computed and its output multiplied by the router's gate (as in the MoH
+reference code): no compute is saved, the point is to measure what routing learns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config
+from .routing import Routing, make_router
+
+IGNORE_INDEX = -100
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.d_model = cfg.n_heads, cfg.d_model
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.router = make_router(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        B, T, C = x.shape
+        H, D = self.n_heads, C // self.n_heads
+        r = self.router(x)
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        # Right padding + causal mask: real tokens never attend to the pads after them.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        if r.gates is not None:
+            y = y * r.gates.transpose(1, 2).unsqueeze(-1)  # gates (B, T, H) -> (B, H, T, 1)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.dropout(self.proj(y)), r
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        a, r = self.attn(self.ln1(x))  # the router sees the same normed input as the heads
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, r
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual projections scaled as in GPT-2
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied head counted once
+
+    def features(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[Routing]]:
+        """idx (B, T) -> final normed hidden states (B, T, C) and one Routing per layer."""
+        B, T = idx.shape
+        if T > self.cfg.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        routings = []
+        for block in self.blocks:
+            x, r = block(x)
+            routings.append(r)
+        return self.ln_f(x), routings
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, list[Routing]]:
+        """idx (B, T) -> (logits, loss_sum, one Routing per layer).
+
+        Without targets: logits (B, T, V) and loss_sum None. With targets: logits None and the
+        loss SUMMED over target tokens (targets == -100 ignored); the caller divides by the
+        token count (the global count under data parallelism, so ranks agree).
+        """
+        x, routings = self.features(idx)
+        if targets is None:
+            return self.lm_head(x), None, routings  # (B, T, V)
+        # Training: project only the positions that have a target (no pads, no last token):
+        # the vocabulary projection is the largest matmul at this size.
+        sel = targets != IGNORE_INDEX  # (B, T)
+        logits = self.lm_head(x[sel])  # (N, V)
+        loss_sum = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+        return None, loss_sum, routings
+
+    @torch.no_grad()
+    def generate(self, prompts: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+        """Greedy continuation of equal-length prompts (B, T0) -> new ids (B, <= max_new_tokens).
+
+        Stops when every row has produced `eos_id` or the context is full; positions after a
+        row's eos are filled with eos. No KV cache: at these lengths recomputing is cheap.
+        """
+        idx = prompts
+        done = torch.zeros(prompts.shape[0], dtype=torch.bool, device=prompts.device)
+        for _ in range(max_new_tokens):
+            if idx.shape[1] >= self.cfg.max_len:
+                break
+            x, _ = self.features(idx)
+            nxt = self.lm_head(x[:, -1]).argmax(-1)  # (B,): only the last position is needed
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            idx = torch.cat([idx, nxt[:, None]], dim=1)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
+        return idx[:, prompts.shape[1]:]

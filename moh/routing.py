@@ -1,0 +1,192 @@
+"""Head routers: which attention heads each token uses, and with what gate.
+
+Every router maps the block's normed input x (B, T, C) to a `Routing`:
+- `gates` (B, T, H): the factor each head's output is multiplied by (None = all ones);
+- `hard` (B, T, H) bool: the heads the token actually uses; head counts are measured from
+  this mask only, never from a prediction (the reference trainer's "heads used" restated its
+  complexity prediction, so it measured nothing).
+
+Routers:
+- `dense`: every head, gate 1 (the baseline).
+- `moh` (Jin et al. 2024): `moh_shared` heads always on with gates a1 * softmax(W_s x), the
+  rest routed top-k with gates a2 * softmax(W_r x) (0 outside the top-k), [a1, a2] =
+  softmax(W_h x) (two-stage head-type balancing).
+- `adaptive` (ROUTING.md, "fully adaptive"): router probabilities pi (float32), complexity
+  c in [0, 1] -> budget kappa = k_min + (H - k_min) c, threshold tau in [tau_min, tau_max];
+  heads are taken in descending pi while the EXCLUSIVE cumulative probability is < tau and the
+  rank is < kappa (the first head always). The forward pass uses the hard 0/1 mask; the
+  backward pass sees the soft surrogate
+      s_j = sigmoid((tau - C_j) / T1) * sigmoid((kappa - j - 0.5) / T2)
+  (C_j exclusive cumsum, j rank from 0) through m = h + (s - stopgrad(s)), so the LM loss
+  alone reaches the router (via C_j), the threshold (tau) and the complexity (kappa)
+  predictors. The surrogate follows the top-p order: the most probable head gets the
+  largest weight (the reference trainer's gate ran the other way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config
+
+
+@dataclass
+class Routing:
+    hard: torch.Tensor  # (B, T, H) bool, heads selected per token
+    gates: torch.Tensor | None = None  # (B, T, H) float multiplying head outputs; None = 1
+    probs: torch.Tensor | None = None  # (B, T, H') float32 router probabilities (moh: routed H')
+    logits: torch.Tensor | None = None  # (B, T, H') float32 router logits (for the z-loss)
+    count: torch.Tensor | None = None  # (B, T) heads used: hard value forward, soft grad backward
+    tau: torch.Tensor | None = None  # (B, T) threshold (adaptive)
+    complexity: torch.Tensor | None = None  # (B, T) complexity c in [0, 1] (adaptive)
+    kappa: torch.Tensor | None = None  # (B, T) head budget (adaptive)
+    balance_heads: slice | None = None  # which heads the load-balance term covers (moh: routed)
+    pred_norm: torch.Tensor | None = None  # () mean L2 norm of predictor weight vectors
+
+
+class DenseRouter(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        B, T, _ = x.shape
+        ones = torch.ones(1, 1, self.n_heads, dtype=torch.bool, device=x.device)
+        return Routing(hard=ones.expand(B, T, self.n_heads))  # a view: no (B, T, H) allocation
+
+
+class MoHRouter(nn.Module):
+    """Shared heads + top-k routed heads with two-stage head-type balancing (Jin et al.)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.n_shared, self.k = cfg.n_heads, cfg.moh_shared, cfg.moh_topk
+        self.n_routed = cfg.n_heads - cfg.moh_shared
+        C = cfg.d_model
+        self.router = nn.Linear(C, self.n_routed, bias=False)  # W_r
+        self.shared = nn.Linear(C, self.n_shared, bias=False) if self.n_shared else None  # W_s
+        self.mix = nn.Linear(C, 2, bias=False) if self.n_shared else None  # W_h -> [a1, a2]
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        xf = x.float()  # routers in float32 whatever the model dtype
+        logits = self.router(xf)  # (B, T, Hr)
+        probs = logits.softmax(-1)
+        top = probs.topk(self.k, dim=-1).indices
+        chosen = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)  # (B, T, Hr)
+        routed_gates = probs * chosen
+        if self.n_shared:
+            a = self.mix(xf).softmax(-1)  # (B, T, 2)
+            shared_gates = a[..., :1] * self.shared(xf).softmax(-1)  # (B, T, Hs)
+            gates = torch.cat([shared_gates, a[..., 1:] * routed_gates], dim=-1)
+            hard = torch.cat([torch.ones_like(shared_gates, dtype=torch.bool), chosen], dim=-1)
+        else:
+            gates, hard = routed_gates, chosen
+        return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
+                       balance_heads=slice(self.n_shared, self.n_heads))
+
+
+class AdaptiveRouter(nn.Module):
+    """Per-token top-p selection capped by a predicted budget; straight-through gradients."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.k_min = cfg.n_heads, cfg.k_min
+        self.tau_min, self.tau_max = cfg.tau_min, cfg.tau_max
+        self.t1, self.t2 = cfg.st_temp_threshold, cfg.st_temp_budget
+        # float32 bounds inside [tau_min, tau_max]: float32(0.8) is 0.80000001, which would put
+        # a saturated threshold just outside its documented range.
+        self.tau_lo, self.tau_hi = _f32_inside(cfg.tau_min, up=True), _f32_inside(cfg.tau_max, up=False)
+        C = cfg.d_model
+        self.router = nn.Linear(C, cfg.n_heads, bias=False)  # W_r, small init (model._init)
+        self.complexity = nn.Linear(C, 1)  # w_c . x + b_c
+        self.threshold = nn.Linear(C, 1)  # w_t . x + b_t
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        H = self.n_heads
+        xf = x.float()
+        logits = self.router(xf)  # (B, T, H)
+        probs = logits.softmax(-1)
+        c = torch.sigmoid(self.complexity(xf)).squeeze(-1)  # (B, T) in [0, 1]
+        kappa = self.k_min + (H - self.k_min) * c  # (B, T) in [k_min, H]
+        tau = self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(self.threshold(xf)).squeeze(-1)
+        tau = tau.clamp(self.tau_lo, self.tau_hi)  # (B, T); only rounding error is clamped
+        hard, soft = select_heads(probs, tau, kappa, self.t1, self.t2)
+        gates = hard.to(probs.dtype) + (soft - soft.detach())  # forward: exactly the hard mask
+        pred_norm = 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
+        return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
+                       count=gates.sum(-1), tau=tau, complexity=c, kappa=kappa,
+                       balance_heads=slice(0, H), pred_norm=pred_norm.detach())
+
+
+def _f32_inside(x: float, *, up: bool) -> float:
+    """The float32 nearest `x` that does not leave the interval on that side."""
+    t = torch.tensor(x, dtype=torch.float32)
+    if (float(t) < x) if up else (float(t) > x):
+        t = torch.nextafter(t, torch.tensor(float("inf") if up else float("-inf")))
+    return float(t)
+
+
+def select_heads(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor,
+                 t1: float, t2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard top-p-with-budget mask and its soft surrogate, both (B, T, H) in head order.
+
+    probs (B, T, H) sum to 1; tau, kappa (B, T). Head of rank j (descending prob) is kept
+    while C_j = sum of the j larger probs < tau and j < kappa; rank 0 is always kept.
+    """
+    H = probs.shape[-1]
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # (B, T, H)
+    # exclusive cumsum built from a leading zero, so C_0 is exactly 0 (no cumsum - p rounding)
+    cum_excl = torch.cat([torch.zeros_like(sorted_p[..., :1]), sorted_p[..., :-1].cumsum(-1)], -1)
+    rank = torch.arange(H, device=probs.device, dtype=probs.dtype)  # (H,)
+    tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)  # (B, T, 1)
+    hard_sorted = (cum_excl < tau_) & (rank < kappa_)
+    hard_sorted[..., 0] = True  # at least one head
+    soft_sorted = torch.sigmoid((tau_ - cum_excl) / t1) * torch.sigmoid((kappa_ - rank - 0.5) / t2)
+    hard = torch.zeros_like(hard_sorted).scatter(-1, order, hard_sorted)
+    soft = torch.zeros_like(soft_sorted).scatter(-1, order, soft_sorted)
+    return hard, soft
+
+
+ROUTER_CLASSES = {"dense": DenseRouter, "moh": MoHRouter, "adaptive": AdaptiveRouter}
+
+
+def make_router(cfg: Config) -> nn.Module:
+    return ROUTER_CLASSES[cfg.router](cfg)
+
+
+# --- telemetry ---------------------------------------------------------------------------------
+
+
+def layer_stats(r: Routing, valid: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """Per-layer routing statistics over real (non-padding) tokens, as 0-d/1-d tensors.
+
+    valid (B, T) bool. No `.item()` here: the caller syncs once per logging step. Fields that
+    do not apply to the router are None (never a fake 0).
+    """
+    v = valid.reshape(-1)
+    hard = r.hard.reshape(-1, r.hard.shape[-1])[v].float()  # (N, H)
+    counts = hard.sum(-1)  # (N,) hard head count per token
+    out: dict[str, torch.Tensor | None] = {
+        "heads_mean": counts.mean(),
+        "heads_min": counts.min(),
+        "heads_max": counts.max(),
+        "heads_std": counts.std(unbiased=False),
+        "head_load": hard.mean(0),  # (H,) fraction of tokens using each head
+    }
+    for name, t in (("threshold", r.tau), ("complexity", r.complexity)):
+        if t is None:
+            out |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
+        else:
+            t = t.reshape(-1)[v].detach()
+            out |= {f"{name}_mean": t.mean(), f"{name}_min": t.min(), f"{name}_max": t.max()}
+    if r.probs is None:
+        out["entropy"] = None
+    else:
+        p = r.probs.reshape(-1, r.probs.shape[-1])[v].detach()
+        out["entropy"] = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()  # nats, max log H'
+    out["pred_norm"] = r.pred_norm
+    return out

@@ -26,6 +26,133 @@ app = typer.Typer(
 
 # ---- train (moh/) --------------------------------------------------------------------------
 
+
+class _TrainProgress:
+    """Rich progress bar on stderr fed by the training loop's callback (phase, epoch, loss, heads)."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.progress = None if quiet else Progress(
+            TextColumn("[bold]{task.fields[phase]:<8}[/] epoch {task.fields[epoch]:>3}"),
+            BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  heads {task.fields[heads]}"), TimeElapsedColumn(),
+            console=self.console, transient=False)
+        self.task = None
+        self.evals: list[dict] = []
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "eval":
+            self.evals.append(info)
+        if self.progress is None:
+            return
+        if kind == "phase_start":
+            if self.task is None:
+                self.progress.start()
+            else:
+                self.progress.stop_task(self.task)
+            self.task = self.progress.add_task("", total=info["total_steps"], phase=info["phase"],
+                                               epoch=0, loss="-", heads="-")
+        elif kind == "step" and self.task is not None:
+            fields = {"epoch": info["epoch"]}
+            if info.get("loss") is not None:
+                fields |= {"loss": f"{info['loss']:.3f}", "heads": f"{info['heads']:.2f}"}
+            self.progress.update(self.task, completed=info["i"], **fields)
+        elif kind == "eval":
+            em = info["exact_match"]
+            self.progress.console.print(
+                f"[dim]{info['phase']} eval:[/] loss {info['loss']:.3f}  exact match "
+                + ("n/a" if em is None else f"{em:.2f}"))
+        elif kind == "end":
+            self.progress.stop()
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of config keys (flat), applied over the defaults."),
+    router: Optional[str] = typer.Option(None, help="dense | moh | adaptive (default adaptive)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs for BOTH phases (see --pretrain-epochs / --instruct-epochs)."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),
+    instruct_epochs: Optional[int] = typer.Option(None, help="Instruction-tuning epochs."),
+    data: Optional[str] = typer.Option(None, help="Corpus: JSON array, JSONL with 'text', plain text, or a directory; default the embedded corpus."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<router>-<time>)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed; same seed => same run.jsonl apart from time fields."),
+    lr: Optional[float] = typer.Option(None, help="Peak pre-training learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="Pre-training batch size."),
+    target_heads: Optional[float] = typer.Option(None, help="adaptive: mean heads per token to steer to."),
+    log_every: Optional[int] = typer.Option(None, help="Write a step record every N optimizer steps."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (0 = all cores)."),
+    set_: list[str] = typer.Option([], "--set", help="Any config key: --set key=value (repeatable)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run.jsonl in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; only the run directory on stdout."),
+) -> None:
+    """Train a small LM (pre-training, then instruction tuning) and write <out>/run.jsonl telemetry."""
+    import signal
+    import time as _time
+
+    from moh import config as mconfig
+    from moh import train as mtrain
+    from moh.data import DataError
+
+    try:
+        flags = dict(mconfig.parse_override(s) for s in set_)
+        named = {"router": router, "data": data, "seed": seed, "lr": lr, "batch_size": batch_size,
+                 "target_heads": target_heads, "log_every": log_every, "threads": threads,
+                 "pretrain_epochs": epochs if pretrain_epochs is None else pretrain_epochs,
+                 "instruct_epochs": epochs if instruct_epochs is None else instruct_epochs}
+        cfg = mconfig.load(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
+    except mconfig.ConfigError as e:
+        typer.echo(f"config error: {e}", err=True)
+        raise typer.Exit(2)
+    if out is None:
+        out = Path("runs") / f"{cfg.router}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "run.jsonl").exists() and not overwrite:
+        typer.echo(f"error: {out / 'run.jsonl'} exists; pass --overwrite or choose another --out", err=True)
+        raise typer.Exit(2)
+
+    class _Terminated(KeyboardInterrupt):
+        pass
+
+    def _on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _on_term)
+    progress = _TrainProgress(quiet)
+    try:
+        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite)
+    except mconfig.ConfigError as e:
+        typer.echo(f"config error: {e}", err=True)
+        raise typer.Exit(2)
+    except DataError as e:
+        typer.echo(f"data error: {e}", err=True)
+        raise typer.Exit(3)
+    except _Terminated:
+        typer.echo(f"terminated; partial telemetry in {out}", err=True)
+        raise typer.Exit(143)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; partial telemetry in {out}", err=True)
+        raise typer.Exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not quiet:
+        con = progress.console
+        con.print(f"[bold]{res.status}[/]: {res.steps} steps in {res.wall_s:.1f} s ({cfg.router} router)")
+        for phase, rec in res.last_step.items():
+            heads = ", ".join(f"{l['heads_mean']:.2f}" for l in rec["layers"])
+            con.print(f"  {phase:<8} last step: loss {rec['loss']:.3f}  grad norm {rec['grad_norm']:.2f}  heads/layer [{heads}]")
+        for ev in res.evals:
+            em = "n/a" if ev["exact_match"] is None else f"{ev['exact_match']:.2f}"
+            con.print(f"  {ev['phase']:<8} eval: loss {ev['loss']:.3f}  exact match {em}")
+        if res.message:
+            con.print(f"  [red]{res.message}[/]")
+    typer.echo(str(out))
+    if res.status != "completed":
+        raise typer.Exit(1)
+
+
 # ---- report / compare (analyze/) ------------------------------------------------------------
 
 

@@ -71,7 +71,8 @@ def _pack_layers(n: int) -> struct.Struct:
     return struct.Struct(f"={n}h")
 _HEAD_PROBE = 65536
 _PARALLEL_MIN_BYTES = 64 << 20  # below this one process is faster than starting workers
-_MAX_WORKERS = 8  # bytes read to sniff the format
+_MAX_WORKERS = 8
+_MAX_PLANS = 16  # distinct step-record key layouts given a fast path  # bytes read to sniff the format
 _MAX_LISTED_LINES = 10
 
 
@@ -239,6 +240,8 @@ def _load_chunk(path: Path, start: int, end: int, strict: bool, is_last: bool) -
         _scan(_chunk_lines(path, start, end), builder, is_last)
     except _LineError as e:
         return e
+    builder._flush_plans()
+    builder._plans, builder._plan = {}, None  # structs and getters do not pickle; no longer needed
     return builder
 
 
@@ -296,6 +299,57 @@ def _num(v: Any) -> float | None:
     return None
 
 
+class _Plan:
+    """Fast path for the scalar fields of step records that share one key layout.
+
+    Engine logs write the same keys in the same order on every step; for those, the numbers
+    are fetched with one itemgetter, packed with one struct call and appended row-major. A
+    record that does not fit (a null, a tag string, another layout) takes the per-field path.
+    """
+
+    __slots__ = ("keys", "names", "get_top", "dicts", "struct", "buf", "rows")
+
+    def __init__(self, keys: tuple, top: list[str], dicts: list[tuple[str, tuple]]):
+        self.keys = keys
+        self.names = top + [_STEP_DICTS[k] + str(sub) for k, subs in dicts for sub in subs]
+        getter = operator.itemgetter(*top) if top else (lambda r: ())
+        self.get_top = getter if len(top) != 1 else (lambda r, g=getter: (g(r),))
+        self.dicts = dicts
+        self.struct = struct.Struct(f"={len(self.names)}d")
+        self.buf = array("d")
+        self.rows = array("i")
+
+    @classmethod
+    def build(cls, rec: dict, keys: tuple) -> "_Plan | None":
+        top, dicts = [], []
+        for k, v in rec.items():
+            if k in _STEP_STRUCTURED:
+                continue
+            t = type(v)
+            if t is float or t is int or t is bool:
+                top.append(k)
+            elif t is dict and k in _STEP_DICTS and all(type(x) in (float, int) for x in v.values()):
+                dicts.append((k, tuple(v)))
+            else:
+                return None  # nulls, tags, unknown structures: the per-field path decides
+        return cls(keys, top, dicts) if top or dicts else None
+
+    def add(self, rec: dict, row: int) -> bool:
+        try:
+            vals = self.get_top(rec)
+            for k, subs in self.dicts:
+                d = rec[k]
+                if tuple(d) != subs:
+                    return False
+                vals += tuple(d.values())
+            packed = self.struct.pack(*vals)
+        except (struct.error, TypeError, KeyError, OverflowError):
+            return False
+        self.buf.frombytes(packed)
+        self.rows.append(row)
+        return True
+
+
 class _Builder:
     """Accumulates records into typed columns; `finish()` turns them into a `Run`."""
 
@@ -323,6 +377,8 @@ class _Builder:
         self.phases: dict[str, int] = {}
         self.scalars: dict[str, array] = {}
         self._dict_names: dict[str, dict[str, str]] = {}
+        self._plans: dict[tuple, _Plan | None] = {}
+        self._plan: _Plan | None = None
         # layers: one row per (step record, layer entry); stats row-major in one float32 buffer
         self.lr_row = array("i")
         self.lr_layer = array("h")
@@ -439,6 +495,23 @@ class _Builder:
                     code = self.phases[phase] = len(self.phases)
             self.phase_code.append(code)
 
+        sig = tuple(rec)
+        plan = self._plan
+        if plan is None or plan.keys != sig:
+            plan = self._plan = self._find_plan(rec, sig)
+        if plan is None or not plan.add(rec, row):
+            self._add_scalars_slow(rec, row, lineno)
+
+        layers = rec.get("layers")
+        if layers is None:
+            return
+        if type(layers) is not list:
+            self.wrong_type("layers", lineno, layers)
+            return
+        if not self._add_layers_fast(layers, row):
+            self._add_layers_slow(layers, row, lineno)
+
+    def _add_scalars_slow(self, rec: dict, row: int, lineno: int) -> None:
         scalars = self.scalars
         for k, v in rec.items():
             t = type(v)
@@ -479,14 +552,25 @@ class _Builder:
                     continue  # unknown null field: nothing to make a column of
                 self._column(k, row).append(x)
 
-        layers = rec.get("layers")
-        if layers is None:
-            return
-        if type(layers) is not list:
-            self.wrong_type("layers", lineno, layers)
-            return
-        if not self._add_layers_fast(layers, row):
-            self._add_layers_slow(layers, row, lineno)
+    def _find_plan(self, rec: dict, sig: tuple) -> "_Plan | None":
+        if sig in self._plans:
+            return self._plans[sig]
+        plan = _Plan.build(rec, sig) if len(self._plans) < _MAX_PLANS else None
+        self._plans[sig] = plan
+        return plan
+
+    def _flush_plans(self) -> None:
+        """Scatter the row-major buffers of the fast path into the per-column arrays."""
+        n = self.n_steps
+        for plan in self._plans.values():
+            if plan is None or not len(plan.rows):
+                continue
+            mat = np.frombuffer(plan.buf, np.float64).reshape(-1, len(plan.names))
+            rows = np.frombuffer(plan.rows, np.int32)
+            for j, name in enumerate(plan.names):
+                col = self._column(name, n)
+                np.frombuffer(col, np.float64)[rows] = mat[:, j]
+            plan.buf, plan.rows = array("d"), array("i")
 
     def _add_layers_fast(self, layers: list, row: int) -> bool:
         """All layers complete and well typed: append them with C-level calls only. False: not done."""
@@ -634,6 +718,8 @@ class _Builder:
     # -- assembly
     def merge(self, o: "_Builder", off: int) -> None:
         """Append the builder of the next chunk of the file, whose line numbers start after `off`."""
+        self._flush_plans()
+        o._flush_plans()
         self.n_records += o.n_records
         self._notes += [(None if ln is None else ln + off, t) for ln, t in o._notes]
         if o._bad and not self._bad:
@@ -692,6 +778,7 @@ class _Builder:
 
     def finish(self) -> Run:
         path = self.path
+        self._flush_plans()
         if self.n_records == 0:
             if self._bad:
                 raise LoadError(f"{path}:{self._bad[0]}: no valid records ({len(self._bad)} bad line(s); "
@@ -738,7 +825,8 @@ class _Builder:
         if self.phases or n == 0:
             codes = np.frombuffer(self.phase_code, dtype=np.int8) if n else np.zeros(0, np.int8)
             cols["phase"] = self._phase_categorical(codes[keep])
-        for name, col in self.scalars.items():
+        for name in sorted(self.scalars, key=_column_rank):
+            col = self.scalars[name]
             if len(col) < n:
                 col.extend(array("d", [_NAN]) * (n - len(col)))
             values = np.frombuffer(col, dtype=np.float64)[keep]
@@ -842,6 +930,18 @@ class _Builder:
         sm = sm.drop(columns="_i").reset_index(drop=True)
         ev["n_samples"] = ev["n_samples"].astype(np.int64)
         return ev, sm
+
+
+_COLUMN_ORDER = {name: i for i, name in enumerate(
+    ["epoch", "time", "elapsed", "loss", "lm_loss", "lr", "grad_norm", "grad_norm_clipped", "tokens",
+     "tokens_per_s", "skipped"]
+    + [f"grad.{g}" for g in schema.GRAD_GROUPS] + [f"aux.{t}" for t in schema.AUX_TERMS]
+    + [f"aux_weighted.{t}" for t in schema.AUX_TERMS])}
+
+
+def _column_rank(name: str) -> tuple:
+    """Known step columns in schema order, then the rest by name (independent of record order)."""
+    return (_COLUMN_ORDER.get(name, len(_COLUMN_ORDER)), name)
 
 
 def _text(v: Any) -> str | None:

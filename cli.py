@@ -93,9 +93,7 @@ def train(
     import signal
     import time as _time
 
-    from moh import config as mconfig
-    from moh import train as mtrain
-    from moh.data import DataError
+    from moh import config as mconfig  # torch-free: config errors answer before torch loads
 
     try:
         flags = dict(mconfig.parse_override(s) for s in set_)
@@ -118,6 +116,9 @@ def train(
 
     def _on_term(signum, frame):
         raise _Terminated()
+
+    from moh import train as mtrain
+    from moh.data import DataError
 
     previous = signal.signal(signal.SIGTERM, _on_term)
     progress = _TrainProgress(quiet)

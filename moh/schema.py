@@ -38,6 +38,9 @@ MODEL_FIELDS = ("n_layers", "n_heads", "d_model", "router", "params")
 #   source     -- "moh" (this engine) or "rustgpt" (imported text log)
 #   semantics  -- what the numbers mean, see SEMANTICS_* below
 #   backend, device -- distributed backend ("gloo", "nccl", None) and device string
+#   data       -- {source, pretrain_examples, instruct_examples, vocab_size, pretrain_tokens,
+#                  instruct_tokens, eval_prompts} describing the corpus the run trained on
+# Optional "time" (Unix seconds) on alert and eval records too.
 SOURCE_MOH = "moh"
 SOURCE_RUSTGPT = "rustgpt"
 

@@ -1,13 +1,15 @@
 """`moh` command line: thin commands that parse, call the library, render.
 
-Exit codes (documented in README.md):
+Exit codes (documented in README.md and docs/reliability.md):
   0  success / report verdict pass
   1  report criteria failed; training failed (non-finite stop)
   2  usage or configuration error
-  3  unreadable or unusable input
+  3  unreadable or unusable input, or an output that cannot be written (full disk, no permission)
   130, 143  training interrupted by SIGINT / SIGTERM
 Payload goes to stdout; progress, warnings and errors go to stderr.
-Library code never calls sys.exit: domain errors become exit codes here only.
+Library code never calls sys.exit: domain errors become exit codes here only. Every failure is one
+line on stderr naming the file (and line), never a traceback (MOH_DEBUG=1 shows one), and a
+failed command leaves no partial output file (analyze.atomic).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train fully adaptive Mixture-of-Heads LMs and diagnose their routing telemetry.",
 )
+
+
+def _err(message: str) -> None:
+    """One message to stderr; control characters from logs are escaped (no terminal escapes)."""
+    import re
+
+    typer.echo(re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]",
+                      lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                      str(message)), err=True)
+
 
 # ---- train (moh/) --------------------------------------------------------------------------
 
@@ -70,9 +82,28 @@ class _TrainProgress:
             self.progress.stop()
 
 
+def _unwritable_dir(out: Path) -> str | None:
+    """Why a run directory could not be created or written (None: it can), without creating it."""
+    import os
+
+    p = out
+    while not p.exists():
+        if p.is_symlink():
+            return f"{p} is a broken symbolic link"
+        if p.parent == p:
+            break
+        p = p.parent
+    if not p.is_dir():
+        return "not a directory" if p == out else f"{p} is not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return "permission denied" if p == out else f"{p} is not writable (permission denied)"
+    return None
+
+
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of config keys (flat), applied over the defaults."),
+    config: Optional[Path] = typer.Option(None, "--config", readable=False,
+                                          help="TOML file of config keys (flat), applied over the defaults."),
     router: Optional[str] = typer.Option(None, help="dense | moh | adaptive (default adaptive)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs for BOTH phases (see --pretrain-epochs / --instruct-epochs)."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),
@@ -103,13 +134,17 @@ def train(
                  "instruct_epochs": epochs if instruct_epochs is None else instruct_epochs}
         cfg = mconfig.load(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
     except mconfig.ConfigError as e:
-        typer.echo(f"config error: {e}", err=True)
+        _err(f"config error: {e}")
         raise typer.Exit(2)
     if out is None:
         out = Path("runs") / f"{cfg.router}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "run.jsonl").exists() and not overwrite:
-        typer.echo(f"error: {out / 'run.jsonl'} exists; pass --overwrite or choose another --out", err=True)
+        _err(f"error: {out / 'run.jsonl'} exists; pass --overwrite or choose another --out")
         raise typer.Exit(2)
+    problem = _unwritable_dir(out)  # before torch loads: a bad --out answers in a second
+    if problem:
+        _err(f"error: cannot write to {out}: {problem}")
+        raise typer.Exit(3)
 
     class _Terminated(KeyboardInterrupt):
         pass
@@ -125,17 +160,21 @@ def train(
     try:
         res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite)
     except mconfig.ConfigError as e:
-        typer.echo(f"config error: {e}", err=True)
+        _err(f"config error: {e}")
         raise typer.Exit(2)
     except DataError as e:
-        typer.echo(f"data error: {e}", err=True)
+        _err(f"data error: {e}")
         raise typer.Exit(3)
     except _Terminated:
-        typer.echo(f"terminated; partial telemetry in {out}", err=True)
+        _err(f"terminated; partial telemetry in {out}")
         raise typer.Exit(143)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; partial telemetry in {out}", err=True)
+        _err(f"interrupted; partial telemetry in {out}")
         raise typer.Exit(130)
+    except OSError as e:  # the run directory filled up or went away mid-run
+        name = e.filename if e.filename is not None else out
+        _err(f"error: cannot write to {name}: {e.strerror or e}")
+        raise typer.Exit(3)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not quiet:
@@ -159,6 +198,8 @@ def train(
 
 _FORMAT_HELP = "table (rich, for a terminal), md (Markdown, for docs) or json (one document)."
 _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_criteria.toml)."
+# Input paths are declared readable=False: click would otherwise answer an unreadable file with a
+# multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
 
 def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
@@ -167,40 +208,58 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
     from analyze import loader, report
 
     if fmt not in report.FORMATS:
-        typer.echo(f"error: --format must be one of {', '.join(report.FORMATS)}, not {fmt!r}", err=True)
+        _err(f"error: --format must be one of {', '.join(report.FORMATS)}, not {fmt!r}")
         raise typer.Exit(2)
     if input_format not in loader.INPUT_FORMATS:
-        typer.echo(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}", err=True)
+        _err(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}")
         raise typer.Exit(2)
     try:
         specs = crit.load_criteria(criteria)
     except crit.CriteriaError as e:
-        typer.echo(f"error: {e}", err=True)
+        _err(f"error: {e}")
         raise typer.Exit(2)
     reports = []
     for path in paths:
         try:
             run = loader.load_run(path, strict=strict, input_format=input_format)
         except loader.LoadError as e:
-            typer.echo(f"error: {e}", err=True)
+            _err(f"error: {e}")
             raise typer.Exit(3)
         for note in run.notes:
-            typer.echo(f"note: {note}", err=True)
+            _err(f"note: {note}")
         if not len(run.steps):
-            typer.echo(f"error: {path}: no step records, nothing to judge", err=True)
+            _err(f"error: {path}: no step records, nothing to judge")
             raise typer.Exit(3)
         reports.append(report.build_report(run, specs))
     return reports
 
 
 def _emit(payload) -> None:
-    """Payload to stdout: rich renderables through a console, text as is."""
-    if isinstance(payload, str):
-        typer.echo(payload, nl=False)
-    else:
-        from rich.console import Console
+    """Payload to stdout: rich renderables through a console, text as is.
 
-        Console(soft_wrap=False).print(payload)
+    stdout that cannot be written (a full disk behind `> file`) is exit 3 with one line; a closed
+    pipe (`| head`) is not an error (see _guarded).
+    """
+    import os
+    import sys
+
+    try:
+        if isinstance(payload, str):
+            typer.echo(payload, nl=False)
+        else:
+            from rich.console import Console
+
+            Console(soft_wrap=False).print(payload)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        try:  # the interpreter's final flush of the same buffer would print "Exception ignored"
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        _err(f"error: cannot write to standard output: {e.strerror or e}")
+        raise typer.Exit(3)
 
 
 def _guarded(fn):
@@ -212,19 +271,25 @@ def _guarded(fn):
     except typer.Exit:
         raise
     except BrokenPipeError:  # stdout closed early (| head): not an error worth a message
+        import sys
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         raise typer.Exit(0)
     except Exception as e:  # noqa: BLE001 -- the CLI edge: a one-line message instead of a traceback
         if os.environ.get("MOH_DEBUG"):
             raise
-        typer.echo(f"error: internal error while analysing ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                   f"set MOH_DEBUG=1 for the traceback", err=True)
+        _err(f"error: internal error while analysing ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+             f"set MOH_DEBUG=1 for the traceback")
         raise typer.Exit(3)
 
 
 @app.command("report")
 def report_cmd(
-    run: Path = typer.Argument(..., help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", help=_CRITERIA_HELP),
+    run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
+    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
     fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
     input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
@@ -242,8 +307,8 @@ def report_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., help="Two or more telemetry logs; the first is the baseline for deltas."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", help=_CRITERIA_HELP),
+    runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
+    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
     fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
     input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
@@ -253,7 +318,7 @@ def compare_cmd(
         from analyze import compare
 
         if len(runs) < 2:
-            typer.echo("error: compare needs at least two runs", err=True)
+            _err("error: compare needs at least two runs")
             raise typer.Exit(2)
         reports = _analysis(runs, criteria, fmt, strict, input_format)
         cmp = compare.build_comparison(reports)
@@ -267,7 +332,7 @@ def compare_cmd(
 
 @app.command("plot")
 def plot(
-    runs: list[Path] = typer.Argument(..., help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
+    runs: list[Path] = typer.Argument(..., readable=False, help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: str = typer.Option("png", "--format", help="png or svg."),
     x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
@@ -275,44 +340,46 @@ def plot(
     strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
+    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict))
+
+
+def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool) -> None:
     import warnings
 
     from analyze import loader, plots
 
     if fmt not in plots.FORMATS:
-        typer.echo(f"error: --format must be one of {', '.join(plots.FORMATS)}, not {fmt!r}", err=True)
+        _err(f"error: --format must be one of {', '.join(plots.FORMATS)}, not {fmt!r}")
         raise typer.Exit(2)
     if x not in ("step", "time"):
-        typer.echo(f"error: --x must be step or time, not {x!r}", err=True)
+        _err(f"error: --x must be step or time, not {x!r}")
         raise typer.Exit(2)
     if input_format not in loader.INPUT_FORMATS:
-        typer.echo(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}", err=True)
+        _err(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}")
         raise typer.Exit(2)
     loaded = []
     for path in runs:
         try:
             run = loader.load_run(path, strict=strict, input_format=input_format)
         except (loader.LoadError, OSError) as e:
-            typer.echo(f"error: {e}", err=True)
+            _err(f"error: {e}")
             raise typer.Exit(3)
         for note in run.notes:
-            typer.echo(f"note: {path}: {note}", err=True)
+            _err(f"note: {path}: {note}")
         loaded.append(run)
-    try:
-        plots.prepare_output_dir(output)
-    except OSError as e:
-        typer.echo(f"error: cannot write to {output}: {e.strerror or e}", err=True)
-        raise typer.Exit(3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
             written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step")
+        except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
+            _err(f"error: {e}")
+            raise typer.Exit(3)
         except OSError as e:
-            typer.echo(f"error: cannot write to {output}: {e.strerror or e}", err=True)
+            _err(f"error: cannot write to {output}: {e.strerror or e}")
             raise typer.Exit(3)
     for w in caught:
         if issubclass(w.category, plots.PlotWarning):
-            typer.echo(f"warning: {w.message}", err=True)
+            _err(f"warning: {w.message}")
     for path in written:
         typer.echo(str(path))
 
@@ -321,7 +388,7 @@ def plot(
 
 @app.command("import")
 def import_log(
-    log: Path = typer.Argument(..., help="Reference RustGPT trainer text log (UTF-8 or UTF-16, as captured)."),
+    log: Path = typer.Argument(..., readable=False, help="Reference RustGPT trainer text log (UTF-8 or UTF-16, as captured)."),
     output: Path = typer.Option(..., "-o", "--output", help="Telemetry file to write (run.jsonl format)."),
     input_format: str = typer.Option(
         "auto", "--input-format", help="auto (detect from content) or rustgpt (force the text-log reader)."),
@@ -329,22 +396,31 @@ def import_log(
         None, "--data", help="Corpus (JSON array, text file or directory) whose answers samples are matched against."),
 ) -> None:
     """Convert a reference trainer text log into telemetry JSONL (one step per epoch line)."""
+    _guarded(lambda: _import(log, output, input_format, data))
+
+
+def _import(log: Path, output: Path, input_format: str, data: Optional[Path]) -> None:
     from analyze import rustgpt
+    from analyze.atomic import OutputError
 
     if input_format not in ("auto", rustgpt.SOURCE):
-        typer.echo(f"error: --input-format must be auto or {rustgpt.SOURCE}, not {input_format!r}", err=True)
+        _err(f"error: --input-format must be auto or {rustgpt.SOURCE}, not {input_format!r}")
         raise typer.Exit(2)
     notes: list[str] = []
     try:
         counts = rustgpt.import_log(log, output, corpus=data, notes=notes)
-    except (rustgpt.RustLogError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except (rustgpt.RustLogError, OutputError) as e:
+        _err(f"error: {e}")
+        raise typer.Exit(3)
+    except OSError as e:  # reading the log or the corpus
+        name = e.filename if e.filename is not None else log
+        _err(f"error: {name}: {e.strerror or e}")
         raise typer.Exit(3)
     for note in notes:
-        typer.echo(f"note: {note}", err=True)
+        _err(f"note: {note}")
     phases = ", ".join(f"{n} {ph}" for ph, n in counts["phases"].items())
     state = "completed" if counts["completed"] else "no end (killed or still running)"
-    typer.echo(f"{log} -> {output}: {counts['steps']} epochs ({phases}), {counts['evals']} eval, {state}", err=True)
+    _err(f"{log} -> {output}: {counts['steps']} epochs ({phases}), {counts['evals']} eval, {state}")
 
 
 if __name__ == "__main__":

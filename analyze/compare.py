@@ -19,7 +19,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .report import (_STATUS_STYLE, Report, _group_value, _num, format_value, json_safe, md_escape,
+from .report import (_STATUS_STYLE, SafeText, Report, _group_value, _num, format_value, json_safe, md_escape,
                      _md_table)
 from .run import Run
 
@@ -248,47 +248,47 @@ def _names(cmp: Comparison) -> list[str]:
 
 def render_table(cmp: Comparison) -> Group:
     names = _names(cmp)
-    parts: list[Any] = [Text("moh compare  " + "  vs  ".join(names), style="bold")]
+    parts: list[Any] = [SafeText("moh compare  " + "  vs  ".join(names), style="bold")]
     t = Table(title="Criteria (Δ against the first run)", title_justify="left")
     t.add_column("Criterion")
     t.add_column("Target")
     for n in names:
-        t.add_column(Text(n), justify="right", overflow="fold")
+        t.add_column(SafeText(n), justify="right", overflow="fold")
     for row in cmp.criteria:
         cells = []
         for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
-            txt = Text(c.text)
+            txt = SafeText(c.text)
             if i and _delta_text(d):
                 txt.append(f" ({_delta_text(d)})", style="dim")
             if c.status:
                 txt.append(f" {c.status}", style=_STATUS_STYLE.get(c.status, ""))
             cells.append(txt)
-        t.add_row(Text(row.label + (f" ({row.phase})" if row.phase else "")), Text(row.target), *cells)
+        t.add_row(SafeText(row.label + (f" ({row.phase})" if row.phase else "")), SafeText(row.target), *cells)
     parts.append(t)
     m = Table(title="Key final metrics", title_justify="left")
     m.add_column("Metric")
     for n in names:
-        m.add_column(Text(n), justify="right")
+        m.add_column(SafeText(n), justify="right")
     for row in cmp.metrics:
         cells = []
         for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
-            txt = Text(c.text)
+            txt = SafeText(c.text)
             if i and _delta_text(d):
                 txt.append(f" ({_delta_text(d)})", style="dim")
             cells.append(txt)
-        m.add_row(Text(row.label), *cells)
+        m.add_row(SafeText(row.label), *cells)
     parts.append(m)
     if cmp.findings:
         f = Table(title="Findings (count per run)", title_justify="left")
         f.add_column("Code")
         f.add_column("Severity")
         for n in names:
-            f.add_column(Text(n), justify="right")
+            f.add_column(SafeText(n), justify="right")
         for code, sev, counts in cmp.findings:
-            f.add_row(Text(code), Text(sev), *[Text(str(c)) for c in counts])
+            f.add_row(SafeText(code), SafeText(sev), *[SafeText(str(c)) for c in counts])
         parts.append(f)
     verdicts = ", ".join(f"{rep.run.name}: {rep.verdict}" for rep in cmp.reports)
-    parts.append(Text(f"{cmp.verdict.upper()}: {verdicts}",
+    parts.append(SafeText(f"{cmp.verdict.upper()}: {verdicts}",
                       style=_STATUS_STYLE["pass" if cmp.verdict == "pass" else "fail"]))
     return Group(*parts)
 

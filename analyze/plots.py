@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from analyze.atomic import OutputError, file_mode, make_dirs, remove_dirs
 from analyze.decimate import DEFAULT_BUCKETS, bucket_mean, decimate, head_load_matrix, phase_boundaries, window_steps
 from analyze.run import Run
 from moh import schema
@@ -66,6 +67,9 @@ RC = {
     "grid.linewidth": 0.6,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    # Text from logs (run names, layer labels, phases) is shown literally: a '$' in a run name
+    # must not be parsed as mathtext (an unbalanced one made savefig raise).
+    "text.parse_math": False,
 }
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 RUN_STYLES = ("-", "--", ":", "-.")
@@ -756,33 +760,48 @@ FAMILIES: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def _save_atomic(fig: Figure, path: Path, fmt: str) -> None:
-    """Write to a temp file in the same directory, then rename: never a partial figure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _temp_name(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _save_temp(fig: Figure, path: Path, fmt: str) -> Path:
+    """Draw into a temp file next to `path`; `write_figures` renames all of them at the end."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+    return Path(tmp)
+
+
+def _prepare(out_dir: Path) -> list[Path]:
+    """Create `out_dir` if needed and check it can be written; returns the directories created."""
+    created = make_dirs(out_dir)
+    try:
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".moh-plot-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        remove_dirs(created)
+        raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    return created
 
 
 def prepare_output_dir(out_dir: Path) -> Path:
-    """Create `out_dir` if needed and check it can be written; raises OSError if not."""
+    """Create `out_dir` if needed and check it can be written; raises OSError (OutputError) if not."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".moh-plot-probe.")
-    os.close(fd)
-    os.unlink(probe)
+    _prepare(out_dir)
     return out_dir
 
 
-def _render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: int | None) -> tuple[Path | None, list[str]]:
-    """Draw and save one family; returns (path or None when skipped, warning messages)."""
+def _render(runs: list[Run], name: str, out: Path, fmt: str, x: str,
+            buckets: int | None) -> tuple[Path | None, Path | None, list[str]]:
+    """Draw one family into a temp file; returns (path, temp file; both None when skipped, warnings)."""
     with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context(RC):
         warnings.simplefilter("always", PlotWarning)
         try:
@@ -792,15 +811,15 @@ def _render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: in
             axes = FAMILIES[name](runs, **kwargs)
         except MissingDataError as exc:
             warnings.warn(str(exc), PlotWarning)
-            path = None
+            path = tmp = None
         else:
             fig = axes[0].figure
             try:
                 path = out / f"{name}.{fmt}"
-                _save_atomic(fig, path, fmt)
+                tmp = _save_temp(fig, path, fmt)
             finally:
                 fig.clear()
-    return path, [str(w.message) for w in caught if issubclass(w.category, PlotWarning)]
+    return path, tmp, [str(w.message) for w in caught if issubclass(w.category, PlotWarning)]
 
 
 _FORKED_RUNS: list[Run] = []  # handed to forked workers by inheritance, not pickled (GBs on long runs)
@@ -823,7 +842,10 @@ def write_figures(
     """Draw every family for `runs` (overlaid) and save `<out_dir>/<family>.<fmt>`.
 
     Returns the written paths, in family order. A family without data is skipped with a
-    `PlotWarning`. Raises OSError when `out_dir` cannot be created or written.
+    `PlotWarning`. Raises OSError (OutputError) when `out_dir` cannot be created or written.
+    All or nothing: figures are drawn into temp files and renamed into place only once every
+    family has been drawn, so a failure (full disk, a drawing error) leaves no new figure, no
+    temp file, and no directory this call created.
     `jobs`: figures drawn in that many forked processes (serial where fork is unavailable).
     Default serial: on a shared 2-core machine forking a process that holds a 200k-step run
     was slower (10 s for 2 jobs, 19 s for 6) than drawing in turn (7.5 s).
@@ -836,21 +858,41 @@ def write_figures(
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown figure families {unknown}; known: {list(FAMILIES)}")
-    out = prepare_output_dir(Path(out_dir))
+    out = Path(out_dir)
+    created = _prepare(out)
     jobs = 1 if jobs is None else jobs
-    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
-        global _FORKED_RUNS
-        _FORKED_RUNS = runs
-        try:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                results = list(pool.map(_render_forked, names, *zip(*[(out, fmt, x, buckets)] * len(names))))
-        finally:
-            _FORKED_RUNS = []
-    else:
-        results = [_render(runs, name, out, fmt, x, buckets) for name in names]
+    try:
+        if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+            global _FORKED_RUNS
+            _FORKED_RUNS = runs
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    results = list(pool.map(_render_forked, names, *zip(*[(out, fmt, x, buckets)] * len(names))))
+            finally:
+                _FORKED_RUNS = []
+        else:
+            results = []
+            for name in names:
+                results.append(_render(runs, name, out, fmt, x, buckets))
+        mode = file_mode()
+        for path, tmp, _ in results:
+            if tmp is not None:
+                os.chmod(tmp, mode)  # mkstemp's 0600 would hide shared figures from others
+                os.replace(tmp, path)
+    except BaseException as e:
+        for name in names:  # temp files of every family, whichever process drew them
+            for tmp in out.glob(_temp_name(out / f"{name}.{fmt}") + "*.tmp"):
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+        remove_dirs(created)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
+        raise
     written = []
-    for path, messages in results:
+    for path, _, messages in results:
         for message in messages:
             warnings.warn(message, PlotWarning, stacklevel=2)
         if path is not None:

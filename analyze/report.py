@@ -28,12 +28,37 @@ from .findings import Finding, find_all
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
-           "format_value", "md_escape", "json_safe"]
+           "format_value", "md_escape", "json_safe", "printable", "SafeText"]
 
 FORMATS = ("table", "md", "json")
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "warn": "bold yellow", "missing": "dim", "n/a": "dim"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _STATUS_RANK = {"fail": 0, "warn": 1, "missing": 2, "pass": 3}
+
+
+# Control characters (ESC starts terminal escape sequences, CR overwrites a line) and Unicode
+# direction overrides (which reorder what a reader sees): shown as \xNN / \uNNNN, never sent raw.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _control_escape(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: Any) -> str:
+    """`text` with control characters and direction overrides shown as escapes (\x1b, \u202e)."""
+    return _CONTROL.sub(_control_escape, str(text))
+
+
+class SafeText(Text):
+    """A rich Text for strings from logs: never parsed as markup, control characters escaped."""
+
+    def __init__(self, text: Any = "", *args, **kwargs):
+        super().__init__(printable(text), *args, **kwargs)
+
+    def append(self, text, style=None):
+        return super().append(printable(text) if isinstance(text, str) else text, style)
 
 
 @dataclass(frozen=True)
@@ -206,7 +231,7 @@ def _run_line(rep: Report) -> str:
 
 def render_table(rep: Report) -> Group:
     """Expected-vs-actual table and findings as rich renderables (log strings shown literally)."""
-    head = Text()
+    head = SafeText()
     head.append("moh report  ", style="bold")
     head.append(rep.run.name, style="bold")
     head.append(f"  {rep.run.path}\n", style="dim")
@@ -218,8 +243,8 @@ def render_table(rep: Report) -> Group:
         t.add_column(col, **kw)
     for row in table_rows(rep.results):
         crit = row.criterion + (f" ({row.phase})" if row.phase else "")
-        t.add_row(Text(crit), Text(row.layer), Text(row.target), Text(row.actual),
-                  Text(row.status, style=_STATUS_STYLE.get(row.status, "")), Text(row.detail, style="dim"))
+        t.add_row(SafeText(crit), SafeText(row.layer), SafeText(row.target), SafeText(row.actual),
+                  SafeText(row.status, style=_STATUS_STYLE.get(row.status, "")), SafeText(row.detail, style="dim"))
 
     parts: list[Any] = [head, t]
     if rep.findings:
@@ -227,12 +252,12 @@ def render_table(rep: Report) -> Group:
         for col in ("Severity", "Code", "Layer", "Finding", "Suggested action"):
             ft.add_column(col, overflow="fold")
         for f in rep.findings:
-            ft.add_row(Text(f.severity, style=_SEVERITY_STYLE.get(f.severity, "")), Text(f.code),
-                       Text("" if f.layer is None else str(f.layer)), Text(f.message), Text(f.action, style="dim"))
+            ft.add_row(SafeText(f.severity, style=_SEVERITY_STYLE.get(f.severity, "")), SafeText(f.code),
+                       SafeText("" if f.layer is None else str(f.layer)), SafeText(f.message), SafeText(f.action, style="dim"))
         parts.append(ft)
     else:
-        parts.append(Text("Findings: none", style="green"))
-    parts.append(Text(_verdict_line(rep), style=_STATUS_STYLE["pass" if rep.verdict == "pass" else "fail"]))
+        parts.append(SafeText("Findings: none", style="green"))
+    parts.append(SafeText(_verdict_line(rep), style=_STATUS_STYLE["pass" if rep.verdict == "pass" else "fail"]))
     return Group(*parts)
 
 
@@ -243,7 +268,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 def md_escape(text: Any) -> str:
     """Text safe inside a Markdown table cell: no markup, no HTML, no line breaks."""
-    s = " ".join(str(text).split())
+    s = printable(" ".join(str(text).split()))
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_SPECIAL.sub(r"\\\1", s)
 

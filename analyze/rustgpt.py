@@ -69,7 +69,6 @@ import math
 import os
 import re
 import string
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -752,21 +751,12 @@ def import_log(src: str | os.PathLike, dst: str | os.PathLike, *, corpus=None,
     at `dst` when parsing fails.
     """
     records = list(iter_records(src, corpus=corpus, notes=notes))
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(schema.encode_record(rec))
-                f.write("\n")
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .atomic import atomic_output  # raises OutputError (an OSError) naming dst
+
+    with atomic_output(dst) as f:
+        for rec in records:
+            f.write(schema.encode_record(rec).encode("utf-8"))
+            f.write(b"\n")
     phases: dict[str, int] = {}
     for r in records:
         if r["event"] == schema.STEP:

@@ -202,6 +202,8 @@ def load(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"config: cannot read {os.fspath(path)} ({e.strerror or e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config: {os.fspath(path)} is not valid TOML ({e})") from None
+        except UnicodeDecodeError:  # a binary file: tomllib decodes before it parses
+            raise ConfigError(f"config: {os.fspath(path)} is not valid TOML (not UTF-8 text)") from None
         for k, v in values.items():
             if isinstance(v, dict):
                 raise ConfigError(f"{k}: tables are not supported; use flat keys (see `moh train --help`)")

@@ -73,14 +73,19 @@ class MoHRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         xf = x.float()  # routers in float32 whatever the model dtype
-        logits = self.router(xf)  # (B, T, Hr)
+        Hr, Hs = self.n_routed, self.n_shared
+        if self.n_shared:  # W_r, W_s, W_h in one matmul (see fused_linear)
+            out = fused_linear(xf, [self.router.weight, self.shared.weight, self.mix.weight])
+            logits = out[..., :Hr]  # (B, T, Hr)
+        else:
+            logits = out = fused_linear(xf, [self.router.weight])
         probs = logits.softmax(-1)
         top = probs.topk(self.k, dim=-1).indices
         chosen = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)  # (B, T, Hr)
         routed_gates = probs * chosen
         if self.n_shared:
-            a = self.mix(xf).softmax(-1)  # (B, T, 2)
-            shared_gates = a[..., :1] * self.shared(xf).softmax(-1)  # (B, T, Hs)
+            a = out[..., Hr + Hs:].softmax(-1)  # (B, T, 2)
+            shared_gates = a[..., :1] * out[..., Hr:Hr + Hs].softmax(-1)  # (B, T, Hs)
             gates = torch.cat([shared_gates, a[..., 1:] * routed_gates], dim=-1)
             hard = torch.cat([torch.ones_like(shared_gates, dtype=torch.bool), chosen], dim=-1)
         else:
@@ -108,18 +113,64 @@ class AdaptiveRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         H = self.n_heads
         xf = x.float()
-        logits = self.router(xf)  # (B, T, H)
+        # W_r x, w_c . x + b_c and w_t . x + b_t in one matmul (see fused_linear)
+        out = fused_linear(xf, [self.router.weight, self.complexity.weight, self.threshold.weight],
+                           [None, self.complexity.bias, self.threshold.bias])  # (B, T, H + 2)
+        logits = out[..., :H]  # (B, T, H)
         probs = logits.softmax(-1)
-        c = torch.sigmoid(self.complexity(xf)).squeeze(-1)  # (B, T) in [0, 1]
+        c = torch.sigmoid(out[..., H])  # (B, T) in [0, 1]
         kappa = self.k_min + (H - self.k_min) * c  # (B, T) in [k_min, H]
-        tau = self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(self.threshold(xf)).squeeze(-1)
+        tau = self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(out[..., H + 1])
         tau = tau.clamp(self.tau_lo, self.tau_hi)  # (B, T); only rounding error is clamped
-        hard, soft = select_heads(probs, tau, kappa, self.t1, self.t2)
-        gates = hard.to(probs.dtype) + (soft - soft.detach())  # forward: exactly the hard mask
+        # forward: exactly the hard mask; backward: the surrogate's gradient (select_heads)
+        gates, hard = _SelectHeadsST.apply(probs, tau, kappa, self.t1, self.t2)
         pred_norm = 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
         return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
                        count=gates.sum(-1), tau=tau, complexity=c, kappa=kappa,
                        balance_heads=slice(0, H), pred_norm=pred_norm.detach())
+
+
+class _NarrowLinear(torch.autograd.Function):
+    """y = x W^T + b for a narrow W (K, C), K << C: the routers' projections.
+
+    The maths of nn.Linear; only the matmul layouts differ. At the routers' shapes (N = B*T
+    rows, K <= 10 outputs) the layouts autograd picks for nn.Linear are several times slower
+    on CPU than `W @ x^T` forward and `g^T @ x` for the weight gradient (bench/bench_router.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x2, w)
+        ctx.has_bias = b is not None
+        out = torch.mm(w, x2.t())  # (K, N)
+        if b is not None:
+            out += b.unsqueeze(1)
+        return out.t().contiguous()  # (N, K)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x2, w = ctx.saved_tensors
+        g = g.contiguous()
+        gx = g.mm(w) if ctx.needs_input_grad[0] else None
+        gw = g.t().mm(x2) if ctx.needs_input_grad[1] else None
+        gb = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def fused_linear(x: torch.Tensor, weights: list[torch.Tensor],
+                 biases: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Several small linear maps of the same input in one matmul: x (..., C) -> (..., sum K_i).
+
+    Output column block i is `x @ weights[i].T + biases[i]` (None = no bias), exactly what the
+    separate nn.Linear calls compute; gradients flow back to each weight and bias.
+    """
+    w = torch.cat(weights) if len(weights) > 1 else weights[0]
+    b = None
+    if biases is not None and any(bi is not None for bi in biases):
+        b = torch.cat([bi if bi is not None else w.new_zeros(wi.shape[0]) for wi, bi in zip(weights, biases)])
+    lead = x.shape[:-1]
+    out = _NarrowLinear.apply(x.reshape(-1, x.shape[-1]), w, b)
+    return out.view(*lead, w.shape[0])
 
 
 def _f32_inside(x: float, *, up: bool) -> float:
@@ -149,6 +200,49 @@ def select_heads(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor,
     hard = torch.zeros_like(hard_sorted).scatter(-1, order, hard_sorted)
     soft = torch.zeros_like(soft_sorted).scatter(-1, order, soft_sorted)
     return hard, soft
+
+
+class _SelectHeadsST(torch.autograd.Function):
+    """`hard.float() + (soft - soft.detach())` from `select_heads`, as one autograd node.
+
+    Same forward value (the hard mask) and the same gradient as autograd through
+    `select_heads` (tests/moh/test_routing_fast.py checks both); written out by hand because
+    autograd's ~20 small nodes per layer cost more than the rest of the router at our sizes.
+    Returns (gates float (B, T, H), hard bool (B, T, H)).
+    """
+
+    @staticmethod
+    def forward(ctx, probs, tau, kappa, t1, t2):  # type: ignore[override]
+        H = probs.shape[-1]
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+        cum_excl = torch.cat([torch.zeros_like(sorted_p[..., :1]), sorted_p[..., :-1].cumsum(-1)], -1)
+        rank = torch.arange(H, device=probs.device, dtype=probs.dtype)
+        tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)
+        hard_sorted = (cum_excl < tau_) & (rank < kappa_)
+        hard_sorted[..., 0] = True  # at least one head
+        a = torch.sigmoid((tau_ - cum_excl) / t1)  # threshold factor of the surrogate
+        b = torch.sigmoid((kappa_ - rank - 0.5) / t2)  # budget factor
+        hard = torch.zeros_like(hard_sorted).scatter(-1, order, hard_sorted)
+        ctx.save_for_backward(order, a, b)
+        ctx.t1, ctx.t2 = t1, t2
+        ctx.mark_non_differentiable(hard)
+        return hard.to(probs.dtype), hard
+
+    @staticmethod
+    def backward(ctx, g, _g_hard):  # type: ignore[override]
+        order, a, b = ctx.saved_tensors
+        gs = g.gather(-1, order)  # gradient w.r.t. soft, in sorted order
+        dz1 = torch.ops.aten.sigmoid_backward(gs * b, a) / ctx.t1  # d/d (tau - C_j)
+        dz2 = torch.ops.aten.sigmoid_backward(gs * a, b) / ctx.t2  # d/d (kappa - j - 0.5)
+        g_tau = dz1.sum(-1) if ctx.needs_input_grad[1] else None
+        g_kappa = dz2.sum(-1) if ctx.needs_input_grad[2] else None
+        g_probs = None
+        if ctx.needs_input_grad[0]:
+            # C_j = sum_{i<j} p_(i): p_(i) receives -sum_{j>i} dz1_j (the last sorted prob: 0)
+            g_sorted = torch.zeros_like(dz1)
+            g_sorted[..., :-1] = (-dz1[..., 1:]).flip(-1).cumsum(-1).flip(-1)
+            g_probs = torch.zeros_like(g_sorted).scatter(-1, order, g_sorted)
+        return g_probs, g_tau, g_kappa, None, None
 
 
 ROUTER_CLASSES = {"dense": DenseRouter, "moh": MoHRouter, "adaptive": AdaptiveRouter}

@@ -49,6 +49,9 @@ class Config:
     tau_max: float = 0.8  # adaptive: highest threshold tau, <= 1
     st_temp_threshold: float = 0.1  # adaptive: surrogate temperature on (tau - cum prob), 0.01..1
     st_temp_budget: float = 1.0  # adaptive: surrogate temperature on (kappa - rank), 0.1..4
+    # adaptive: False detaches the gates, so the LM loss never reaches the router or the
+    # predictors: the reference trainer's pitfall 1, kept only to produce a broken sample run
+    straight_through: bool = True
     moh_shared: int = 2  # moh: shared heads always on, 0..n_heads-1
     moh_topk: int = 2  # moh: routed heads chosen per token, 1..n_heads-moh_shared
 

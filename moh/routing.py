@@ -102,6 +102,7 @@ class AdaptiveRouter(nn.Module):
         self.n_heads, self.k_min = cfg.n_heads, cfg.k_min
         self.tau_min, self.tau_max = cfg.tau_min, cfg.tau_max
         self.t1, self.t2 = cfg.st_temp_threshold, cfg.st_temp_budget
+        self.straight_through = cfg.straight_through
         # float32 bounds inside [tau_min, tau_max]: float32(0.8) is 0.80000001, which would put
         # a saturated threshold just outside its documented range.
         self.tau_lo, self.tau_hi = _f32_inside(cfg.tau_min, up=True), _f32_inside(cfg.tau_max, up=False)
@@ -124,6 +125,8 @@ class AdaptiveRouter(nn.Module):
         tau = tau.clamp(self.tau_lo, self.tau_hi)  # (B, T); only rounding error is clamped
         # forward: exactly the hard mask; backward: the surrogate's gradient (select_heads)
         gates, hard = _SelectHeadsST.apply(probs, tau, kappa, self.t1, self.t2)
+        if not self.straight_through:  # pitfall 1 on purpose: a hard mask with no gradient path
+            gates = gates.detach()
         pred_norm = 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
         return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
                        count=gates.sum(-1), tau=tau, complexity=c, kappa=kappa,

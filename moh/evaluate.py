@@ -9,6 +9,7 @@ one batch, so an evaluation costs a few dozen forward passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -54,7 +55,8 @@ def exact_match(model: LM, held: list[Held], tok: Tokenizer, max_new_tokens: int
     for i, h in enumerate(held):
         by_len.setdefault(len(h.prompt_ids), []).append(i)
     for _, members in sorted(by_len.items()):
-        prompts = torch.tensor([held[i].prompt_ids for i in members], dtype=torch.long)
+        prompts = torch.tensor([held[i].prompt_ids for i in members], dtype=torch.long,
+                               device=next(model.parameters()).device)
         new = model.generate(prompts, max_new_tokens, tok.eos_id).tolist()
         for i, ids in zip(members, new):
             if tok.eos_id in ids:
@@ -72,14 +74,25 @@ def exact_match(model: LM, held: list[Held], tok: Tokenizer, max_new_tokens: int
 
 
 @torch.no_grad()
-def mean_loss(model: LM, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
-    """Token-mean LM loss over `batches` (teacher forcing, no dropout)."""
+def mean_loss(model: LM, batches: list[tuple[torch.Tensor, torch.Tensor]],
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float | None:
+    """Token-mean LM loss over `batches` (teacher forcing, no dropout).
+
+    `reduce` maps [loss sum, token count] to the job's (an all-reduce SUM under data
+    parallelism, where `batches` are this rank's shards); every rank must call it.
+    """
     was_training = model.training
     model.eval()
-    total, count = torch.zeros(()), 0
+    device = next(model.parameters()).device
+    total, count = torch.zeros((), device=device), 0
     for idx, targets in batches:
+        idx, targets = idx.to(device), targets.to(device)
         _, loss_sum, _ = model(idx, targets)
         total += loss_sum
         count += int((targets != -100).sum())
     model.train(was_training)
+    if reduce is not None:
+        total, c = reduce(torch.stack([total.double(), torch.tensor(float(count), device=device,
+                                                                    dtype=torch.float64)])).unbind()
+        total, count = float(total), int(c)
     return float(total) / count if count else None

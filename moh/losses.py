@@ -16,6 +16,8 @@ it steers the count that is measured. A term that does not apply is None, never 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .config import Config
@@ -26,34 +28,58 @@ WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
                "complexity": "complexity_weight", "budget": "budget_weight"}
 
 
-def _masked_mean(x: torch.Tensor, w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """Mean of x (B, T[, K]) over tokens with weight w (B, T) in {0, 1}; n = w.sum()."""
+def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Sum of x (B, T[, K]) over tokens with weight w (B, T) in {0, 1}: (K,) or 0-d."""
     if x.dim() == 3:
-        return (x * w.unsqueeze(-1)).sum((0, 1)) / n
-    return (x * w).sum() / n
+        return (x * w.unsqueeze(-1)).sum((0, 1))
+    return (x * w).sum()
 
 
-def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor | None]:
-    """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None."""
+def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
+    """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None.
+
+    Every term is a function of token SUMS (per-head f_i and P_i sums, z, complexity and
+    head-count sums, the real-token count). `reduce` maps the flat vector of those sums to the
+    job's sums before the terms are formed: under data parallelism an autograd-aware all-reduce
+    (`distributed.sum_autograd`), so the batch-level statistics (f_i, P_i, mean count) are the
+    global batch's and a 2-rank run computes the 1-rank run's terms. None = this process only.
+    """
     w = valid.float()  # (B, T)
-    n = w.sum().clamp_min(1.0)
-    per_term: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
+    parts: list[torch.Tensor] = [w.sum().view(1)]
+    layout: list[tuple[int, bool]] = []  # per routed layer: (balanced heads Hb, adaptive?)
     for r in routings:
         if r.probs is None:  # dense: nothing is routed
             continue
         hard_b = r.hard[..., r.balance_heads].float()  # (B, T, Hb)
-        Hb = hard_b.shape[-1]
-        f = _masked_mean(hard_b, w, n)  # (Hb,) fraction of tokens per head
-        P = _masked_mean(r.probs, w, n)  # (Hb,) mean probability per head
+        parts += [_masked_sum(hard_b, w), _masked_sum(r.probs, w),  # (Hb,) f and P numerators
+                  _masked_sum(torch.logsumexp(r.logits, -1) ** 2, w).view(1)]
+        adaptive = r.kappa is not None
+        if adaptive:
+            used = r.hard.sum(-1).to(r.kappa.dtype)  # (B, T) hard count, no gradient
+            parts += [_masked_sum((used - r.kappa) ** 2, w).view(1),
+                      _masked_sum(r.count.float(), w).view(1)]
+        layout.append((hard_b.shape[-1], adaptive))
+    flat = torch.cat(parts)
+    if reduce is not None:
+        flat = reduce(flat)
+    n = flat[0].clamp_min(1.0)
+    per_term: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
+    pos = 1
+    for (Hb, adaptive), r in zip(layout, (r for r in routings if r.probs is not None)):
+        f = flat[pos : pos + Hb] / n  # (Hb,) fraction of tokens per head
+        P = flat[pos + Hb : pos + 2 * Hb] / n  # (Hb,) mean probability per head
+        pos += 2 * Hb
         mean_k = f.sum().clamp_min(1e-6)  # heads per token among the balanced ones
         per_term["load_balance"].append(Hb / mean_k * (f * P).sum())
-        per_term["z"].append(_masked_mean(torch.logsumexp(r.logits, -1) ** 2, w, n))
-        if r.kappa is not None:
+        per_term["z"].append(flat[pos] / n)
+        pos += 1
+        if adaptive:
             H = r.hard.shape[-1]
-            used = r.hard.sum(-1).to(r.kappa.dtype)  # (B, T) hard count, no gradient
-            per_term["complexity"].append(_masked_mean((used - r.kappa) ** 2, w, n) / H**2)
-            mean_count = _masked_mean(r.count.float(), w, n)
+            per_term["complexity"].append(flat[pos] / n / H**2)
+            mean_count = flat[pos + 1] / n
             per_term["budget"].append(((mean_count - cfg.target_heads) / H) ** 2)
+            pos += 2
     return {t: (torch.stack(v).mean() if v else None) for t, v in per_term.items()}
 
 

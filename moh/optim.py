@@ -99,13 +99,17 @@ def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, dic
             per[g] = None
             continue
         if not grads:  # parameters exist but received no gradient at all
-            per[g] = torch.zeros(())
+            per[g] = torch.zeros((), device=params[0].device)
             continue
         sq = torch.stack([torch.linalg.vector_norm(t.float()) ** 2 for t in grads]).sum()
         squares.append(sq)
         per[g] = sq.sqrt()
-    total = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+    total = torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=_device(groups))
     return total, per
+
+
+def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:
+    return next((p.device for ps in groups.values() for p in ps), torch.device("cpu"))
 
 
 def clip_(params: list[torch.Tensor], total: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -1,0 +1,265 @@
+"""Data parallelism over torch.distributed: process group, rank info, reductions.
+
+    torchrun --nproc_per_node=N -m moh.train [--config FILE] [--out DIR] [key=value ...]
+    moh train --nproc N ...                      (launches the same through torch.distributed.run)
+
+`setup()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); with
+no such environment (or WORLD_SIZE=1) it returns a 1-rank `DistInfo` and starts nothing, so
+the training loop has one code path. Backend: `nccl` when the device is CUDA, `gloo` on CPU.
+Every collective carries the process group's timeout (`dist_timeout` seconds): a rank that
+dies or hangs makes the others raise instead of waiting forever.
+
+How a step stays exact across world sizes (docs/distributed.md):
+- `data.make_batches(rank=, world_size=)` gives rank r a disjoint contiguous slice of every
+  GLOBAL batch (the global batch size is the config's, whatever N is);
+- every loss is a function of token SUMS (LM loss sum, token counts, per-head f_i / P_i sums,
+  z, complexity and head-count sums). Those sums are all-reduced with the autograd-aware
+  `torch.distributed.nn.functional.all_reduce`, so each rank computes the job's loss, and
+  its backward sums the ranks' upstream gradients: the local gradient is W x (this rank's
+  share of the global gradient). DistributedDataParallel then AVERAGES over the W ranks,
+  which leaves exactly the global gradient. No loss scaling, no custom comm hook.
+- gradient norms, clipping and the finite check run on the synchronised gradients, so they
+  are the same number on every rank (no rank can skip a step the others take).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .routing import Routing
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DistError(RuntimeError):
+    """A distributed setup problem (bad device, world size that does not fit the config)."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # "gloo" / "nccl"; None when not distributed
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup() initialised the process group (so teardown() is ours)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" without CUDA fails."""
+    if device not in DEVICES:
+        raise DistError(f"device: must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DistError("device: cuda requested but torch.cuda.is_available() is False")
+        n = torch.cuda.device_count()
+        if local_rank >= n:
+            raise DistError(f"device: local rank {local_rank} has no GPU ({n} visible); use --nproc_per_node <= {n}")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
+    """Join the process group torchrun described in the environment (no-op for 1 rank).
+
+    Already-initialised groups (a caller that set one up itself) are used as they are.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else env_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world <= 1:
+        return DistInfo(device=dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = not dist.is_initialized()
+    if owns:
+        kw: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+        if dev.type == "cuda":
+            kw["device_id"] = dev  # eager NCCL init: a bad GPU fails here, not at the first step
+        dist.init_process_group(**kw)
+    backend = dist.get_backend()
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    backend=str(backend), device=dev, owns_group=owns)
+
+
+def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when distributed (else `model` itself).
+
+    Its forward is the model's; its backward AVERAGES gradients over ranks (bucketed, overlapped
+    with the backward pass). Construction broadcasts rank 0's parameters, so every rank starts
+    from the same weights whatever its RNG did.
+    """
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, output_device=info.device.index if ids else None)
+
+
+def teardown() -> None:
+    """Leave the process group (idempotent; safe after a failed collective)."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # pragma: no cover - a peer already gone; nothing left to release
+            pass
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        # gloo barrier is a collective with the group timeout; nccl needs the device
+        dist.barrier(device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+# --- reductions --------------------------------------------------------------------------------
+
+
+def sum_autograd(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce SUM that autograd differentiates (backward: all-reduce SUM of the grads).
+
+    Identity when not distributed. See the module docstring for why the gradient that DDP
+    then averages is exactly the global one.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    return _SumAllReduce.apply(t)
+
+
+class _SumAllReduce(torch.autograd.Function):
+    """y = sum over ranks of x; dL/dx = sum over ranks of dL/dy (what
+    torch.distributed.nn.functional.all_reduce does; that one is deprecated in torch 2.13)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        g = g.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
+def sum_(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce SUM of a tensor without gradient (in place; returns it)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def max_(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj`, in rank order (all ranks receive the list)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(items: list, info: DistInfo) -> list:
+    """Contiguous slice `rank` of `world_size` (sizes differ by at most one)."""
+    base, extra = divmod(len(items), info.world_size)
+    start = info.rank * base + min(info.rank, extra)
+    return items[start : start + base + (info.rank < extra)]
+
+
+# --- routing statistics -------------------------------------------------------------------------
+
+
+def layer_stats_global(routings: list[Routing], valid: torch.Tensor) -> list[dict[str, torch.Tensor | None]]:
+    """`routing.layer_stats` for the whole job: per-layer statistics over every rank's tokens.
+
+    Means are token-weighted (sums and counts are all-reduced, then divided), min and max are
+    all-reduced as MIN / MAX, heads_std comes from the global sums of counts and squared
+    counts (float64: hard counts are small integers, so those sums are exact), head_load is
+    the summed per-head token count divided by the global token count. Two collectives for
+    all layers together (one SUM, one MAX with mins negated); call on logging steps only.
+    A rank with no real token contributes nothing (its min/max are +-inf).
+    """
+    v = valid.reshape(-1)
+    sums, extremes, layout = [], [], []
+    for r in routings:
+        hard = r.hard.reshape(-1, r.hard.shape[-1])[v].to(torch.float64)  # (N, H)
+        counts = hard.sum(-1)
+        entry: dict[str, Any] = {"H": hard.shape[-1]}
+        part = [counts.new_tensor([counts.numel()]), counts.sum().view(1), (counts * counts).sum().view(1),
+                hard.sum(0)]
+        ext = [_ext(counts)]
+        for name, t in (("threshold", r.tau), ("complexity", r.complexity)):
+            entry[name] = t is not None
+            if t is not None:
+                t = t.detach().reshape(-1)[v].to(torch.float64)
+                part.append(t.sum().view(1))
+                ext.append(_ext(t))
+        entry["entropy"] = r.probs is not None
+        if r.probs is not None:
+            p = r.probs.detach().reshape(-1, r.probs.shape[-1])[v].to(torch.float64)
+            part.append((-(p * p.clamp_min(1e-12).log()).sum(-1)).sum().view(1))
+        entry["pred_norm"] = r.pred_norm
+        sums.append(torch.cat(part))
+        extremes.append(torch.cat(ext))
+        layout.append(entry)
+    flat_s = sum_(torch.cat(sums))
+    flat_e = max_(torch.cat(extremes))
+    out, ps, pe = [], 0, 0
+    for entry in layout:
+        H = entry["H"]
+        n, c_sum, c_sq = flat_s[ps], flat_s[ps + 1], flat_s[ps + 2]
+        load = flat_s[ps + 3 : ps + 3 + H]
+        ps += 3 + H
+        nz = n.clamp_min(1.0)
+        mean = c_sum / nz
+        row: dict[str, torch.Tensor | None] = {
+            "heads_mean": mean, "heads_min": -flat_e[pe], "heads_max": flat_e[pe + 1],
+            "heads_std": (c_sq / nz - mean * mean).clamp_min(0.0).sqrt(), "head_load": load / nz,
+        }
+        pe += 2
+        for name in ("threshold", "complexity"):
+            if entry[name]:
+                row |= {f"{name}_mean": flat_s[ps] / nz, f"{name}_min": -flat_e[pe], f"{name}_max": flat_e[pe + 1]}
+                ps, pe = ps + 1, pe + 2
+            else:
+                row |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
+        if entry["entropy"]:
+            row["entropy"] = flat_s[ps] / nz
+            ps += 1
+        else:
+            row["entropy"] = None
+        row["pred_norm"] = entry["pred_norm"]  # from the (synchronised) weights: same on every rank
+        out.append(row)
+    return out
+
+
+def _ext(x: torch.Tensor) -> torch.Tensor:
+    """[-min, max] of x (+-inf bounds for an empty x), for one MAX all-reduce."""
+    if x.numel() == 0:
+        return x.new_tensor([-float("inf"), -float("inf")])
+    return torch.stack([-x.min(), x.max()])

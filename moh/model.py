@@ -34,8 +34,21 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads
-        r = self.router(x)
-        q, k, v = self.qkv(x).split(C, dim=2)
+        proj_params = getattr(self.router, "proj_params", None)
+        if proj_params is not None and x.dtype == torch.float32:
+            # The router's projections of x ride along in the qkv matmul: one matmul and one
+            # input gradient instead of two (the qkv columns are computed exactly as alone).
+            ws, bs = proj_params()
+            w = torch.cat([self.qkv.weight, *ws])
+            b = torch.cat([self.qkv.bias, *(bi if bi is not None else wi.new_zeros(wi.shape[0])
+                                            for wi, bi in zip(ws, bs))])
+            out = F.linear(x, w, b)  # (B, T, 3C + K)
+            qkv = out[..., : 3 * C]
+            r = self.router(x, proj=out[..., 3 * C:])
+        else:  # dense, or a model dtype other than the routers' float32
+            qkv = self.qkv(x)
+            r = self.router(x)
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # Right padding + causal mask: real tokens never attend to the pads after them.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)

@@ -53,7 +53,7 @@ class DenseRouter(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
         B, T, _ = x.shape
         ones = torch.ones(1, 1, self.n_heads, dtype=torch.bool, device=x.device)
         return Routing(hard=ones.expand(B, T, self.n_heads))  # a view: no (B, T, H) allocation
@@ -71,14 +71,20 @@ class MoHRouter(nn.Module):
         self.shared = nn.Linear(C, self.n_shared, bias=False) if self.n_shared else None  # W_s
         self.mix = nn.Linear(C, 2, bias=False) if self.n_shared else None  # W_h -> [a1, a2]
 
-    def forward(self, x: torch.Tensor) -> Routing:
-        xf = x.float()  # routers in float32 whatever the model dtype
+    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Weights and biases of the router's projections of x, in the order forward() reads."""
+        if self.n_shared:
+            return [self.router.weight, self.shared.weight, self.mix.weight], [None, None, None]
+        return [self.router.weight], [None]
+
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
+        """`proj`: the float32 projections of x by `proj_params()` when the caller already
+        computed them (the attention fuses them into its qkv matmul); None = compute here."""
         Hr, Hs = self.n_routed, self.n_shared
-        if self.n_shared:  # W_r, W_s, W_h in one matmul (see fused_linear)
-            out = fused_linear(xf, [self.router.weight, self.shared.weight, self.mix.weight])
-            logits = out[..., :Hr]  # (B, T, Hr)
-        else:
-            logits = out = fused_linear(xf, [self.router.weight])
+        if proj is None:  # routers in float32 whatever the model dtype; one matmul for all
+            proj = fused_linear(x.float(), *self.proj_params())
+        out = proj
+        logits = out[..., :Hr]  # (B, T, Hr)
         probs = logits.softmax(-1)
         top = probs.topk(self.k, dim=-1).indices
         chosen = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)  # (B, T, Hr)
@@ -111,12 +117,18 @@ class AdaptiveRouter(nn.Module):
         self.complexity = nn.Linear(C, 1)  # w_c . x + b_c
         self.threshold = nn.Linear(C, 1)  # w_t . x + b_t
 
-    def forward(self, x: torch.Tensor) -> Routing:
+    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Weights and biases of the router's projections of x, in the order forward() reads."""
+        return ([self.router.weight, self.complexity.weight, self.threshold.weight],
+                [None, self.complexity.bias, self.threshold.bias])
+
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
+        """`proj`: the float32 projections of x by `proj_params()` (B, T, H + 2) when the caller
+        already computed them (the attention fuses them into its qkv matmul); None = here."""
         H = self.n_heads
-        xf = x.float()
-        # W_r x, w_c . x + b_c and w_t . x + b_t in one matmul (see fused_linear)
-        out = fused_linear(xf, [self.router.weight, self.complexity.weight, self.threshold.weight],
-                           [None, self.complexity.bias, self.threshold.bias])  # (B, T, H + 2)
+        if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
+            proj = fused_linear(x.float(), *self.proj_params())
+        out = proj  # (B, T, H + 2)
         logits = out[..., :H]  # (B, T, H)
         probs = logits.softmax(-1)
         c = torch.sigmoid(out[..., H])  # (B, T) in [0, 1]

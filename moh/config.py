@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 ROUTERS = ("dense", "moh", "adaptive")
 NONFINITE_POLICIES = ("skip", "stop")
+TELEMETRY_TIERS = ("basic", "full")  # full: + per-layer heads_hist and prob_mean (bench/bench_telemetry.py)
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,7 @@ class Config:
 
     # --- telemetry and evaluation ---------------------------------------------------------
     log_every: int = 2  # write a step record every N optimizer steps, >= 1
+    telemetry_tier: str = "basic"  # "basic" (schema layer fields) or "full" (+ heads_hist, prob_mean per layer)
     eval_prompts: int = 64  # held instruction prompts completed greedily per eval, >= 0
     eval_max_new_tokens: int = 48  # greedy generation cap per prompt, >= 1
 
@@ -145,6 +147,7 @@ class Config:
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
         need(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
         need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.telemetry_tier in TELEMETRY_TIERS, "telemetry_tier", f"must be one of {', '.join(TELEMETRY_TIERS)}")
         need(self.eval_prompts >= 0, "eval_prompts", "must be >= 0")
         need(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", "must be >= 1")
 

@@ -270,11 +270,13 @@ def make_router(cfg: Config) -> nn.Module:
 # --- telemetry ---------------------------------------------------------------------------------
 
 
-def layer_stats(r: Routing, valid: torch.Tensor) -> dict[str, torch.Tensor | None]:
+def layer_stats(r: Routing, valid: torch.Tensor, full: bool = False) -> dict[str, torch.Tensor | None]:
     """Per-layer routing statistics over real (non-padding) tokens, as 0-d/1-d tensors.
 
     valid (B, T) bool. No `.item()` here: the caller syncs once per logging step. Fields that
-    do not apply to the router are None (never a fake 0).
+    do not apply to the router are None (never a fake 0). `full` (config telemetry_tier =
+    "full") adds the optional `heads_hist` (H+1 fractions of tokens using 0..H heads) and
+    `prob_mean` (mean router probability per routed head; None for dense).
     """
     v = valid.reshape(-1)
     hard = r.hard.reshape(-1, r.hard.shape[-1])[v].float()  # (N, H)
@@ -298,4 +300,9 @@ def layer_stats(r: Routing, valid: torch.Tensor) -> dict[str, torch.Tensor | Non
         p = r.probs.reshape(-1, r.probs.shape[-1])[v].detach()
         out["entropy"] = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()  # nats, max log H'
     out["pred_norm"] = r.pred_norm
+    if full:
+        H = r.hard.shape[-1]
+        n = max(int(counts.numel()), 1)
+        out["heads_hist"] = torch.bincount(counts.long(), minlength=H + 1)[: H + 1].float() / n
+        out["prob_mean"] = None if r.probs is None else p.mean(0)
     return out

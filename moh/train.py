@@ -59,6 +59,10 @@ def _f(t: torch.Tensor | float | None) -> float | None:
     return None if t is None else float(t.detach() if isinstance(t, torch.Tensor) else t)
 
 
+_LIST_STATS = ("head_load", "heads_hist", "prob_mean")  # per-head / per-count lists
+_FULL_TIER_STATS = ("heads_hist", "prob_mean")  # optional layer keys (telemetry_tier = "full")
+
+
 def _rows(stats: list[dict[str, Any]]) -> list[dict]:
     """Per-layer stat tensors -> JSON-ready dicts, with one host sync for all of them."""
     flat: list[torch.Tensor] = []
@@ -77,8 +81,9 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
             n = v.numel()
             chunk = values[pos : pos + n]
             pos += n
-            row[k] = chunk if k == "head_load" else chunk[0]
-        rows.append({f: row.get(f) for f in schema.LAYER_FIELDS})
+            row[k] = chunk if k in _LIST_STATS else chunk[0]
+        rows.append({f: row.get(f) for f in schema.LAYER_FIELDS}
+                    | {k: row[k] for k in _FULL_TIER_STATS if k in row})
     return rows
 
 
@@ -236,7 +241,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     "aux": {t: _f(aux[t]) for t in TERMS},
                     "aux_weighted": {t: (None if aux[t] is None else
                                          getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    "layers": _rows([layer_stats(r, valid) for r in routings]),
+                    "layers": _rows([layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
                     "tokens": int(n_tok), "skipped": not finite,
                 }
                 log.write(rec)

@@ -45,3 +45,34 @@ def test_fused_linear_matches_separate_linears():
     assert torch.autograd.gradcheck(lambda x, w1, w2, b2: fused_linear(x, [w1, w2], [None, b2]), (x, w1, w2, b2))
     ref = torch.cat([x @ w1.T, x @ w2.T + b2], -1)
     torch.testing.assert_close(fused_linear(x, [w1, w2], [None, b2]), ref)
+
+
+def test_full_telemetry_tier_adds_heads_hist_and_prob_mean(tiny_cfg):
+    from moh import schema
+    from moh.telemetry import NullSink
+    from moh.train import train
+
+    class Keep(NullSink):
+        def __init__(self):
+            self.records = []
+
+        def write(self, record):
+            self.records.append(record)
+
+    for router, tier in (("adaptive", "full"), ("dense", "full"), ("adaptive", "basic")):
+        sink = Keep()
+        train(tiny_cfg(router=router, telemetry_tier=tier, instruct_epochs=0, eval_prompts=0), None, sink=sink)
+        steps = [r for r in sink.records if r["event"] == schema.STEP]
+        assert steps and not any(schema.missing_fields(r) for r in steps)
+        for layer in steps[-1]["layers"]:
+            if tier == "basic":
+                assert "heads_hist" not in layer and "prob_mean" not in layer
+                continue
+            hist = layer["heads_hist"]
+            assert len(hist) == 4 + 1 and abs(sum(hist) - 1) < 1e-5
+            mean_from_hist = sum(k * f for k, f in enumerate(hist))
+            assert abs(mean_from_hist - layer["heads_mean"]) < 1e-4
+            if router == "dense":
+                assert layer["prob_mean"] is None and hist[-1] == 1.0
+            else:
+                assert len(layer["prob_mean"]) == 4 and abs(sum(layer["prob_mean"]) - 1) < 1e-5

@@ -478,9 +478,13 @@ class _Builder:
             else:
                 self.bad_line(lineno, f"step record with step={_one_line(repr(step), 30)}, not an integer")
                 return
+        try:
+            self.step_no.append(step)
+        except OverflowError:  # beyond int64: a corrupted or hostile line, not a step number
+            self.bad_line(lineno, f"step record with step={_one_line(repr(step), 30)}, out of range")
+            return
         row = self.n_steps
         self.n_steps += 1
-        self.step_no.append(step)
         self.step_line.append(lineno)
         phase = rec.get("phase")
         if phase is None:

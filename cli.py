@@ -365,7 +365,7 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
             _err(f"error: {e}")
             raise typer.Exit(3)
         for note in run.notes:
-            _err(f"note: {path}: {note}")
+            _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)

@@ -15,13 +15,16 @@ restart or overlap is resolved by step, last write wins, and said so in `Run.not
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip
+import io
 import itertools
 import json
 import math
 import operator
 import os
+import re
 import struct
 import zlib
 from array import array
@@ -70,6 +73,18 @@ def _packer(n: int) -> struct.Struct:
 def _pack_layers(n: int) -> struct.Struct:
     return struct.Struct(f"={n}h")
 _HEAD_PROBE = 65536
+# Bulk path (see `_Template`): runs of step lines with one layout are parsed as CSV by pandas' C reader.
+_BULK_LINES = 8192  # lines read and checked together; 0: line by line only
+_BULK_MIN = 48  # shorter runs go line by line (a read_csv call costs about as much as 50 lines)
+_MAX_TEMPLATES = 64
+_SKEL_DELETE = b"0123456789.+-"  # what varies inside a number token (an exponent's e/E stays in the layout)
+_SKEL_CHARS = frozenset(_SKEL_DELETE.decode())
+_CSV_TABLE = bytes.maketrans(b"{}[]:", b",,,,,")
+# Letters (but the exponent's e/E), quotes and underscores only make the CSV longer: keys become empty
+# or "e" fields that are never read. Halves the text the CSV tokenizer walks.
+_CSV_DELETE = bytes(c for c in range(256) if (chr(c).isalpha() and chr(c) not in "eE") or chr(c) in '"_')
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_MISSING = object()
 _PARALLEL_MIN_BYTES = 64 << 20  # below this one process is faster than starting workers
 _MAX_WORKERS = 8
 _MAX_PLANS = 16  # distinct step-record key layouts given a fast path  # bytes read to sniff the format
@@ -186,27 +201,58 @@ def _scan(lines: Iterable[bytes], builder: "_Builder", is_last: bool) -> None:
     add = builder.add
     lineno = 0
     pending: tuple[int, str, bool] | None = None
-    try:
-        for line in lines:
-            lineno += 1
+
+    def one(line: bytes) -> None:  # the careful path: one line, any content
+        nonlocal lineno, pending
+        lineno += 1
+        try:
+            rec = loads(line)
+        except orjson.JSONDecodeError as e:
             try:
-                rec = loads(line)
-            except orjson.JSONDecodeError as e:
-                try:
-                    rec = _slow_parse(line)
-                except (ValueError, RecursionError) as e2:  # UnicodeDecodeError is a ValueError
-                    if pending is not None:
-                        builder.bad_line(*pending[:2])
-                    reason = ("not valid UTF-8" if isinstance(e2, UnicodeDecodeError)
-                              else f"invalid JSON ({_one_line(e, 80)})")
-                    pending = (lineno, reason, line.endswith(b"\n"))
-                    continue
-                if rec is _BLANK:
-                    continue
-            if pending is not None:
-                builder.bad_line(*pending[:2])
-                pending = None
-            add(rec, lineno)
+                rec = _slow_parse(line)
+            except (ValueError, RecursionError) as e2:  # UnicodeDecodeError is a ValueError
+                if pending is not None:
+                    builder.bad_line(*pending[:2])
+                reason = ("not valid UTF-8" if isinstance(e2, UnicodeDecodeError)
+                          else f"invalid JSON ({_one_line(e, 80)})")
+                pending = (lineno, reason, line.endswith(b"\n"))
+                return
+            if rec is _BLANK:
+                return
+        if pending is not None:
+            builder.bad_line(*pending[:2])
+            pending = None
+        add(rec, lineno)
+
+    bulk = builder.bulk and _BULK_LINES > 1
+    it = iter(lines)
+    read_error: BaseException | None = None
+    try:
+        while read_error is None:
+            batch: list[bytes] = []
+            try:
+                batch.extend(itertools.islice(it, _BULK_LINES if bulk else 4096))
+            except (EOFError, OSError, zlib.error) as e:
+                read_error = e  # the lines read before it are still used, then it is raised
+            if not batch:
+                break
+            pos = 0
+            for start, stop, tmpl in builder.segments(batch) if bulk else ():
+                for line in batch[pos:start]:
+                    one(line)
+                if pending is not None:  # a line follows it, so it was not a truncated last line
+                    builder.bad_line(*pending[:2])
+                    pending = None
+                if builder.add_bulk(batch[start:stop], tmpl, lineno + 1):
+                    lineno += stop - start
+                else:
+                    for line in batch[start:stop]:
+                        one(line)
+                pos = stop
+            for line in batch[pos:] if pos else batch:
+                one(line)
+        if read_error is not None:
+            raise read_error
     except EOFError:  # gzip stream cut short: like a truncated last line
         builder.note(None, f"compressed stream ends early after line {lineno}; read what was complete")
     except (OSError, zlib.error) as e:
@@ -242,6 +288,7 @@ def _load_chunk(path: Path, start: int, end: int, strict: bool, is_last: bool) -
         return e
     builder._flush_plans()
     builder._plans, builder._plan = {}, None  # structs and getters do not pickle; no longer needed
+    builder._templates, builder._template_tries, builder._last_template = {}, {}, None
     return builder
 
 
@@ -307,10 +354,11 @@ class _Plan:
     record that does not fit (a null, a tag string, another layout) takes the per-field path.
     """
 
-    __slots__ = ("keys", "names", "get_top", "dicts", "struct", "buf", "rows")
+    __slots__ = ("keys", "top", "names", "get_top", "dicts", "struct", "buf", "rows")
 
     def __init__(self, keys: tuple, top: list[str], dicts: list[tuple[str, tuple]]):
         self.keys = keys
+        self.top = top
         self.names = top + [_STEP_DICTS[k] + str(sub) for k, subs in dicts for sub in subs]
         getter = operator.itemgetter(*top) if top else (lambda r: ())
         self.get_top = getter if len(top) != 1 else (lambda r, g=getter: (g(r),))
@@ -350,6 +398,100 @@ class _Plan:
         return True
 
 
+class _Template:
+    """Bulk path for step lines that share one layout: every byte outside the number tokens.
+
+    Engine logs repeat one layout for thousands of lines. A line's layout ("skeleton") is the line
+    with the characters of number tokens (digits . + -) deleted; an exponent's e/E stays, so a key
+    can never be confused with a number. A run of lines whose skeleton equals the template's is
+    structurally identical to the template line, which was parsed with orjson and checked to be a
+    clean step record (the case where the per-record path can leave no note). Such a run is read
+    in one call to pandas' C CSV parser (`{}[]:` become commas, so every number is a field at a
+    fixed position): no Python object per number. A run it cannot read exactly (an empty or
+    malformed number token, a non-integral step or layer index) goes line by line instead.
+
+    Known difference from the per-line path, tolerant mode only (strict mode never bulk-reads): a
+    token that is not strict JSON but an unambiguous decimal (`+1`, `01`, `.5`, `5.`), or an
+    integral float where an integer is expected (layer `2.0`), reads as that number.
+    """
+
+    __slots__ = ("skel", "usecols", "step_col", "phase", "plan", "scal", "n_layers", "idx_cols",
+                 "stat_cols", "load_cols", "lens")
+
+    @classmethod
+    def build(cls, builder: "_Builder", rec: dict, line: bytes, skel: bytes) -> "_Template | None":
+        if rec.get("event") != "step" or type(rec.get("step")) is not int:
+            return None
+        phase = rec.get("phase")
+        if phase is not None and (type(phase) is not str or _SKEL_CHARS.intersection(phase)):
+            return None
+        if any(_SKEL_CHARS.intersection(k) for k in rec):
+            return None
+        plan = builder._find_plan(rec, tuple(rec))
+        own = _Plan.build(rec, tuple(rec))  # the cached plan may come from a record with other value types
+        if plan is None or own is None or own.names != plan.names:
+            return None
+        paths: list[tuple] = []
+        n_layers, lens = 0, []
+        for k, v in rec.items():
+            t = type(v)
+            if t is int or t is float:
+                paths.append(("top", k))
+            elif t is dict:  # a grad/aux group: the plan checked its values are numbers
+                if any(_SKEL_CHARS.intersection(str(sub)) for sub in v):
+                    return None
+                paths += [("d", k, sub) for sub in v]
+            elif k == "layers" and t is list:
+                for i, lay in enumerate(v):
+                    if type(lay) is not dict or len(lay) != _N_LAYER_FIELDS or not _LAYER_KEYS.issuperset(lay):
+                        return None
+                    for lk, lv in lay.items():
+                        if lk == "head_load":
+                            if type(lv) is not list or len(lv) > 65535 or \
+                                    not {int, float}.issuperset(map(type, lv)):
+                                return None
+                            paths += [("h", i, h) for h in range(len(lv))]
+                            lens.append(len(lv))
+                        elif type(lv) is int or type(lv) is float:
+                            if lk == "layer" and (type(lv) is not int or not 0 <= lv < 32768):
+                                return None
+                            paths.append(("l", i, lk))
+                        else:
+                            return None
+                n_layers = len(v)
+            elif not (t is str or t is bool or v is None):
+                return None
+        fields = line.translate(_CSV_TABLE, _CSV_DELETE).split(b",")
+        num = [i for i, f in enumerate(fields) if _JSON_NUMBER.fullmatch(f)]
+        if len(num) != len(paths):
+            return None
+        value = {("top", k): v for k, v in rec.items()}
+        for k, v in rec.items():
+            if type(v) is dict:
+                value.update({("d", k, sub): x for sub, x in v.items()})
+        for i, lay in enumerate(rec.get("layers") or ()):
+            value.update({("l", i, lk): x for lk, x in lay.items() if lk != "head_load"})
+            value.update({("h", i, h): x for h, x in enumerate(lay["head_load"])})
+        if any(float(fields[i]) != value[p] for i, p in zip(num, paths)):
+            return None  # the fields are not the numbers in text order: no bulk path for this layout
+        col = {p: j for j, p in enumerate(paths)}
+        self = cls()
+        self.skel, self.usecols, self.plan = skel, num, plan
+        self.step_col = col[("top", "step")]
+        self.phase = phase
+        self.scal = [(None, float(rec[k])) if type(rec[k]) is bool else (col[("top", k)], 0.0) for k in plan.top]
+        self.scal += [(col[("d", k, sub)], 0.0) for k, subs in plan.dicts for sub in subs]
+        self.n_layers = n_layers
+        self.idx_cols = [col[("l", i, "layer")] for i in range(n_layers)]
+        self.stat_cols = [col[("l", i, st)] for i in range(n_layers) for st in _LAYER_STATS]
+        self.load_cols = [col[("h", i, h)] for i in range(n_layers) for h in range(lens[i])]
+        self.lens = np.array(lens, np.uint16)
+        return self
+
+
+_LAYER_KEYS = frozenset(schema.LAYER_FIELDS)
+
+
 class _Builder:
     """Accumulates records into typed columns; `finish()` turns them into a `Run`."""
 
@@ -379,6 +521,10 @@ class _Builder:
         self._dict_names: dict[str, dict[str, str]] = {}
         self._plans: dict[tuple, _Plan | None] = {}
         self._plan: _Plan | None = None
+        self.bulk = not strict  # strict mode reads every line the careful way
+        self._templates: dict[bytes, _Template | None] = {}
+        self._template_tries: dict[bytes, int] = {}
+        self._last_template: _Template | None = None
         # layers: one row per (step record, layer entry); stats row-major in one float32 buffer
         self.lr_row = array("i")
         self.lr_layer = array("h")
@@ -436,6 +582,82 @@ class _Builder:
             self.bad_line(lineno, "record without an 'event' kind")
             return
         self.n_records += 1
+
+    # -- bulk path (see _Template)
+    def segments(self, batch: list[bytes]) -> list[tuple[int, int, _Template]]:
+        """Runs of at least _BULK_MIN consecutive lines of `batch` that match one template."""
+        skels = [line.translate(None, _SKEL_DELETE) for line in batch]
+        last = self._last_template
+        if last is not None and skels.count(last.skel) == len(skels):
+            return [(0, len(skels), last)]
+        templates = self._templates
+        out, start, cur = [], 0, None
+        for i, sk in enumerate(skels):
+            t = templates.get(sk, _MISSING)
+            if t is _MISSING:
+                t = self._new_template(batch[i], sk)
+            if t is not cur:
+                if cur is not None and i - start >= _BULK_MIN:
+                    out.append((start, i, cur))
+                cur, start = t, i
+        if cur is not None and len(skels) - start >= _BULK_MIN:
+            out.append((start, len(skels), cur))
+        return out
+
+    def _new_template(self, line: bytes, skel: bytes) -> "_Template | None":
+        if len(self._template_tries) >= _MAX_TEMPLATES or not line.startswith(b"{"):
+            return None
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            rec = None
+        t = _Template.build(self, rec, line, skel) if type(rec) is dict else None
+        # A layout is given up only after 3 lines of it failed: one bad line must not decide for the rest.
+        tries = self._template_tries[skel] = self._template_tries.get(skel, 0) + 1
+        if t is not None or tries >= 3:
+            self._templates[skel] = t
+        return t
+
+    def add_bulk(self, lines: list[bytes], t: _Template, line0: int) -> bool:
+        """Read a run of lines matching `t` (first line number `line0`); False: nothing was added."""
+        if self.lr_label is not None or self.hl_prob is not None:
+            return False  # rows would need label/prob placeholders: the per-line path keeps them aligned
+        n = len(lines)
+        try:
+            m = pd.read_csv(io.BytesIO(b"".join(lines).translate(_CSV_TABLE, _CSV_DELETE)), header=None,
+                            usecols=t.usecols, dtype=np.float64, engine="c", quoting=csv.QUOTE_NONE,
+                            na_filter=False, skip_blank_lines=False).to_numpy()
+        except (ValueError, pd.errors.ParserError, OverflowError):
+            return False
+        if m.shape != (n, len(t.usecols)) or np.isnan(m).any():
+            return False  # an empty token (",,") reads as NaN; a missing line shifts the shape
+        steps = m[:, t.step_col]
+        if not (np.all(np.trunc(steps) == steps) and np.all(np.abs(steps) < 2.0**63)):
+            return False
+        ids = m[:, t.idx_cols]
+        if not (np.all(np.trunc(ids) == ids) and np.all((ids >= 0) & (ids < 32768))):
+            return False
+        self._last_template = t
+        row0 = self.n_steps
+        self.step_no.frombytes(steps.astype(np.int64).tobytes())
+        self.step_line.frombytes(np.arange(line0, line0 + n, dtype=np.int64).tobytes())
+        code = -1 if t.phase is None else self.phases.setdefault(t.phase, len(self.phases))
+        self.phase_code.frombytes(np.full(n, code, np.int8).tobytes())
+        plan = t.plan
+        mat = np.empty((n, len(t.scal)), np.float64)
+        for j, (c, const) in enumerate(t.scal):
+            mat[:, j] = const if c is None else m[:, c]
+        plan.buf.frombytes(mat.tobytes())
+        plan.rows.frombytes(np.arange(row0, row0 + n, dtype=np.int32).tobytes())
+        if t.n_layers:
+            self.lr_row.frombytes(np.repeat(np.arange(row0, row0 + n, dtype=np.int32), t.n_layers).tobytes())
+            self.lr_layer.frombytes(ids.astype(np.int16).tobytes())
+            self.lr_stats.frombytes(m[:, t.stat_cols].astype(np.float32).tobytes())
+            self.hl_len.frombytes(np.tile(t.lens, n).tobytes())
+            self.hl_val.frombytes(m[:, t.load_cols].astype(np.float32).tobytes())
+        self.n_steps += n
+        self.n_records += n
+        return True
 
     def _add_start(self, rec: dict, lineno: int) -> None:
         version = rec.get("schema_version")

@@ -297,8 +297,15 @@ class _Index:
         segs: list[tuple[str | None, np.ndarray]] = [(None, np.arange(n))]
         names = self.phase_names(frame)
         if phases != "all" and names:
-            ph = f["phase"].astype(object).to_numpy()
-            segs = [(p, np.nonzero(ph == p)[0]) for p in names]
+            col = f["phase"]
+            if isinstance(col.dtype, pd.CategoricalDtype):  # compare small integer codes, not objects
+                cats = [str(x) for x in col.cat.categories]
+                codes = col.cat.codes.to_numpy()
+                segs = [(p, np.nonzero(codes == cats.index(p))[0] if p in cats else np.zeros(0, np.int64))
+                        for p in names]
+            else:
+                ph = col.astype(object).to_numpy()
+                segs = [(p, np.nonzero(ph == p)[0]) for p in names]
             if phases == "last":
                 segs = segs[-1:]
         out = []
@@ -413,8 +420,8 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
     wide = _model_wide(run)
     hl_count = hl_nonzero = np.zeros(0)
     if "head_load" in c.metrics and len(run.head_load):
-        load = run.head_load["load"].to_numpy(np.float64)
-        lay = run.head_load["layer"].to_numpy().astype(np.int64)
+        load = run.head_load["load"].to_numpy()  # float32 as stored: isnan / != 0 need no copy to float64
+        lay = run.head_load["layer"].to_numpy()
         ok = ~np.isnan(load)
         hl_count = np.bincount(lay[ok], minlength=lay.max() + 1)
         hl_nonzero = np.bincount(lay[ok & (load != 0)], minlength=lay.max() + 1)

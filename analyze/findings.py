@@ -422,11 +422,16 @@ def _affine(x: np.ndarray, y: np.ndarray, qx: float | None = None,
     The tolerance is what printing could have lost: half a printed step of y plus |slope| times
     half a step of x (qx/qy: given for means over layers, whose own digits hide the step).
     """
+    x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < REDUNDANT_MIN_STEPS or np.ptp(x) == 0:
         return None
-    b, a = np.polyfit(x, y, 1)
+    # least-squares line in closed form (centred sums: as accurate as polyfit, a fraction of its cost)
+    mx, my = float(x.mean()), float(y.mean())
+    dx = x - mx
+    b = float(np.dot(dx, y - my) / np.dot(dx, dx))
+    a = my - b * mx
     resid = float(np.max(np.abs(y - (a + b * x))))
     if resid * REDUNDANT_POWER > np.ptp(y):
         return None  # cheap necessary condition: tol <= ptp / POWER and resid <= tol
@@ -842,12 +847,17 @@ def _final_loads(ctx: _Ctx) -> dict[int, np.ndarray]:
     if not len(hl) or "load" not in hl.columns or not H:
         return out
     step = hl["step"].to_numpy()
-    steps = np.unique(step)
-    cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
-    w = step >= cut
+    if np.all(step[1:] >= step[:-1]):  # the loader's order: the window is a tail, found without sorting
+        steps = step[np.flatnonzero(np.diff(step, prepend=step[0] - 1))]
+        cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
+        w = slice(int(np.searchsorted(step, cut)), None)
+    else:
+        steps = np.unique(step)
+        cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
+        w = step >= cut
     lay = hl["layer"].to_numpy()[w].astype(np.int64)
     head = hl["head"].to_numpy()[w].astype(np.int64)
-    v = hl["load"].to_numpy(float)[w]
+    v = hl["load"].to_numpy()[w].astype(float)
     keep = np.isfinite(v) & (head >= 0) & (head < H) & (lay >= 0)
     lay, head, v = lay[keep], head[keep], v[keep]
     if not len(v):

@@ -118,6 +118,10 @@ def train(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (0 = all cores)."),
     set_: list[str] = typer.Option([], "--set", help="Any config key: --set key=value (repeatable)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run.jsonl in --out."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", metavar="DIR", readable=False,
+        help="Continue the run in DIR from its checkpoint.pt (config from the checkpoint; only "
+             "threads, log_every, checkpoint_every, nonfinite, eval_* may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; only the run directory on stdout."),
 ) -> None:
     """Train a small LM (pre-training, then instruction tuning) and write <out>/run.jsonl telemetry."""
@@ -132,14 +136,33 @@ def train(
                  "target_heads": target_heads, "log_every": log_every, "threads": threads,
                  "pretrain_epochs": epochs if pretrain_epochs is None else pretrain_epochs,
                  "instruct_epochs": epochs if instruct_epochs is None else instruct_epochs}
-        cfg = mconfig.load(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
+        given = mconfig.given(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
+        cfg = mconfig.from_dict(given) if resume is None else None  # resume: from the checkpoint
     except mconfig.ConfigError as e:
         _err(f"config error: {e}")
         raise typer.Exit(2)
+    checkpoint = None
+    if resume is not None:
+        if overwrite or (out is not None and out != resume):
+            _err("error: --resume DIR continues the run in DIR; it takes neither --overwrite nor another --out")
+            raise typer.Exit(2)
+        from moh import checkpoint as mckpt  # loads torch
+
+        try:
+            checkpoint = mckpt.load(resume)
+            cfg = mckpt.resume_config(checkpoint["config"], given)
+        except mckpt.CheckpointError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(3)
+        except mconfig.ConfigError as e:
+            _err(f"config error: {e}")
+            raise typer.Exit(2)
+        out = resume
     if out is None:
         out = Path("runs") / f"{cfg.router}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "run.jsonl").exists() and not overwrite:
-        _err(f"error: {out / 'run.jsonl'} exists; pass --overwrite or choose another --out")
+    if (out / "run.jsonl").exists() and not overwrite and checkpoint is None:
+        _err(f"error: {out / 'run.jsonl'} exists; pass --resume {out} to continue it, --overwrite to "
+             f"replace it, or choose another --out")
         raise typer.Exit(2)
     problem = _unwritable_dir(out)  # before torch loads: a bad --out answers in a second
     if problem:
@@ -153,18 +176,31 @@ def train(
         raise _Terminated()
 
     from moh import train as mtrain
+    from moh.checkpoint import CheckpointError, Interrupted
     from moh.data import DataError
 
     previous = signal.signal(signal.SIGTERM, _on_term)
     progress = _TrainProgress(quiet)
     try:
-        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite)
+        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint)
     except mconfig.ConfigError as e:
         _err(f"config error: {e}")
         raise typer.Exit(2)
     except DataError as e:
         _err(f"data error: {e}")
         raise typer.Exit(3)
+    except CheckpointError as e:
+        _err(f"error: {e}")
+        raise typer.Exit(3)
+    except Interrupted as e:  # first SIGINT/SIGTERM: the step finished, a checkpoint was written
+        import signal as _signal
+
+        name = _signal.Signals(e.signum).name
+        if "abandoned" in str(e):
+            _err(f"interrupted ({e}); telemetry up to the last step in {out}")
+        else:
+            _err(f"interrupted by {name}: checkpoint and telemetry in {out}; continue with: moh train --resume {out}")
+        raise typer.Exit(128 + e.signum)
     except _Terminated:
         _err(f"terminated; partial telemetry in {out}")
         raise typer.Exit(143)

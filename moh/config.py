@@ -78,6 +78,8 @@ class Config:
     beta2: float = 0.98  # AdamW beta2, [0, 1)
     grad_clip: float = 1.0  # global grad-norm clip; 0 = off
     nonfinite: str = "skip"  # non-finite loss/grads: "skip" the step (alert) or "stop" (failed)
+    inject_nonfinite_at_step: int = 0  # fault testing: make this step's loss NaN (0 = off, >= 0)
+    checkpoint_every: int = 200  # write <out>/checkpoint.pt every N steps (0 = only at the end), >= 0
 
     # --- telemetry and evaluation ---------------------------------------------------------
     log_every: int = 2  # write a step record every N optimizer steps, >= 1
@@ -146,6 +148,8 @@ class Config:
         need(0.0 <= self.beta2 < 1.0, "beta2", "must be in [0, 1)")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
         need(self.nonfinite in NONFINITE_POLICIES, "nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}")
+        need(self.inject_nonfinite_at_step >= 0, "inject_nonfinite_at_step", "must be >= 0 (0 = off)")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = only at the end)")
         need(self.log_every >= 1, "log_every", "must be >= 1")
         need(self.telemetry_tier in TELEMETRY_TIERS, "telemetry_tier", f"must be one of {', '.join(TELEMETRY_TIERS)}")
         need(self.eval_prompts >= 0, "eval_prompts", "must be >= 0")
@@ -199,6 +203,12 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def load(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
     """Defaults, then the TOML file at `path` (flat keys), then `overrides` (None = not given)."""
+    return from_dict(given(path, **overrides))
+
+
+def given(path: str | os.PathLike | None = None, **overrides: Any) -> dict[str, Any]:
+    """Only the keys the TOML file at `path` and `overrides` set (no defaults, not validated);
+    what `moh train --resume` compares with the checkpoint's config."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -214,7 +224,7 @@ def load(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
             if isinstance(v, dict):
                 raise ConfigError(f"{k}: tables are not supported; use flat keys (see `moh train --help`)")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(values)
+    return values
 
 
 def parse_override(item: str) -> tuple[str, Any]:

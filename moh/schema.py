@@ -87,6 +87,7 @@ SAMPLE_FIELDS = ("prompt", "expected", "output", "match")
 ALERT_FIELDS = ("event", "step", "level", "code", "message")
 ALERT_LEVELS = ("info", "warning", "error")
 RESUME_FIELDS = ("event", "time", "step", "checkpoint")
+# Optional resume keys: run_id (unchanged across resumes), phase, epoch, batch (the next batch).
 RUN_END_FIELDS = ("event", "time", "status", "steps", "wall_s")
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"

@@ -30,6 +30,7 @@ Under torch.distributed only rank 0 writes (`save` is a no-op elsewhere); every 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import random
@@ -101,6 +102,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     d = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual mode
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -122,11 +124,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save(run_dir: str | os.PathLike, state: dict[str, Any]) -> str | None:
-    """Write `state` as the run's checkpoint (rank 0 only); returns the path written or None."""
+    """Write `state` as the run's checkpoint (rank 0 only); returns the path written or None.
+
+    Temp files left by a writer killed mid-write (`.checkpoint.pt.*.tmp`) are removed first:
+    one process writes a run directory's checkpoints, so any such file is stale."""
     if _rank() != 0:
         return None
     path = os.path.join(run_dir, CHECKPOINT_FILE)
+    for stale in glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), f".{CHECKPOINT_FILE}.*.tmp")):
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
     atomic_save({"format": FORMAT, "time": time.time(), **state}, path)
     return path
 

@@ -63,15 +63,23 @@ def decimate(
     sizes = np.bincount(group, minlength=n_groups)
     keep = sizes[group] <= limit
 
-    positions = pd.RangeIndex(n)
+    # Rows grouped by bucket key (stable: input order within a bucket), then for each column the
+    # first row holding each bucket's minimum and maximum: numpy segment reductions, no groupby.
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    seg = np.cumsum(np.r_[False, sorted_key[1:] != sorted_key[:-1]])  # segment id of each sorted row
     for values in [finite_x] + [frame[c].to_numpy(dtype="float64", na_value=np.nan) for c in columns]:
-        ok = ~np.isnan(values)
-        if not ok.any():
+        v = values[order]
+        nan = np.isnan(v)
+        if nan.all():
             continue
-        s = pd.Series(values[ok], index=positions[ok])
-        g = s.groupby(key[ok], sort=False)
-        keep[g.idxmin().to_numpy()] = True
-        keep[g.idxmax().to_numpy()] = True
+        for fill, reduce in ((np.inf, np.minimum), (-np.inf, np.maximum)):
+            w = np.where(nan, fill, v)
+            ext = reduce.reduceat(w, starts)
+            hit = np.flatnonzero((w == ext[seg]) & ~nan)  # NaN is never an extreme
+            first = hit[np.r_[True, seg[hit][1:] != seg[hit][:-1]]]
+            keep[order[first]] = True
     return frame.iloc[np.flatnonzero(keep)]
 
 

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import os
 import random
 import signal
 import tempfile
 import threading
 import time
+import zipfile
 from typing import Any, Iterable
 
 import torch
@@ -103,8 +105,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual mode
+        buf = io.BytesIO()  # serialise first: a write error is then a plain OSError (ENOSPC,
+        torch.save(obj, buf)  # EFBIG), not torch's zip-writer RuntimeError
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -156,9 +160,12 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not os.path.exists(path):
         raise CheckpointError(f"{run_dir}: no {CHECKPOINT_FILE} to resume from (the run was killed before "
                               f"its first checkpoint; see checkpoint_every); start it again with --overwrite")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable moh checkpoint (not a torch zip archive: damaged or "
+                              f"another format)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, OSError
+    except Exception as e:  # UnpicklingError (code or a type weights_only refuses), RuntimeError, EOFError
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable moh checkpoint ({why[:200]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:

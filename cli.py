@@ -116,6 +116,9 @@ def train(
     target_heads: Optional[float] = typer.Option(None, help="adaptive: mean heads per token to steer to."),
     log_every: Optional[int] = typer.Option(None, help="Write a step record every N optimizer steps."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (0 = all cores)."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs "
+                              "torchrun --standalone --nproc_per_node N -m moh.train (see docs/distributed.md)."),
     set_: list[str] = typer.Option([], "--set", help="Any config key: --set key=value (repeatable)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run.jsonl in --out."),
     resume: Optional[Path] = typer.Option(
@@ -133,7 +136,7 @@ def train(
     try:
         flags = dict(mconfig.parse_override(s) for s in set_)
         named = {"router": router, "data": data, "seed": seed, "lr": lr, "batch_size": batch_size,
-                 "target_heads": target_heads, "log_every": log_every, "threads": threads,
+                 "target_heads": target_heads, "log_every": log_every, "threads": threads, "device": device,
                  "pretrain_epochs": epochs if pretrain_epochs is None else pretrain_epochs,
                  "instruct_epochs": epochs if instruct_epochs is None else instruct_epochs}
         given = mconfig.given(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
@@ -168,6 +171,9 @@ def train(
     if problem:
         _err(f"error: cannot write to {out}: {problem}")
         raise typer.Exit(3)
+
+    if nproc > 1:
+        raise typer.Exit(_train_torchrun(cfg, out, nproc, overwrite=overwrite, resume=resume, quiet=quiet))
 
     class _Terminated(KeyboardInterrupt):
         pass
@@ -227,6 +233,61 @@ def train(
     typer.echo(str(out))
     if res.status != "completed":
         raise typer.Exit(1)
+
+
+def _train_torchrun(cfg, out: Path, nproc: int, *, overwrite: bool, resume: Optional[Path], quiet: bool) -> int:
+    """`moh train --nproc N`: the resolved config through `torchrun -m moh.train` on this machine.
+
+    The launcher runs in its own session, so a terminal's Ctrl-C reaches the workers once (as
+    the launcher's forwarded SIGTERM/SIGINT: a checkpoint, then exit), not twice. Exit code: the
+    launcher's, or 128 + signal when this process was interrupted.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    for key in ("batch_size", "instruct_batch_size"):
+        if getattr(cfg, key) % nproc:
+            _err(f"config error: {key}: {getattr(cfg, key)} (global) is not divisible by --nproc {nproc}")
+            return 2
+    overrides = [f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "moh.train", "--out", str(out), *(["--overwrite"] if overwrite else []),
+           *(["--resume", str(resume)] if resume is not None else []), *overrides]
+    if not quiet:
+        _err(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m moh.train --out {out} ...")
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(cfg.threads or 1))  # (torchrun warns when it is unset)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    got: list[int] = []
+
+    def forward(signum, frame):
+        got.append(signum)
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if got:
+        _err(f"interrupted; checkpoint and telemetry in {out}; continue with: moh train --resume {out} --nproc {nproc}")
+        return 128 + got[0]
+    if not quiet and (out / "run.jsonl").exists():
+        with open(out / "run.jsonl", encoding="utf-8") as f:
+            recs = [json.loads(line) for line in f if line.strip()]
+        for r in recs:
+            if r.get("event") == "eval":
+                em = "n/a" if r["exact_match"] is None else f"{r['exact_match']:.2f}"
+                _err(f"  {r['phase']:<8} eval: loss {r['loss']:.3f}  exact match {em}")
+    typer.echo(str(out))
+    return rc
 
 
 # ---- report / compare (analyze/) ------------------------------------------------------------

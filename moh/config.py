@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 ROUTERS = ("dense", "moh", "adaptive")
 NONFINITE_POLICIES = ("skip", "stop")
 TELEMETRY_TIERS = ("basic", "full")  # full: + per-layer heads_hist and prob_mean (bench/bench_telemetry.py)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,8 @@ class Config:
     data: str | None = None  # corpus path (file or directory); None = embedded default corpus
     seed: int = 1337  # seeds init, batching and everything else; same seed => same run.jsonl
     threads: int = 1  # torch CPU threads, >= 0 (0 = all cores); 1 is fastest at this size (see README)
+    device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda" (rank r: cuda:LOCAL_RANK)
+    dist_timeout: float = 300.0  # seconds a rank waits in a collective before failing (torchrun runs), > 0
 
     # --- model ----------------------------------------------------------------------------
     n_layers: int = 2  # transformer blocks, 1..32
@@ -115,6 +118,8 @@ class Config:
                 raise ConfigError(f"{name}: {what}, got {getattr(self, name)!r}")
 
         need(self.threads >= 0, "threads", "must be >= 0")
+        need(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        need(self.dist_timeout > 0, "dist_timeout", "must be > 0 (seconds)")
         need(1 <= self.n_layers <= 32, "n_layers", "must be in 1..32")
         need(self.n_heads >= 1, "n_heads", "must be >= 1")
         need(self.d_model >= 1, "d_model", "must be >= 1")

@@ -77,6 +77,28 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+               "timed out", "Timeout", "NCCL communicator was aborted", "DistNetworkError")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """A one-line explanation when `e` is a collective that failed because another rank died,
+    hung past `dist_timeout` or could not be reached; None for anything else (a real bug)."""
+    if env_world_size() <= 1:
+        return None
+    text = str(e).strip()
+    if not (isinstance(e, dist.DistError) or any(s in text for s in _PEER_SIGNS)):
+        return None
+    first = text.splitlines()[0] if text else type(e).__name__
+    first = first.split("] ", 1)[-1] if first.startswith("[") else first  # drop the C++ source path
+    return (f"rank {env_rank()}: distributed error: another rank crashed, was killed or did not answer "
+            f"within dist_timeout ({first[:300]}); exiting")
+
+
 def setup(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     """Join the process group torchrun described in the environment (no-op for 1 rank).
 
@@ -194,7 +216,8 @@ def shard(items: list, info: DistInfo) -> list:
 # --- routing statistics -------------------------------------------------------------------------
 
 
-def layer_stats_global(routings: list[Routing], valid: torch.Tensor) -> list[dict[str, torch.Tensor | None]]:
+def layer_stats_global(routings: list[Routing], valid: torch.Tensor,
+                       full: bool = False) -> list[dict[str, torch.Tensor | None]]:
     """`routing.layer_stats` for the whole job: per-layer statistics over every rank's tokens.
 
     Means are token-weighted (sums and counts are all-reduced, then divided), min and max are
@@ -202,7 +225,9 @@ def layer_stats_global(routings: list[Routing], valid: torch.Tensor) -> list[dic
     counts (float64: hard counts are small integers, so those sums are exact), head_load is
     the summed per-head token count divided by the global token count. Two collectives for
     all layers together (one SUM, one MAX with mins negated); call on logging steps only.
-    A rank with no real token contributes nothing (its min/max are +-inf).
+    A rank with no real token contributes nothing (its min/max are +-inf). `full` adds the
+    optional heads_hist (summed histograms / token count) and prob_mean (summed probabilities
+    / token count), as `routing.layer_stats(full=True)`.
     """
     v = valid.reshape(-1)
     sums, extremes, layout = [], [], []
@@ -223,6 +248,13 @@ def layer_stats_global(routings: list[Routing], valid: torch.Tensor) -> list[dic
         if r.probs is not None:
             p = r.probs.detach().reshape(-1, r.probs.shape[-1])[v].to(torch.float64)
             part.append((-(p * p.clamp_min(1e-12).log()).sum(-1)).sum().view(1))
+        entry["full"] = full
+        if full:
+            H = entry["H"]
+            part.append(torch.bincount(counts.long(), minlength=H + 1)[: H + 1].to(torch.float64))
+            entry["Hp"] = 0 if r.probs is None else p.shape[-1]
+            if r.probs is not None:
+                part.append(p.sum(0))
         entry["pred_norm"] = r.pred_norm
         sums.append(torch.cat(part))
         extremes.append(torch.cat(ext))
@@ -253,6 +285,12 @@ def layer_stats_global(routings: list[Routing], valid: torch.Tensor) -> list[dic
             ps += 1
         else:
             row["entropy"] = None
+        if entry["full"]:
+            row["heads_hist"] = flat_s[ps : ps + H + 1] / nz
+            ps += H + 1
+            Hp = entry["Hp"]
+            row["prob_mean"] = flat_s[ps : ps + Hp] / nz if Hp else None
+            ps += Hp
         row["pred_norm"] = entry["pred_norm"]  # from the (synchronised) weights: same on every rank
         out.append(row)
     return out

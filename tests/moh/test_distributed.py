@@ -75,10 +75,15 @@ def _same_curve(a, b):
 
 
 def test_two_ranks_match_one_rank(tmp_path, reference):
+    """`moh train --nproc 2` (torchrun --standalone underneath) against the 1-rank run."""
     two = tmp_path / "two"
-    cmd, env = _torchrun(two)
+    sets = [a for k, v in CFG.items() if k != "device" for a in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-c", "from cli import app; app()", "train", "--nproc", "2", "--device", "cpu",
+           "--out", str(two), *sets]
+    env = {**os.environ, "PYTHONPATH": ROOT}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == str(two)
     assert p.stderr.count("completed:") == 1  # rank 0 alone prints
     a, b = reference, _records(two / "run.jsonl")
     assert a[0]["world_size"] == 1 and a[0]["backend"] is None

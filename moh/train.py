@@ -3,9 +3,10 @@
     python -m moh.train [--config FILE.toml] [key=value ...]     (or `moh train`, see cli.py)
 
 Every record goes to one telemetry sink (see telemetry.py); progress display is a callback.
-The loop is written to be rank-aware later (torchrun): the LM loss is a token SUM divided by
-the token count (to become the global count), rank 0 is the only writer, and batches come
-from `data.make_batches(rank=, world_size=)`. DDP itself is not implemented here.
+Data parallel under torchrun (`torchrun --nproc_per_node=N -m moh.train ...`, see
+moh/distributed.py and docs/distributed.md): each rank trains on its slice of every global
+batch through DistributedDataParallel; losses are formed from all-reduced token sums, so a
+step is the 1-rank step whatever N is; rank 0 is the only writer.
 
 Host syncs: one bool per step (is the loss/grad norm finite, needed to skip a bad step);
 every other `.item()`/`.tolist()` happens on logging steps only.
@@ -23,7 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import schema
+from . import checkpoint as ckpt
+from . import distributed, schema
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
@@ -88,8 +90,16 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
 
 
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
-          callback: Callback | None = None, overwrite: bool = False, corpus: Corpus | None = None) -> Result:
+          callback: Callback | None = None, overwrite: bool = False, corpus: Corpus | None = None,
+          resume: dict | None = None) -> Result:
     """Train per `cfg`; write run.jsonl, config.toml and model.pt into `out_dir` (None = no files).
+
+    Checkpoints (moh/checkpoint.py) go to `out_dir`/checkpoint.pt every `cfg.checkpoint_every`
+    steps, on SIGINT/SIGTERM and at the end. `resume` is a checkpoint from `checkpoint.load`
+    (with `cfg` from `checkpoint.resume_config`): the run continues from its position and
+    appends to `out_dir`'s log after a `resume` record. A first SIGINT/SIGTERM (main thread)
+    finishes the current step, writes a checkpoint and raises `checkpoint.Interrupted` (a
+    KeyboardInterrupt carrying `signum`) after the run_end record; a second abandons at once.
 
     Raises config/data errors before anything is written; on KeyboardInterrupt or any other
     exception a `run_end` record (interrupted/failed) is written and the exception re-raised.
@@ -99,57 +109,100 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    info = _dist_setup(cfg)
     corpus = corpus if corpus is not None else load_corpus(cfg.data)
     tok = Tokenizer.fit(corpus.texts())
     pre_seqs = [tok.encode(t) for t in corpus.pretrain]
     ins_seqs = [tok.encode(t) for t in corpus.instruct]
-    model = LM(cfg, tok.vocab_size)
+    model = LM(cfg, tok.vocab_size).to(info.device)
     held = held_prompts(corpus.instruct, tok, cfg.eval_prompts, cfg.max_len)
+    digest = ckpt.corpus_digest(corpus.texts())
+    if resume is not None:
+        if resume["tokenizer"] != tok.to_dict() or resume.get("corpus_sha256") != digest:
+            raise ckpt.CheckpointError(f"the corpus ({corpus.source}) is not the one the checkpoint was "
+                                       f"trained on; --resume needs the same data")
+        model.load_state_dict(resume["model"])
+        ckpt.set_rng_state(resume["rng"])
 
     files: list[Sink] = []
-    if out_dir is not None:
-        files.append(JsonlSink(out_dir, overwrite=overwrite))
-    log = _Log(files, sink, t0)
-    cb = callback or (lambda kind, info: None)
+    if out_dir is not None and info.is_main:
+        files.append(JsonlSink(out_dir, overwrite=overwrite, append=resume is not None))
+    log = _Log(files, sink if info.is_main else None, t0)
+    cb = (callback if info.is_main else None) or (lambda kind, info: None)
 
-    run_id = uuid.uuid4().hex[:12]
-    log.write({
+    run_id = uuid.uuid4().hex[:12] if resume is None else resume["run_id"]
+    start = {
         "event": schema.RUN_START, "schema_version": schema.SCHEMA_VERSION, "run_id": run_id,
         "time": t0, "config": cfg.to_dict(),
         "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
                   "router": cfg.router, "params": model.num_params()},
-        "world_size": 1, "source": schema.SOURCE_MOH,
+        "world_size": info.world_size, "source": schema.SOURCE_MOH,
         "semantics": {**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
-        "backend": None, "device": "cpu",
+        "backend": info.backend, "device": str(info.device),
         "data": {"source": corpus.source, "pretrain_examples": len(pre_seqs),
                  "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
                  "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
                  "eval_prompts": len(held)},
-    })
-    for note in corpus.notes:
-        log.alert(0, "info", "data_note", note)
-    n_cut = count_truncated(pre_seqs + ins_seqs, cfg.max_len)
-    if n_cut:
-        log.alert(0, "warning", "truncated", f"{n_cut} examples longer than max_len={cfg.max_len} tokens were cut")
+    }
+    at = None if resume is None else resume["position"]
+    if at is None:
+        log.write(start)
+        for note in corpus.notes:
+            log.alert(0, "info", "data_note", note)
+        n_cut = count_truncated(pre_seqs + ins_seqs, cfg.max_len)
+        if n_cut:
+            log.alert(0, "warning", "truncated", f"{n_cut} examples longer than max_len={cfg.max_len} tokens were cut")
+    else:
+        log.write({"event": schema.RESUME, "time": t0, "step": at["step"], "run_id": run_id,
+                   "checkpoint": os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
+                   "phase": at.get("phase_name"), "epoch": at["epoch"], "batch": at["batch"]})
+        torn = files[0].torn_bytes if files else 0
+        if torn:
+            log.alert(at["step"], "warning", "torn_line",
+                      f"cut {torn} bytes of a torn last line (the run was killed while writing it)")
+
+    def save(opt: torch.optim.Optimizer | None, p_idx: int, epoch: int, batch: int, i: int, step: int,
+             finished: bool = False) -> None:
+        """Checkpoint at a position: phase index, next (epoch, batch), steps done in phase / in all."""
+        if out_dir is None:
+            return
+        log.sync()  # the log holds every step up to the checkpoint, even after a power loss
+        ckpt.save(out_dir, {
+            "model": model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
+            "rng": ckpt.rng_state(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
+            "corpus_sha256": digest, "run_id": run_id,
+            "position": {"phase": p_idx, "phase_name": phase_names[p_idx] if p_idx < len(phase_names) else None,
+                         "epoch": epoch, "batch": batch, "i": i, "step": step, "finished": finished}})
 
     result = Result(status=schema.STATUS_COMPLETED, steps=0, wall_s=0.0,
                     out_dir=None if out_dir is None else os.fspath(out_dir))
-    step = 0
+    step = 0 if at is None else at["step"]
+    phases = [(schema.PHASE_PRETRAIN, pre_seqs, cfg.pretrain_epochs, cfg.lr, cfg.batch_size),
+              (schema.PHASE_INSTRUCT, ins_seqs, cfg.instruct_epochs, cfg.instruct_lr, cfg.instruct_batch_size)]
+    phase_names = [p[0] for p in phases]
+    stop = ckpt.GracefulStop().__enter__()  # handlers restored in `finally`
     try:
-        phases = [(schema.PHASE_PRETRAIN, pre_seqs, cfg.pretrain_epochs, cfg.lr, cfg.batch_size),
-                  (schema.PHASE_INSTRUCT, ins_seqs, cfg.instruct_epochs, cfg.instruct_lr, cfg.instruct_batch_size)]
-        for phase, seqs, epochs, peak, bsz in phases:
+        for p_idx, (phase, seqs, epochs, peak, bsz) in enumerate(phases):
+            if at is not None and p_idx < at["phase"]:
+                continue  # done before the checkpoint
             if epochs == 0 or not seqs:
                 if epochs and not seqs:
                     log.alert(step, "warning", "empty_phase", f"no {phase} examples in {corpus.source}; phase skipped")
                 continue
-            step = _run_phase(model, cfg, tok, seqs, held, phase, epochs, peak, bsz, step, log, cb, result)
-        if out_dir is not None:
-            torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
-                        "step": step, "vocab_size": tok.vocab_size},
-                       os.path.join(out_dir, CHECKPOINT))
-            with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-                f.write(cfg.to_toml())
+            here = at if at is not None and p_idx == at["phase"] else None
+            step = _run_phase(model, cfg, tok, seqs, held, phase, epochs, peak, bsz, step, log, cb, result,
+                              info, p_idx=p_idx, at=here, opt_state=None if here is None else resume["optimizer"],
+                              save=save, stop=stop)
+            if stop.agreed(info.device) is not None:  # a signal during the phase's evaluation
+                save(None, p_idx + 1, 0, 0, 0, step)
+                raise ckpt.Interrupted(stop.requested)
+        if out_dir is not None and info.is_main:
+            ckpt.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
+                              "step": step, "vocab_size": tok.vocab_size},
+                             os.path.join(out_dir, CHECKPOINT))
+            _atomic_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
+            save(None, len(phases), 0, 0, 0, step, finished=True)
+        distributed.barrier(info)  # no rank leaves before rank 0's files are written
     except _Stop as e:
         result.status, result.message = schema.STATUS_FAILED, str(e)
     except KeyboardInterrupt:
@@ -159,12 +212,43 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         result.status, result.message = schema.STATUS_FAILED, f"{type(e).__name__}: {e}"
         raise
     finally:
+        stop.__exit__(None, None, None)
+        step = max(step, result.steps)  # _run_phase counts steps in result.steps as it goes
         result.steps, result.wall_s = step, time.time() - t0
-        log.write({"event": schema.RUN_END, "time": time.time(), "status": result.status,
-                   "steps": step, "wall_s": result.wall_s})
-        log.close()
+        ending = result.status != schema.STATUS_COMPLETED  # an exception may be on its way out
+        try:  # on a full disk the run_end cannot be written either: keep the first error
+            log.write({"event": schema.RUN_END, "time": time.time(), "status": result.status,
+                       "steps": step, "wall_s": result.wall_s})
+        except OSError:
+            if not ending:
+                raise
+        finally:
+            try:
+                log.close()
+            except OSError:
+                if not ending:
+                    raise
         cb("end", {"status": result.status, "steps": step, "wall_s": result.wall_s})
+        if info.owns_group:
+            distributed.teardown()
     return result
+
+
+def _dist_setup(cfg: Config) -> distributed.DistInfo:
+    """Rank info (joins torchrun's process group); config errors for what N ranks cannot run."""
+    from .config import ConfigError
+
+    try:
+        info = distributed.setup(cfg.device, cfg.dist_timeout)
+    except distributed.DistError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("batch_size", "instruct_batch_size"):
+        if getattr(cfg, key) % info.world_size:
+            if info.owns_group:
+                distributed.teardown()
+            raise ConfigError(f"{key}: {getattr(cfg, key)} (global) is not divisible by the world size "
+                              f"{info.world_size}")
+    return info
 
 
 class _Log:
@@ -182,43 +266,74 @@ class _Log:
         self.write({"event": schema.ALERT, "step": step, "level": level, "code": code,
                     "message": message, "time": time.time()})
 
+    def sync(self) -> None:
+        for s in self.sinks:
+            if hasattr(s, "sync"):
+                s.sync()
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()
 
 
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], held: list,
                phase: str, epochs: int, peak: float, bsz: int, step: int, log: _Log, cb: Callback,
-               result: Result) -> int:
+               result: Result, info: distributed.DistInfo = distributed.DistInfo(), *, p_idx: int = 0, at: dict | None = None, opt_state: dict | None = None,
+               save: Callable[..., None] | None = None, stop: ckpt.GracefulStop | None = None) -> int:
+    """One phase; `at` (a checkpoint position in this phase) resumes it at (epoch, batch, i)
+    with `opt_state`. After each step: a checkpoint every cfg.checkpoint_every steps, and on a
+    requested stop a checkpoint then `checkpoint.Interrupted`."""
+    net = distributed.wrap(model, info)  # DDP when distributed (forward + gradient averaging)
+    reduce = distributed.sum_autograd if info.distributed else None
     opt = make_optimizer(model, cfg, peak)  # fresh moments per phase
+    start_epoch, start_batch, i = (at["epoch"], at["batch"], at["i"]) if at is not None else (0, 0, 0)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     groups = named_groups(model)
     params = [p for p in model.parameters()]
     phase_seed = cfg.seed + (0 if phase == schema.PHASE_PRETRAIN else 7919)
-    batches = make_batches(seqs, bsz, seed=phase_seed, epoch=0, pad_id=tok.pad_id, max_len=cfg.max_len)
+    shard = {"rank": info.rank, "world_size": info.world_size}
+    first = min(start_epoch, epochs - 1)  # a resume at the phase's end only re-runs its eval
+    batches = make_batches(seqs, bsz, seed=phase_seed, epoch=first, pad_id=tok.pad_id, max_len=cfg.max_len, **shard)
     total = epochs * len(batches)
     cb("phase_start", {"phase": phase, "total_steps": total, "epochs": epochs})
     model.train()
-    i = 0  # step within the phase
-    for epoch in range(epochs):
-        if epoch:
+    for epoch in range(start_epoch, epochs):
+        if epoch != first:
             batches = make_batches(seqs, bsz, seed=phase_seed, epoch=epoch,
-                                   pad_id=tok.pad_id, max_len=cfg.max_len)
-        for idx, targets in batches:
+                                   pad_id=tok.pad_id, max_len=cfg.max_len, **shard)
+        skip = start_batch if epoch == start_epoch else 0
+        for b, (idx, targets) in enumerate(batches[skip:], start=skip):
             step += 1
             lr = lr_at(i, total, peak, cfg.warmup_steps, cfg.min_lr_ratio)
             set_lr(opt, lr)
+            idx, targets = idx.to(info.device), targets.to(info.device)
             valid = idx != tok.pad_id  # (B, T) real tokens (routing stats, aux losses)
-            _, loss_sum, routings = model(idx, targets)
-            n_tok = (targets != -100).sum()  # global count under DDP (all-reduce) later
+            _, loss_sum, routings = net(idx, targets)
+            n_tok = (targets != -100).sum()
+            if reduce is not None:  # the job's token-loss sum and target count (all ranks)
+                loss_sum, n_tok = reduce(torch.stack([loss_sum, n_tok.to(loss_sum.dtype)])).unbind()
             lm_loss = loss_sum / n_tok
-            aux = aux_losses(routings, valid, cfg)
+            aux = aux_losses(routings, valid, cfg, reduce=reduce)
             aux_total = weighted_total(aux, cfg)
             loss = lm_loss if aux_total is None else lm_loss + aux_total
+            if step == cfg.inject_nonfinite_at_step:  # fault testing (config.py): a NaN loss and NaN grads
+                loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm, per_group = grad_norms(groups)
             finite = bool(torch.isfinite(loss) & torch.isfinite(norm))  # the one per-step sync
             clipped = norm
+            failed = None
             if finite:
                 clipped = clip_(params, norm, cfg.grad_clip)
                 opt.step()
@@ -226,10 +341,12 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 what = f"non-finite loss or gradient at step {step} ({phase}, epoch {epoch})"
                 if cfg.nonfinite == "stop":
                     log.alert(step, "error", "nonfinite", what + "; stopping (nonfinite=stop)")
-                    raise _Stop(what)
-                log.alert(step, "warning", "nonfinite", what + "; step skipped (nonfinite=skip)")
+                    failed = what  # raised once the step record (the evidence) is logged
+                else:
+                    log.alert(step, "warning", "nonfinite", what + "; step skipped (nonfinite=skip)")
                 opt.zero_grad(set_to_none=True)
             i += 1
+            result.steps = step  # what run_end reports if the phase ends by an exception
             last = i == total
             if step % cfg.log_every == 0 or last or not finite:
                 rec = {
@@ -241,7 +358,9 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     "aux": {t: _f(aux[t]) for t in TERMS},
                     "aux_weighted": {t: (None if aux[t] is None else
                                          getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    "layers": _rows([layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
+                    "layers": _rows(distributed.layer_stats_global(routings, valid, full=cfg.telemetry_tier == "full")
+                                    if info.distributed else
+                                    [layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
                     "tokens": int(n_tok), "skipped": not finite,
                 }
                 log.write(rec)
@@ -251,8 +370,19 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                             "loss": rec["loss"], "heads": sum(heads) / len(heads)})
             else:
                 cb("step", {"phase": phase, "epoch": epoch, "step": step, "i": i, "total": total})
-    ev_loss = mean_loss(model, batches)
-    em, samples = exact_match(model, held, tok, cfg.eval_max_new_tokens)
+            if failed is not None:
+                raise _Stop(failed)
+            requested = stop is not None and stop.agreed(info.device) is not None
+            if save is not None and (requested or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                nxt = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)
+                save(opt, p_idx, *nxt, i, step)
+            if requested:
+                raise ckpt.Interrupted(stop.requested)
+    ev_loss = mean_loss(model, batches, reduce=distributed.sum_ if info.distributed else None)
+    # greedy completions: each rank completes its slice of the held prompts, rank 0 gathers
+    _, mine = exact_match(model, distributed.shard(held, info), tok, cfg.eval_max_new_tokens)
+    samples = [s for part in distributed.gather_objects(mine, info) for s in part]
+    em = sum(s["match"] for s in samples) / len(samples) if samples else None
     rec = {"event": schema.EVAL, "step": step, "phase": phase, "loss": ev_loss, "exact_match": em,
            "samples": samples, "time": time.time()}
     log.write(rec)
@@ -266,24 +396,46 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from .config import ConfigError, load, parse_override
+    from .config import given as from_file
     from .data import DataError
 
     ap = argparse.ArgumentParser(prog="python -m moh.train", description=main.__doc__)
     ap.add_argument("--config")
     ap.add_argument("--out")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
     a = ap.parse_args(argv)
     try:
-        cfg = load(a.config, **dict(parse_override(o) for o in a.overrides))
-        res = train(cfg, a.out, overwrite=a.overwrite)
+        given = dict(parse_override(o) for o in a.overrides)
+        resume = None
+        if a.resume is not None:  # every rank reads the checkpoint; rank 0 alone writes
+            resume = ckpt.load(a.resume)
+            cfg = ckpt.resume_config(resume["config"], from_file(a.config, **given))
+            a.out = a.resume
+        else:
+            cfg = load(a.config, **given)
+        res = train(cfg, a.out, overwrite=a.overwrite, resume=resume)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except ckpt.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except ckpt.Interrupted as e:
+        print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
+        return 128 + e.signum
     except (DataError, FileExistsError) as e:
         print(f"data error: {e}", file=sys.stderr)
         return 3
-    print(f"{res.status}: {res.steps} steps in {res.wall_s:.1f}s", file=sys.stderr)
+    except Exception as e:
+        why = distributed.peer_failure(e)
+        if why is None:
+            raise
+        print(why, file=sys.stderr)
+        return 1
+    if distributed.env_rank() == 0:
+        print(f"{res.status}: {res.steps} steps in {res.wall_s:.1f}s", file=sys.stderr)
     return 0 if res.status == schema.STATUS_COMPLETED else 1
 
 

@@ -51,7 +51,9 @@ def main() -> int:
     size_mb = log.stat().st_size / 1e6
 
     moh = Path(sys.executable).with_name("moh")
-    cmd = [str(moh), "plot", str(log), "-o", str(work / "cli")]
+    # Where the package is not installed (a bare machine), run the CLI's entry point the same way.
+    entry = [str(moh)] if moh.exists() else [sys.executable, "-c", "import sys; from cli import app; sys.exit(app())"]
+    cmd = [*entry, "plot", str(log), "-o", str(work / "cli")]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     cli_s = time.perf_counter() - t

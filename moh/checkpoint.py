@@ -53,7 +53,8 @@ FORMAT = 1
 # checkpoint: changing epochs would change the cosine schedule's length, so the resumed run
 # would match neither the original nor a fresh longer run. Start a new run for that.
 RESUMABLE_KEYS = ("threads", "log_every", "checkpoint_every", "nonfinite", "eval_prompts",
-                  "eval_max_new_tokens", "inject_nonfinite_at_step")
+                  "eval_max_new_tokens", "inject_nonfinite_at_step",
+                  "device", "dist_timeout")  # where it runs / how long a rank waits (docs/distributed.md)
 
 
 class CheckpointError(Exception):

@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     except ckpt.Interrupted as e:
-        print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
+        if distributed.env_rank() == 0:  # every rank stopped after the same step; one message
+            print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
         return 128 + e.signum
     except (DataError, FileExistsError) as e:
         print(f"data error: {e}", file=sys.stderr)

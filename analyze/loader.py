@@ -4,7 +4,9 @@ Why it is written this way: a 200,000-step log of an 8-layer, 8-head model holds
 Building a dict or DataFrame per record, or keeping the parsed records, costs gigabytes. Instead each
 record is parsed with orjson and its numbers are appended straight into typed `array.array` columns
 (float32 for the per-layer and per-head statistics, where 7 significant digits are plenty); the frames
-are assembled once at the end, without a copy where numpy allows.
+are assembled once at the end, without a copy where numpy allows. Runs of step lines that repeat one
+layout (every engine log) skip even that: they are checked against a template and read by pandas' C CSV
+parser in one call, with no Python object per number (`_Template`; anything else goes line by line).
 
 Tolerance (issue 3 item 1, issue 5 item 5): a truncated last line is skipped with a note; other bad
 lines are counted and noted with their line numbers; wrong types in known fields read as NaN with a

@@ -15,6 +15,7 @@ the function raises `MissingDataError` and `write_figures` skips the figure with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import multiprocessing
@@ -319,7 +320,10 @@ def _plot_layer_stat(
             a.plot(f["_x"], f[mean], color=color, linewidth=1.0)
             if label is None and "label" in f.columns and f["label"].notna().any():
                 label = str(f["label"].dropna().iloc[0])
-        a.set_title(f"layer {layer}" + (f" ({label})" if label and label != f"L{layer}" else ""))
+        if label == MODEL_WIDE:
+            a.set_title("all layers (one model-wide value per step)")
+        else:
+            a.set_title(f"layer {layer}" + (f" ({label})" if label and label != f"L{layer}" else ""))
         if own_figure:
             if k >= n - ncols:
                 a.set_xlabel(xlabel)
@@ -361,11 +365,29 @@ def plot_thresholds(runs, ax=None, *, x: str = "step", buckets: int = LAYER_BUCK
     )
 
 
+MODEL_WIDE = "model-wide"
+
+
+def _model_wide_as_layer(run: Run, stat: str) -> Run:
+    """`run` with its model-wide `<stat>_mean/min/max` step columns as a single pseudo-layer.
+
+    Reference Rust trainer logs print complexity once per epoch line for the whole model (the
+    importer keeps it in step columns, not per layer); drawing it as one panel beats skipping it.
+    Runs with per-layer values are returned unchanged; the input is never mutated.
+    """
+    mean = f"{stat}_mean"
+    if _has(run.layers, mean) or not _has(run.steps, mean):
+        return run
+    cols = [c for c in (mean, f"{stat}_min", f"{stat}_max") if c in run.steps.columns]
+    frame = run.steps[["step", *cols]].assign(layer=0, label=MODEL_WIDE)
+    return dataclasses.replace(run, layers=frame)
+
+
 @_styled
 def plot_complexity(runs, ax=None, *, x: str = "step", buckets: int = LAYER_BUCKETS, layers=None) -> np.ndarray:
     """Predicted token complexity c per layer: mean (line), min–max (band), [0, 1] valid range."""
     return _plot_layer_stat(
-        runs, ax, family="complexity", stat="complexity", target=COMPLEXITY_TARGET,
+        [_model_wide_as_layer(r, "complexity") for r in _as_runs(runs)], ax, family="complexity", stat="complexity", target=COMPLEXITY_TARGET,
         target_label=f"valid range {COMPLEXITY_TARGET[0]:g}–{COMPLEXITY_TARGET[1]:g}",
         title="Predicted token complexity c per layer", ylabel="complexity c (0–1)",
         x=x, buckets=buckets, layers=layers, ylim=(-0.05, 1.05),

@@ -235,3 +235,21 @@ def test_write_figures_in_forked_workers_matches_serial(tmp_path, healthy, dense
     with pytest.warns(plots.PlotWarning, match="dense"):
         serial = plots.write_figures([healthy, dense], tmp_path / "b", jobs=1)
     assert [p.name for p in forked] == [p.name for p in serial] == [f"{f}.png" for f in FAMILIES]
+
+
+def test_model_wide_complexity_of_an_imported_log_is_drawn_as_one_panel():
+    # Reference Rust trainer logs print complexity once per epoch line (step columns, not per layer).
+    start = {"event": "run_start", "schema_version": 1, "run_id": "r", "time": 0.0, "config": {},
+             "model": {"n_layers": 2, "n_heads": 8, "d_model": 0, "router": "adaptive", "params": 0},
+             "world_size": 1, "source": "rustgpt"}
+    steps = [{"event": "step", "step": s, "epoch": s, "phase": "pretrain", "time": float(s), "loss": 1.0,
+              "lm_loss": 1.0, "lr": 1e-3, "grad_norm": 1.0, "grad_norm_clipped": 1.0, "grad_norms": {}, "aux": {},
+              "complexity_mean": 0.5, "complexity_min": 0.2 + 0.01 * s, "complexity_max": 0.9,
+              "layers": [{"layer": i, "heads_mean": 4.0, "threshold_mean": 0.5} for i in range(2)]}
+             for s in range(10)]
+    run = load_records([start, *steps], "imported.jsonl")
+    assert run.layers["complexity_mean"].isna().all()  # the premise: nothing per layer
+    axes = plots.plot_complexity(run)
+    assert len(axes) == 1 and "model-wide" in axes[0].get_title()
+    assert run.layers["complexity_mean"].isna().all()  # the input run is not mutated
+    _close(axes)

@@ -668,6 +668,16 @@ def _loss_col(ctx: _Ctx) -> str | None:
     return None
 
 
+def _finite_phase_series(ctx: _Ctx, col: str):
+    """(phase, steps, values) of `col` per phase, non-finite values dropped, short phases skipped."""
+    for ph, f in _phases(ctx, ctx.live_steps()):
+        v = f[col].to_numpy(float)
+        st = f["step"].to_numpy()
+        ok = np.isfinite(v)
+        if ok.sum() >= MIN_STEPS:
+            yield ph, st[ok], v[ok]
+
+
 @rule
 def loss_not_converging(ctx: _Ctx) -> list[Finding]:
     """A phase whose loss barely falls, or is still falling fast when the phase ends."""
@@ -675,14 +685,8 @@ def loss_not_converging(ctx: _Ctx) -> list[Finding]:
     if col is None:
         return []
     out = []
-    for ph, f in _phases(ctx, ctx.live_steps()):
-        v = f[col].to_numpy(float)
-        st = f["step"].to_numpy()
-        ok = np.isfinite(v)
-        v, st = v[ok], st[ok]
+    for ph, st, v in _finite_phase_series(ctx, col):
         n = len(v)
-        if n < MIN_STEPS:
-            continue
         w = max(1, n // 10)
         head, tail = float(v[:w].mean()), float(v[-w:].mean())
         prev = float(v[-2 * w:-w].mean())
@@ -713,13 +717,7 @@ def loss_divergence(ctx: _Ctx) -> list[Finding]:
     if col is None:
         return []
     out = []
-    for ph, f in _phases(ctx, ctx.live_steps()):
-        v = f[col].to_numpy(float)
-        st = f["step"].to_numpy()
-        ok = np.isfinite(v)
-        v, st = v[ok], st[ok]
-        if len(v) < MIN_STEPS:
-            continue
+    for ph, st, v in _finite_phase_series(ctx, col):
         w = max(3, len(v) // 20)
         sm = pd.Series(v).rolling(w, min_periods=1).median().to_numpy()
         i_min = int(np.argmin(sm))

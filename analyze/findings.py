@@ -23,6 +23,7 @@ import pandas as pd
 
 from moh import schema
 
+from .jsonsafe import json_safe
 from .run import Run
 
 SEVERITIES = ("error", "warning", "info")
@@ -89,20 +90,7 @@ class Finding:
 # ---- JSON-safe evidence ----------------------------------------------------------------------
 
 def _safe(v):
-    if isinstance(v, dict):
-        return {str(k): _safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray, pd.Series, pd.Index)):
-        return [_safe(x) for x in list(v)]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return float(f"{f:.6g}") if math.isfinite(f) else None
-    if v is None or isinstance(v, str):
-        return v
-    return str(v)
+    return json_safe(v, digits=6)
 
 
 def _ev(steps=(), values=(), **extra) -> dict:

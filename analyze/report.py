@@ -25,6 +25,7 @@ from rich.text import Text
 
 from .criteria import Criterion, Result, evaluate, load_criteria, verdict
 from .findings import Finding, find_all
+from .jsonsafe import json_safe
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
@@ -297,24 +298,6 @@ def render_md(rep: Report) -> str:
 
 
 # ---- JSON ------------------------------------------------------------------------------------
-
-
-def json_safe(v: Any) -> Any:
-    """Plain JSON types only; non-finite numbers become null (json.loads must accept the output)."""
-    if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if v is None or isinstance(v, str):
-        return v
-    return str(v)
 
 
 def render_json(rep: Report) -> str:

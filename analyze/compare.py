@@ -246,6 +246,19 @@ def _names(cmp: Comparison) -> list[str]:
     return [rep.run.name for rep in cmp.reports]
 
 
+def _delta_cells(row) -> list:
+    """One rich cell per run: value, delta against the first run (dim), status when the row has one."""
+    cells = []
+    for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
+        txt = SafeText(c.text)
+        if i and _delta_text(d):
+            txt.append(f" ({_delta_text(d)})", style="dim")
+        if c.status:  # metric rows carry no status
+            txt.append(f" {c.status}", style=_STATUS_STYLE.get(c.status, ""))
+        cells.append(txt)
+    return cells
+
+
 def render_table(cmp: Comparison) -> Group:
     names = _names(cmp)
     parts: list[Any] = [SafeText("moh compare  " + "  vs  ".join(names), style="bold")]
@@ -255,14 +268,7 @@ def render_table(cmp: Comparison) -> Group:
     for n in names:
         t.add_column(SafeText(n), justify="right", overflow="fold")
     for row in cmp.criteria:
-        cells = []
-        for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
-            txt = SafeText(c.text)
-            if i and _delta_text(d):
-                txt.append(f" ({_delta_text(d)})", style="dim")
-            if c.status:
-                txt.append(f" {c.status}", style=_STATUS_STYLE.get(c.status, ""))
-            cells.append(txt)
+        cells = _delta_cells(row)
         t.add_row(SafeText(row.label + (f" ({row.phase})" if row.phase else "")), SafeText(row.target), *cells)
     parts.append(t)
     m = Table(title="Key final metrics", title_justify="left")
@@ -270,12 +276,7 @@ def render_table(cmp: Comparison) -> Group:
     for n in names:
         m.add_column(SafeText(n), justify="right")
     for row in cmp.metrics:
-        cells = []
-        for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
-            txt = SafeText(c.text)
-            if i and _delta_text(d):
-                txt.append(f" ({_delta_text(d)})", style="dim")
-            cells.append(txt)
+        cells = _delta_cells(row)
         m.add_row(SafeText(row.label), *cells)
     parts.append(m)
     if cmp.findings:

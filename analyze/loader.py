@@ -76,7 +76,8 @@ def _pack_layers(n: int) -> struct.Struct:
     return struct.Struct(f"={n}h")
 _HEAD_PROBE = 65536
 # Bulk path (see `_Template`): runs of step lines with one layout are parsed as CSV by pandas' C reader.
-_BULK_LINES = 8192  # lines read and checked together; 0: line by line only
+_BULK_LINES = 8192  # lines checked together for runs of one layout; 0: line by line only
+_BLOCK_BYTES = 16 << 20  # bytes read at a time (read_csv has a high per-call cost: few large calls)
 _BULK_MIN = 48  # shorter runs go line by line (a read_csv call costs about as much as 50 lines)
 _MAX_TEMPLATES = 64
 _SKEL_DELETE = b"0123456789.+-"  # what varies inside a number token (an exponent's e/E stays in the layout)
@@ -193,8 +194,13 @@ class _LineError(Exception):
         self.line, self.reason = line, reason
 
 
-def _scan(lines: Iterable[bytes], builder: "_Builder", is_last: bool) -> None:
-    """Feed the records of `lines` into `builder` (line numbers relative to the first line given).
+def _scan(blocks: Iterable[bytes], builder: "_Builder", is_last: bool) -> None:
+    """Feed the records in `blocks` into `builder` (line numbers relative to the first line given).
+
+    `blocks` are consecutive pieces of the text that each end with a newline, but the last may not.
+    A block whose every line repeats the layout of the last bulk-read run is read whole (the
+    common case: no Python object per line); any other block is split into lines and each run of
+    repeated layout is still bulk-read where long enough.
 
     A bad line is held back one line: only when it turns out to be the file's last line, without a
     newline, is it a truncated write rather than a bad line.
@@ -226,33 +232,45 @@ def _scan(lines: Iterable[bytes], builder: "_Builder", is_last: bool) -> None:
             pending = None
         add(rec, lineno)
 
+    def flush_pending() -> None:  # a line follows it, so it was not a truncated last line
+        nonlocal pending
+        if pending is not None:
+            builder.bad_line(*pending[:2])
+            pending = None
+
     bulk = builder.bulk and _BULK_LINES > 1
-    it = iter(lines)
+    it = iter(blocks)
     read_error: BaseException | None = None
     try:
         while read_error is None:
-            batch: list[bytes] = []
             try:
-                batch.extend(itertools.islice(it, _BULK_LINES if bulk else 4096))
+                block = next(it, b"")
             except (EOFError, OSError, zlib.error) as e:
-                read_error = e  # the lines read before it are still used, then it is raised
-            if not batch:
+                read_error, block = e, b""  # the lines read before it are still used, then it is raised
+            if not block:
                 break
-            pos = 0
-            for start, stop, tmpl in builder.segments(batch) if bulk else ():
-                for line in batch[pos:start]:
-                    one(line)
-                if pending is not None:  # a line follows it, so it was not a truncated last line
-                    builder.bad_line(*pending[:2])
-                    pending = None
-                if builder.add_bulk(batch[start:stop], tmpl, lineno + 1):
-                    lineno += stop - start
-                else:
-                    for line in batch[start:stop]:
+            if bulk and block.endswith(b"\n"):
+                n = builder.add_block(block, lineno + 1)
+                if n:
+                    flush_pending()
+                    lineno += n
+                    continue
+            lines = io.BytesIO(block).readlines()
+            for i in range(0, len(lines), _BULK_LINES if bulk else len(lines)):
+                batch = lines[i:i + _BULK_LINES] if bulk else lines
+                pos = 0
+                for start, stop, tmpl in builder.segments(batch) if bulk else ():
+                    for line in batch[pos:start]:
                         one(line)
-                pos = stop
-            for line in batch[pos:] if pos else batch:
-                one(line)
+                    flush_pending()
+                    if builder.add_bulk(b"".join(batch[start:stop]), stop - start, tmpl, lineno + 1):
+                        lineno += stop - start
+                    else:
+                        for line in batch[start:stop]:
+                            one(line)
+                    pos = stop
+                for line in batch[pos:] if pos else batch:
+                    one(line)
         if read_error is not None:
             raise read_error
     except EOFError:  # gzip stream cut short: like a truncated last line
@@ -270,22 +288,39 @@ def _scan(lines: Iterable[bytes], builder: "_Builder", is_last: bool) -> None:
             builder.bad_line(bad_no, reason)
 
 
-def _chunk_lines(path: Path, start: int, end: int) -> Iterator[bytes]:
+def _blocks(fh, limit: int | None = None) -> Iterator[bytes]:
+    """Pieces of `fh` of about _BLOCK_BYTES that end at a line end (the last one may not).
+
+    `limit`: read at most that many bytes (a line-aligned chunk of the file).
+    """
+    rest: list[bytes] = []  # the start of a line that began in an earlier piece
+    left = math.inf if limit is None else limit
+    while left > 0:
+        data = fh.read(int(min(_BLOCK_BYTES, left)))
+        if not data:
+            break
+        left -= len(data)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # no line end in this piece: a very long line, keep reading
+            rest.append(data)
+            continue
+        yield b"".join(rest) + data[:cut] if rest else data[:cut]
+        rest = [data[cut:]] if cut < len(data) else []
+    if rest:
+        yield b"".join(rest)
+
+
+def _chunk_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         fh.seek(start)
-        pos = start
-        for line in fh:
-            yield line
-            pos += len(line)
-            if pos >= end:
-                break
+        yield from _blocks(fh, end - start)
 
 
 def _load_chunk(path: Path, start: int, end: int, strict: bool, is_last: bool) -> "_Builder | _LineError":
     """Worker: parse bytes [start, end) of `path` (line-aligned) into a builder."""
     builder = _Builder(path, strict)
     try:
-        _scan(_chunk_lines(path, start, end), builder, is_last)
+        _scan(_chunk_blocks(path, start, end), builder, is_last)
     except _LineError as e:
         return e
     builder._flush_plans()
@@ -620,13 +655,22 @@ class _Builder:
             self._templates[skel] = t
         return t
 
-    def add_bulk(self, lines: list[bytes], t: _Template, line0: int) -> bool:
-        """Read a run of lines matching `t` (first line number `line0`); False: nothing was added."""
+    def add_block(self, block: bytes, line0: int) -> int:
+        """Read a whole block whose every line has the layout of the last bulk-read run; 0: it has not."""
+        t = self._last_template
+        if t is None:
+            return 0
+        n = block.count(b"\n")
+        if block.translate(None, _SKEL_DELETE) != t.skel * n:
+            return 0
+        return n if self.add_bulk(block, n, t, line0) else 0
+
+    def add_bulk(self, text: bytes, n: int, t: _Template, line0: int) -> bool:
+        """Read `n` lines (`text`) that match `t`, the first one numbered `line0`; False: nothing was added."""
         if self.lr_label is not None or self.hl_prob is not None:
             return False  # rows would need label/prob placeholders: the per-line path keeps them aligned
-        n = len(lines)
         try:
-            m = pd.read_csv(io.BytesIO(b"".join(lines).translate(_CSV_TABLE, _CSV_DELETE)), header=None,
+            m = pd.read_csv(io.BytesIO(text.translate(_CSV_TABLE, _CSV_DELETE)), header=None,
                             usecols=t.usecols, dtype=np.float64, engine="c", quoting=csv.QUOTE_NONE,
                             na_filter=False, skip_blank_lines=False).to_numpy()
         except (ValueError, pd.errors.ParserError, OverflowError):
@@ -1106,8 +1150,11 @@ class _Builder:
         if self.lr_label is not None:
             lab = np.frombuffer(self.lr_label, dtype=np.int16)
             cols["label"] = pd.Categorical.from_codes(pick(lab), categories=list(self.labels))
+        # One transposing copy: a column strided through row-major records is read 2x slower by
+        # every later step (criteria, findings and plots each convert it to float64).
+        stats_t = np.ascontiguousarray((stats if order is None else stats[order]).T)
         for j, name in enumerate(_LAYER_STATS):
-            cols[name] = pick(stats[:, j])
+            cols[name] = stats_t[j]
         layers = pd.DataFrame(cols, copy=False)
 
         # head load: flat values, hl_len[i] of them per layer row i
@@ -1214,7 +1261,7 @@ def _load_jsonl(p: Path, strict: bool, workers: int | None, gz: bool) -> Run:
         builder = _Builder(p, strict)
         try:
             with _open_binary(p) as fh:
-                _scan(fh, builder, True)
+                _scan(_blocks(fh), builder, True)
         except _LineError as e:
             raise LoadError(f"{p}:{e.line}: {e.reason}") from None
         return builder.finish()

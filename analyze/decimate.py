@@ -43,16 +43,13 @@ def decimate(
         return frame
 
     xs = frame[x].to_numpy(dtype="float64")
-    if by is None:
-        group = np.zeros(n, dtype=np.int64)
-    else:
-        group = frame.groupby(by, sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
-    n_groups = int(group.max()) + 1 if n else 0
+    group, n_groups = _group_ids(frame, by)
 
     # Per-group x range -> bucket index in [0, buckets).
     finite_x = np.where(np.isfinite(xs), xs, np.nan)
-    lo = pd.Series(finite_x).groupby(group).min().reindex(range(n_groups)).to_numpy()
-    hi = pd.Series(finite_x).groupby(group).max().reindex(range(n_groups)).to_numpy()
+    lo, hi = np.full(n_groups, np.inf), np.full(n_groups, -np.inf)
+    np.fmin.at(lo, group, finite_x)  # fmin/fmax skip NaN
+    np.fmax.at(hi, group, finite_x)
     width = (hi - lo) / buckets
     width = np.where(width > 0, width, 1.0)
     rel = (finite_x - lo[group]) / width[group]
@@ -65,22 +62,49 @@ def decimate(
 
     # Rows grouped by bucket key (stable: input order within a bucket), then for each column the
     # first row holding each bucket's minimum and maximum: numpy segment reductions, no groupby.
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(_narrow(key), kind="stable")  # radix sort when the keys fit 16 bits
     sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-    seg = np.cumsum(np.r_[False, sorted_key[1:] != sorted_key[:-1]])  # segment id of each sorted row
+    new_seg = sorted_key[1:] != sorted_key[:-1]
+    starts = np.flatnonzero(np.r_[True, new_seg])
+    seg = np.cumsum(np.r_[False, new_seg])  # segment id of each sorted row
     for values in [finite_x] + [frame[c].to_numpy(dtype="float64", na_value=np.nan) for c in columns]:
         v = values[order]
         nan = np.isnan(v)
-        if nan.all():
+        any_nan = nan.any()
+        if any_nan and nan.all():
             continue
         for fill, reduce in ((np.inf, np.minimum), (-np.inf, np.maximum)):
-            w = np.where(nan, fill, v)
-            ext = reduce.reduceat(w, starts)
-            hit = np.flatnonzero((w == ext[seg]) & ~nan)  # NaN is never an extreme
+            w = np.where(nan, fill, v) if any_nan else v
+            at_ext = w == reduce.reduceat(w, starts)[seg]
+            hit = np.flatnonzero(at_ext & ~nan if any_nan else at_ext)  # NaN is never an extreme
             first = hit[np.r_[True, seg[hit][1:] != seg[hit][:-1]]]
             keep[order[first]] = True
     return frame.iloc[np.flatnonzero(keep)]
+
+
+def _group_ids(frame: pd.DataFrame, by: str | Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """Group number of each row (0..n_groups-1; a number may be unused) and the number of groups."""
+    n = len(frame)
+    if by is None:
+        return np.zeros(n, dtype=np.int64), 1
+    col = frame[by] if isinstance(by, str) else None
+    if col is not None and col.dtype.kind in "iu" and n:
+        v = col.to_numpy()
+        first, last = int(v.min()), int(v.max())
+        if last - first < 1 << 16:  # a small integer range (layer numbers): the value is the group
+            return v.astype(np.int64) - first, last - first + 1
+    group = frame.groupby(by, sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
+    return group, int(group.max()) + 1 if n else 0
+
+
+def _narrow(key: np.ndarray) -> np.ndarray:
+    """`key` (non-negative) in the smallest unsigned type that holds it: numpy's stable sort is a
+    radix sort for 16-bit keys, several times faster than its merge sort of int64 on 1.6M rows."""
+    top = int(key.max()) if len(key) else 0
+    for t in (np.uint16, np.uint32):
+        if top <= np.iinfo(t).max:
+            return key.astype(t)
+    return key
 
 
 def phase_boundaries(steps: pd.DataFrame, *, x: str = "step") -> pd.DataFrame:

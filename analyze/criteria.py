@@ -28,6 +28,7 @@ import pandas as pd
 
 from moh import schema
 
+from .groupscan import counts_until
 from .run import Run
 
 __all__ = ["Criterion", "Result", "CriteriaError", "load_criteria", "evaluate", "verdict",
@@ -418,33 +419,43 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
     if not len(run.layers):
         return [_result(c, "fail", 0, "no per-layer statistics in the log")]
     wide = _model_wide(run)
-    hl_count = hl_nonzero = np.zeros(0)
-    if "head_load" in c.metrics and len(run.head_load):
-        load = run.head_load["load"].to_numpy()  # float32 as stored: isnan / != 0 need no copy to float64
-        lay = run.head_load["layer"].to_numpy()
-        ok = ~np.isnan(load)
-        hl_count = np.bincount(lay[ok], minlength=lay.max() + 1)
-        hl_nonzero = np.bincount(lay[ok & (load != 0)], minlength=lay.max() + 1)
+    layer = run.layers["layer"].to_numpy()
+    groups = ix.groups("layers", "all", per_layer=True)
+    wanted = np.array([li for _, li, _ in groups])
+    # Per layer: is a metric ever logged (not NaN), and ever non-zero? Settled from a prefix of the
+    # column on a healthy run (`counts_until`); only a failing layer costs a full scan.
+    logged: dict[str, np.ndarray] = {}
+    nonzero: dict[str, np.ndarray] = {}
+    for m in c.metrics:
+        if m == "head_load":
+            if not len(run.head_load):
+                continue
+            v, g = run.head_load["load"].to_numpy(), run.head_load["layer"].to_numpy()  # float32, no copy
+        elif m in run.layers:
+            v, g = run.layers[m].to_numpy(), layer
+            if v.dtype.kind != "f":
+                v = ix.col("layers", m)
+        else:
+            continue
+        logged[m] = counts_until(lambda s, v=v: ~np.isnan(v[s]), g, wanted)
+        nonzero[m] = counts_until(lambda s, v=v: (v[s] != 0) & ~np.isnan(v[s]), g, wanted)
     out = []
-    for _, layer, rows in ix.groups("layers", "all", per_layer=True):
+    for _, layer_no, rows in groups:
         absent, zero, model_wide = [], [], []
         for m in c.metrics:
-            if m == "head_load":
-                n = hl_count[layer] if 0 <= layer < len(hl_count) else 0
-                nz = hl_nonzero[layer] if 0 <= layer < len(hl_nonzero) else 0
-                if not n:
+            n = logged[m][layer_no] if m in logged and layer_no < len(logged[m]) else 0
+            if not n and m in wide and m != "head_load":
+                v = wide[m]
+                v = v[~np.isnan(v)]
+                model_wide.append(m)
+                if not len(v):
                     absent.append(m)
-                elif not nz:
+                elif not np.any(v != 0):
                     zero.append(m)
                 continue
-            v = ix.col("layers", m)[rows] if m in run.layers else np.zeros(0)
-            v = v[~np.isnan(v)]
-            if not len(v) and m in wide:
-                v, model_wide = wide[m], model_wide + [m]
-                v = v[~np.isnan(v)]
-            if not len(v):
+            if not n:
                 absent.append(m)
-            elif not np.any(v != 0):
+            elif not (nonzero[m][layer_no] if layer_no < len(nonzero[m]) else 0):
                 zero.append(m)
         ok = len(c.metrics) - len(absent) - len(zero)
         parts = ([f"absent: {', '.join(absent)}"] if absent else []) + \
@@ -452,7 +463,7 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
         status = "pass" if not parts else "fail"
         if model_wide:
             parts.append(f"model-wide only: {', '.join(model_wide)}")
-        out.append(_result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=layer))
+        out.append(_result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=layer_no))
     return out
 
 

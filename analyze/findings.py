@@ -23,6 +23,7 @@ import pandas as pd
 
 from moh import schema
 
+from .groupscan import counts_until
 from .jsonsafe import json_safe
 from .run import Run
 
@@ -118,11 +119,10 @@ class _Ctx:
         self.router = run.router
         self.dense = self.router == "dense"
         self.n_heads = run.n_heads
-        lay = run.layers
-        self.layer_frames: dict[int, pd.DataFrame] = {}
-        if len(lay):
-            for li, sub in lay.groupby("layer", sort=True, observed=True):
-                self.layer_frames[int(li)] = sub.sort_values("step", kind="stable").reset_index(drop=True)
+        self.layer_frames, self._block = _layer_frames(run.layers)
+        self._layer_cols: dict[tuple[int, str], np.ndarray] = {}
+        self._full_cols: dict[str, np.ndarray] = {}
+        self._series: dict[str, list] = {}
         self.routing = (not self.dense) and (self.router is not None or bool(self.layer_frames))
         self.final_loads: dict[int, np.ndarray] | None = None
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
@@ -181,19 +181,85 @@ class _Ctx:
             return s[~s["skipped"].fillna(0).astype(bool)]
         return s
 
+    def layer_col(self, li: int, name: str) -> np.ndarray:
+        """Column `name` of layer `li` as float64, "step" as stored (computed once, read-only:
+        rules share it)."""
+        key = (li, name)
+        v = self._layer_cols.get(key)
+        if v is None:
+            if self._block is not None:  # every L-th row of the column: one (layer, step) transposed copy
+                by_layer = self._full_cols.get(name)
+                if by_layer is None:
+                    col = self.run.layers[name]
+                    full = col.to_numpy() if name == "step" else col.to_numpy(float)
+                    by_layer = self._full_cols[name] = np.ascontiguousarray(full.reshape(-1, len(self._block)).T)
+                v = by_layer[self._block.index(li)]
+            else:
+                col = self.layer_frames[li][name]
+                v = col.to_numpy() if name == "step" else col.to_numpy(float)
+            v.flags.writeable = False
+            self._layer_cols[key] = v
+        return v
+
     def series(self, stat: str) -> list[tuple[int | None, np.ndarray, np.ndarray]]:
         """(layer, steps, values) for a stat: one per layer that logged it, or one model-wide
         (layer None) when the log carries it as a step-level value (imported logs)."""
+        if stat in self._series:
+            return self._series[stat]
         out = []
         for li, f in self.layer_frames.items():
             if stat in f.columns:
-                v = f[stat].to_numpy(float)
+                v = self.layer_col(li, stat)
                 if np.isfinite(v).any():
-                    out.append((li, f["step"].to_numpy(), v))
+                    out.append((li, self.layer_col(li, "step"), v))
         if not out and stat in self.model_wide:
             s = self.steps
             out.append((None, s["step"].to_numpy(), s[stat].to_numpy(float)))
+        self._series[stat] = out
         return out
+
+
+def _layer_frames(lay: pd.DataFrame) -> tuple[dict[int, pd.DataFrame], list[int] | None]:
+    """One frame per layer, rows in step order, and the repeated block of layer numbers (or None).
+
+    The loader's layer frame repeats one block of layers per step, so a layer's rows are every
+    L-th row: a strided view, no copy. Otherwise one reordering copy, then a slice per layer
+    (a groupby plus a sort per layer costs 4x as much on 1.6M rows)."""
+    if not len(lay):
+        return {}, None
+    layer, step = lay["layer"].to_numpy(), lay["step"].to_numpy()
+    block = _repeated_block(layer, step)
+    if block is not None:
+        frames = {int(li): lay.iloc[j::len(block)].reset_index(drop=True)
+                  for j, li in sorted(enumerate(block), key=lambda x: x[1])}
+        return frames, [int(li) for li in block]
+    if layer.dtype.kind not in "iu" or layer.min() < 0 or layer.max() >= 1 << 16:
+        return {int(li): sub.sort_values("step", kind="stable").reset_index(drop=True)
+                for li, sub in lay.groupby("layer", sort=True, observed=True)}, None
+    key = layer.astype(np.uint16)
+    order = np.lexsort((step, key))
+    by_layer = key[order]
+    cuts = np.flatnonzero(by_layer[1:] != by_layer[:-1]) + 1
+    ordered = lay.take(order)
+    return {int(by_layer[a]): ordered.iloc[a:b].reset_index(drop=True)
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)])}, None
+
+
+def _repeated_block(layer: np.ndarray, step: np.ndarray) -> np.ndarray | None:
+    """The layer numbers of the first step when every step logs exactly them, in the same order,
+    and steps increase; else None."""
+    first = step[0]
+    n_block = int(np.searchsorted(step, first, side="right")) if np.all(step[1:] >= step[:-1]) else 0
+    if n_block == 0 or len(layer) % n_block:
+        return None
+    block = layer[:n_block]
+    if len(np.unique(block)) != n_block:
+        return None
+    grid_l, grid_s = layer.reshape(-1, n_block), step.reshape(-1, n_block)
+    if not (np.array_equal(grid_l, np.broadcast_to(block, grid_l.shape))
+            and np.all(grid_s == grid_s[:, :1]) and np.all(grid_s[1:, 0] > grid_s[:-1, 0])):
+        return None
+    return block
 
 
 def _finite(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,18 +321,18 @@ def silent_zero(ctx: _Ctx) -> list[Finding]:
                     f"compute {stat} from the router's actual per-token values (or log null where it "
                     f"does not apply); never return a fake 0"))
     loads = ctx.run.head_load
-    if len(loads) and "load" in loads.columns:
+    if len(loads) and "load" in loads.columns and ctx.layer_frames:
         lay = loads["layer"].to_numpy()
         v = loads["load"].to_numpy()  # float32 as stored: no 100 MB float64 copy of 12.8M loads
-        fin = np.isfinite(v)
-        n_fin = np.bincount(lay[fin], minlength=int(lay.max()) + 1)
-        nonzero = ((v > ZERO_ATOL) | (v < -ZERO_ATOL)) & fin  # as |v| > atol among finite loads, sans temporaries
-        n_nonzero = np.bincount(lay[nonzero], minlength=int(lay.max()) + 1)
-        for li in np.nonzero((n_fin >= MIN_STEPS) & (n_nonzero == 0))[0]:
+        layers = np.array(sorted(ctx.layer_frames))  # every layer with head loads has a layer row
+        n_fin = counts_until(lambda s: np.isfinite(v[s]), lay, layers, MIN_STEPS)
+        nonzero = counts_until(lambda s: np.abs(v[s]) > ZERO_ATOL, lay, layers)  # NaN compares False
+        for li in layers[(n_fin[layers] >= MIN_STEPS) & (nonzero[layers] == 0)]:
+            n = int(np.isfinite(v[lay == li]).sum())  # rare path: the exact count for the evidence
             out.append(Finding(
                 "silent_zero", "error", int(li),
                 f"head_load (layer {int(li)}) is 0 for every head on every step",
-                _ev(values=[0.0], stat="head_load", n=int(n_fin[li])),
+                _ev(values=[0.0], stat="head_load", n=n),
                 "log the fraction of tokens that selected each head"))
     return out
 
@@ -461,7 +527,7 @@ def redundant_stat(ctx: _Ctx) -> list[Finding]:
         cols = []
         for li, f in ctx.layer_frames.items():
             if stat in f.columns:
-                cols.append(pd.Series(f[stat].to_numpy(float), index=f["step"].to_numpy()))
+                cols.append(pd.Series(ctx.layer_col(li, stat), index=ctx.layer_col(li, "step")))
         if not cols:
             return None, 0.0
         q = max(_quantum(c.to_numpy()) for c in cols)
@@ -486,7 +552,7 @@ def redundant_stat(ctx: _Ctx) -> list[Finding]:
         flagged = False
         for li, f in ctx.layer_frames.items():
             if y in f.columns and x in f.columns:
-                fit = _affine(f[x].to_numpy(float), f[y].to_numpy(float))
+                fit = _affine(ctx.layer_col(li, x), ctx.layer_col(li, y))
                 if fit:
                     flagged = True
                     out.append(finding(y, x, li, fit, len(f), ""))
@@ -839,8 +905,15 @@ def _final_loads(ctx: _Ctx) -> dict[int, np.ndarray]:
         return out
     step = hl["step"].to_numpy()
     if np.all(step[1:] >= step[:-1]):  # the loader's order: the window is a tail, found without sorting
-        steps = step[np.flatnonzero(np.diff(step, prepend=step[0] - 1))]
-        cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
+        new_step = step[1:] != step[:-1]
+        n_steps = int(np.count_nonzero(new_step)) + 1
+        need = max(1, int(math.ceil(n_steps * HEAD_WINDOW_FRACTION)))
+        # The last `need` distinct steps: from a tail slice sized by the mean rows per step, with
+        # margin; a log too uneven for it falls back to all distinct steps.
+        tail = np.unique(step[-min(len(step), int(len(step) * need / n_steps * 1.25) + 1):])
+        if len(tail) < need:
+            tail = step[np.r_[True, new_step]]
+        cut = tail[len(tail) - need]
         w = slice(int(np.searchsorted(step, cut)), None)
     else:
         steps = np.unique(step)

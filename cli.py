@@ -435,12 +435,15 @@ def plot(
     x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
     input_format: str = typer.Option("auto", "--input-format", help="auto, jsonl or rustgpt."),
     strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict))
+    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs))
 
 
-def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool) -> None:
+def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
+          jobs: int | None = None) -> None:
     import warnings
 
     from analyze import loader, plots
@@ -453,6 +456,9 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         raise typer.Exit(2)
     if input_format not in loader.INPUT_FORMATS:
         _err(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}")
+        raise typer.Exit(2)
+    if jobs is not None and jobs < 1:
+        _err(f"error: --jobs must be at least 1, not {jobs}")
         raise typer.Exit(2)
     loaded = []
     for path in runs:
@@ -467,7 +473,8 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
-            written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step")
+            written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step",
+                                          jobs=jobs)
         except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
             _err(f"error: {e}")
             raise typer.Exit(3)

@@ -62,13 +62,16 @@ def decimate(
 
     # Rows grouped by bucket key (stable: input order within a bucket), then for each column the
     # first row holding each bucket's minimum and maximum: numpy segment reductions, no groupby.
-    order = np.argsort(_narrow(key), kind="stable")  # radix sort when the keys fit 16 bits
-    sorted_key = key[order]
+    if np.all(key[1:] >= key[:-1]):  # one group in x order (a layer's or the steps' series): no sort
+        order, sorted_key = None, key
+    else:
+        order = np.argsort(_narrow(key), kind="stable")  # radix sort when the keys fit 16 bits
+        sorted_key = key[order]
     new_seg = sorted_key[1:] != sorted_key[:-1]
     starts = np.flatnonzero(np.r_[True, new_seg])
     seg = np.cumsum(np.r_[False, new_seg])  # segment id of each sorted row
     for values in [finite_x] + [frame[c].to_numpy(dtype="float64", na_value=np.nan) for c in columns]:
-        v = values[order]
+        v = values if order is None else values[order]
         nan = np.isnan(v)
         any_nan = nan.any()
         if any_nan and nan.all():
@@ -78,7 +81,7 @@ def decimate(
             at_ext = w == reduce.reduceat(w, starts)[seg]
             hit = np.flatnonzero(at_ext & ~nan if any_nan else at_ext)  # NaN is never an extreme
             first = hit[np.r_[True, seg[hit][1:] != seg[hit][:-1]]]
-            keep[order[first]] = True
+            keep[first if order is None else order[first]] = True
     return frame.iloc[np.flatnonzero(keep)]
 
 

@@ -25,7 +25,7 @@ from moh import schema
 
 from .groupscan import counts_until
 from .jsonsafe import json_safe
-from .run import Run
+from .run import Run, layer_block
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -228,11 +228,11 @@ def _layer_frames(lay: pd.DataFrame) -> tuple[dict[int, pd.DataFrame], list[int]
     if not len(lay):
         return {}, None
     layer, step = lay["layer"].to_numpy(), lay["step"].to_numpy()
-    block = _repeated_block(layer, step)
+    block = layer_block(lay)
     if block is not None:
-        frames = {int(li): lay.iloc[j::len(block)].reset_index(drop=True)
+        frames = {li: lay.iloc[j::len(block)].reset_index(drop=True)
                   for j, li in sorted(enumerate(block), key=lambda x: x[1])}
-        return frames, [int(li) for li in block]
+        return frames, block
     if layer.dtype.kind not in "iu" or layer.min() < 0 or layer.max() >= 1 << 16:
         return {int(li): sub.sort_values("step", kind="stable").reset_index(drop=True)
                 for li, sub in lay.groupby("layer", sort=True, observed=True)}, None
@@ -243,23 +243,6 @@ def _layer_frames(lay: pd.DataFrame) -> tuple[dict[int, pd.DataFrame], list[int]
     ordered = lay.take(order)
     return {int(by_layer[a]): ordered.iloc[a:b].reset_index(drop=True)
             for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)])}, None
-
-
-def _repeated_block(layer: np.ndarray, step: np.ndarray) -> np.ndarray | None:
-    """The layer numbers of the first step when every step logs exactly them, in the same order,
-    and steps increase; else None."""
-    first = step[0]
-    n_block = int(np.searchsorted(step, first, side="right")) if np.all(step[1:] >= step[:-1]) else 0
-    if n_block == 0 or len(layer) % n_block:
-        return None
-    block = layer[:n_block]
-    if len(np.unique(block)) != n_block:
-        return None
-    grid_l, grid_s = layer.reshape(-1, n_block), step.reshape(-1, n_block)
-    if not (np.array_equal(grid_l, np.broadcast_to(block, grid_l.shape))
-            and np.all(grid_s == grid_s[:, :1]) and np.all(grid_s[1:, 0] > grid_s[:-1, 0])):
-        return None
-    return block
 
 
 def _finite(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

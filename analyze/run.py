@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -66,3 +67,27 @@ class Run:
     @property
     def router(self) -> str | None:
         return (self.meta.get("model") or {}).get("router")
+
+
+def layer_block(layers: pd.DataFrame) -> list[int] | None:
+    """The layer numbers of the first step when every step's rows are exactly those layers, in the
+    same order, with steps increasing (the loader's layout for every engine log); else None.
+
+    Then layer `block[j]` is every len(block)-th row from row j: a strided view, no sort or copy.
+    """
+    if not len(layers) or "layer" not in layers or "step" not in layers:
+        return None
+    layer, step = layers["layer"].to_numpy(), layers["step"].to_numpy()
+    if not np.all(step[1:] >= step[:-1]):
+        return None
+    n_block = int(np.searchsorted(step, step[0], side="right"))
+    if len(layer) % n_block:
+        return None
+    block = layer[:n_block]
+    if len(np.unique(block)) != n_block:
+        return None
+    grid_l, grid_s = layer.reshape(-1, n_block), step.reshape(-1, n_block)
+    if not (np.array_equal(grid_l, np.broadcast_to(block, grid_l.shape))
+            and np.all(grid_s == grid_s[:, :1]) and np.all(grid_s[1:, 0] > grid_s[:-1, 0])):
+        return None
+    return [int(li) for li in block]

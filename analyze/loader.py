@@ -27,6 +27,7 @@ import math
 import operator
 import os
 import re
+import stat
 import struct
 import zlib
 from array import array
@@ -89,6 +90,9 @@ _CSV_DELETE = bytes(c for c in range(256) if (chr(c).isalpha() and chr(c) not in
 _JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _MISSING = object()
 _PARALLEL_MIN_BYTES = 64 << 20  # below this one process is faster than starting workers
+# Sending a worker's columns back (pickle, pipe, unpickle) took about 0.45 s against 3.3 s of
+# parsing for half of a 683 MB log: the first chunk is that much larger (bench/bench_analysis.py).
+_FIRST_CHUNK_EXTRA = 0.12
 _MAX_WORKERS = 8
 _MAX_PLANS = 16  # distinct step-record key layouts given a fast path  # bytes read to sniff the format
 _MAX_LISTED_LINES = 10
@@ -310,10 +314,28 @@ def _blocks(fh, limit: int | None = None) -> Iterator[bytes]:
         yield b"".join(rest)
 
 
+def _file_blocks(fh, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a seekable file in pieces of about _BLOCK_BYTES that end at a line end
+    (but the last): each cut is found by a readline at the target, then the piece is read whole, so
+    no piece is sliced or joined again (16 MB copies each, in `_blocks`)."""
+    pos = start
+    while pos < end:
+        nxt = end
+        if pos + _BLOCK_BYTES < end:
+            fh.seek(pos + _BLOCK_BYTES - 1)
+            fh.readline()  # to the start of the line after the target
+            nxt = min(max(fh.tell(), pos + 1), end)
+        fh.seek(pos)
+        data = fh.read(nxt - pos)
+        if not data:
+            return
+        yield data
+        pos += len(data)
+
+
 def _chunk_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
     with open(path, "rb") as fh:
-        fh.seek(start)
-        yield from _blocks(fh, end - start)
+        yield from _file_blocks(fh, start, end)
 
 
 def _load_chunk(path: Path, start: int, end: int, strict: bool, is_last: bool) -> "_Builder | _LineError":
@@ -330,10 +352,14 @@ def _load_chunk(path: Path, start: int, end: int, strict: bool, is_last: bool) -
 
 
 def _chunk_bounds(path: Path, size: int, n: int) -> list[tuple[int, int]]:
+    """n line-aligned byte ranges. The first (parsed by this process) is _FIRST_CHUNK_EXTRA larger
+    than the others: the workers' results still have to be pickled and sent back while it finishes."""
+    weights = [1.0 + _FIRST_CHUNK_EXTRA] + [1.0] * (n - 1)
+    total = sum(weights)
     cuts = [0]
     with open(path, "rb") as fh:
         for i in range(1, n):
-            fh.seek(max(size * i // n - 1, cuts[-1]))
+            fh.seek(max(int(size * sum(weights[:i]) / total) - 1, cuts[-1]))
             fh.readline()  # to the start of the next line
             pos = fh.tell()
             if cuts[-1] < pos < size:
@@ -660,8 +686,10 @@ class _Builder:
         t = self._last_template
         if t is None:
             return 0
-        n = block.count(b"\n")
-        if block.translate(None, _SKEL_DELETE) != t.skel * n:
+        # The template's skeleton holds exactly one newline, so a match also counts the lines.
+        skel = block.translate(None, _SKEL_DELETE)
+        n = len(skel) // len(t.skel)
+        if skel != t.skel * n:
             return 0
         return n if self.add_bulk(block, n, t, line0) else 0
 
@@ -1150,11 +1178,8 @@ class _Builder:
         if self.lr_label is not None:
             lab = np.frombuffer(self.lr_label, dtype=np.int16)
             cols["label"] = pd.Categorical.from_codes(pick(lab), categories=list(self.labels))
-        # One transposing copy: a column strided through row-major records is read 2x slower by
-        # every later step (criteria, findings and plots each convert it to float64).
-        stats_t = np.ascontiguousarray((stats if order is None else stats[order]).T)
-        for j, name in enumerate(_LAYER_STATS):
-            cols[name] = stats_t[j]
+        for j, name in enumerate(_LAYER_STATS):  # strided views: a transposing copy costs more than it saves
+            cols[name] = pick(stats[:, j])
         layers = pd.DataFrame(cols, copy=False)
 
         # head load: flat values, hl_len[i] of them per layer row i
@@ -1261,7 +1286,9 @@ def _load_jsonl(p: Path, strict: bool, workers: int | None, gz: bool) -> Run:
         builder = _Builder(p, strict)
         try:
             with _open_binary(p) as fh:
-                _scan(_blocks(fh), builder, True)
+                regular = not gz and stat.S_ISREG(os.fstat(fh.fileno()).st_mode)  # not a pipe or FIFO
+                _scan(_file_blocks(fh, 0, os.fstat(fh.fileno()).st_size) if regular else _blocks(fh),
+                      builder, True)
         except _LineError as e:
             raise LoadError(f"{p}:{e.line}: {e.reason}") from None
         return builder.finish()

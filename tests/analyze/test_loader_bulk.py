@@ -122,3 +122,22 @@ def test_strict_mode_reads_line_by_line(tmp_path, monkeypatch):
         load_run(p, strict=True, workers=1)
     run = load_run(p, workers=1)
     assert run.steps.loc[run.steps["step"] == 100, "epoch"].item() == 10
+
+
+@pytest.mark.parametrize("block_bytes", [1, 700, 5_000, 64_000])
+def test_block_size_does_not_change_the_run(tmp_path, monkeypatch, block_bytes):
+    """Whole-file reads are cut into line-aligned blocks (`_file_blocks`), a worker's chunk too;
+    blocks smaller than a line, a little larger, and many lines long must all give the same run,
+    including a line far longer than a block and a truncated last line."""
+    lines = list(iter_lines(n_steps=400, seed=4, nonfinite=True))
+    lines.insert(50, '{"event": "alert", "step": 3, "level": "info", "code": "x", "message": "' + "m" * 20_000 + '"}')
+    p = tmp_path / "run.jsonl"
+    p.write_text("\n".join(lines) + "\n" + lines[-1][:40])  # no newline: a write cut short
+    ref = load_run(p, workers=1)
+    with monkeypatch.context() as m:
+        m.setattr(loader, "_BLOCK_BYTES", block_bytes)
+        for workers in (1, 3):
+            _assert_same(load_run(p, workers=workers), ref)
+    assert any("truncated last line" in n for n in ref.notes)
+    assert len(ref.alerts) >= 1 and ref.alerts["message"].str.len().max() == 20_000
+

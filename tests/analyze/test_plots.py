@@ -227,6 +227,10 @@ def test_cli_plot_usage_errors_exit_2(tmp_path, logs):
     assert result.exit_code == 2, result.output
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "absent.jsonl"), "-o", str(tmp_path)])
     assert result.exit_code == 3, result.output
+    result = CliRunner().invoke(app, ["plot", str(logs[0]), "-o", str(tmp_path), "--jobs", "0"])
+    assert result.exit_code == 2 and "--jobs" in result.output, result.output
+    result = CliRunner().invoke(app, ["plot", str(logs[0]), "-o", str(tmp_path / "one"), "--jobs", "1"])
+    assert result.exit_code == 0 and len(list((tmp_path / "one").glob("*.png"))) == len(FAMILIES), result.output
 
 
 def test_write_figures_in_forked_workers_matches_serial(tmp_path, healthy, dense):
@@ -235,6 +239,8 @@ def test_write_figures_in_forked_workers_matches_serial(tmp_path, healthy, dense
     with pytest.warns(plots.PlotWarning, match="dense"):
         serial = plots.write_figures([healthy, dense], tmp_path / "b", jobs=1)
     assert [p.name for p in forked] == [p.name for p in serial] == [f"{f}.png" for f in FAMILIES]
+    for a, b in zip(forked, serial):  # Agg PNGs are deterministic: the same pixels, the same bytes
+        assert a.read_bytes() == b.read_bytes(), a.name
 
 
 def test_model_wide_complexity_of_an_imported_log_is_drawn_as_one_panel():

@@ -52,7 +52,7 @@ def main() -> int:
 
     moh = Path(sys.executable).with_name("moh")
     # Where the package is not installed (a bare machine), run the CLI's entry point the same way.
-    entry = [str(moh)] if moh.exists() else [sys.executable, "-c", "import sys; from cli import app; sys.exit(app())"]
+    entry = [str(moh)] if moh.exists() else [sys.executable, "-c", "from cli import main; main()"]
     cmd = [*entry, "plot", str(log), "-o", str(work / "cli")]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

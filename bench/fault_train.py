@@ -48,7 +48,7 @@ def sets(cfg: dict) -> list[str]:
 
 def moh(*args: str) -> list[str]:
     exe = ROOT / ".venv" / "bin" / "moh"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-c", "from cli import app; app()", *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-c", "from cli import main; main()", *args]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

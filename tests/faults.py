@@ -28,7 +28,7 @@ from moh import schema
 ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "moh"
 # The installed console script when there is one (a clean `pip install`), else the same entry point.
-MOH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from cli import app; app()"]
+MOH = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from cli import main; main()"]
 IS_ROOT = os.geteuid() == 0
 # Root ignores file permissions through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; dropping both from the
 # inheritable and bounding sets makes a root child obey mode bits like any user (chmod 000 denies).

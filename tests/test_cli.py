@@ -129,7 +129,7 @@ def test_report_log_without_steps_is_exit_3(tmp_path):
 def test_report_in_a_real_subprocess_never_shows_a_traceback(logs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"event": "run_start", "schema_version": "one"}\n')
-    cmd = [sys.executable, "-c", "from cli import app; app()", "report"]
+    cmd = [sys.executable, "-c", "from cli import main; main()", "report"]
     root = Path(__file__).resolve().parents[1]
     ok = subprocess.run(cmd + [str(logs["good"]), "--format", "json"], capture_output=True, text=True, cwd=root)
     assert ok.returncode == 0, ok.stderr

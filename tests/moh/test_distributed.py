@@ -78,7 +78,7 @@ def test_two_ranks_match_one_rank(tmp_path, reference):
     """`moh train --nproc 2` (torchrun --standalone underneath) against the 1-rank run."""
     two = tmp_path / "two"
     sets = [a for k, v in CFG.items() if k != "device" for a in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-c", "from cli import app; app()", "train", "--nproc", "2", "--device", "cpu",
+    cmd = [sys.executable, "-c", "from cli import main; main()", "train", "--nproc", "2", "--device", "cpu",
            "--out", str(two), *sets]
     env = {**os.environ, "PYTHONPATH": ROOT}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

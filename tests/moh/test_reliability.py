@@ -36,7 +36,7 @@ ARGS = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
 
 
 def moh_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli import app; app()", *args]
+    return [sys.executable, "-c", "from cli import main; main()", *args]
 
 
 def _env() -> dict:

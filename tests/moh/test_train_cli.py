@@ -14,7 +14,7 @@ TINY = ["--set", "n_layers=1", "--set", "d_model=32", "--set", "n_heads=4", "--s
 
 
 def moh(*args, cwd=None):
-    cmd = [sys.executable, "-c", "from cli import app; app()", "train", *args]
+    cmd = [sys.executable, "-c", "from cli import main; main()", "train", *args]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": root}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)

@@ -187,13 +187,12 @@ class _Ctx:
         key = (li, name)
         v = self._layer_cols.get(key)
         if v is None:
-            if self._block is not None:  # every L-th row of the column: one (layer, step) transposed copy
-                by_layer = self._full_cols.get(name)
-                if by_layer is None:
-                    col = self.run.layers[name]
-                    full = col.to_numpy() if name == "step" else col.to_numpy(float)
-                    by_layer = self._full_cols[name] = np.ascontiguousarray(full.reshape(-1, len(self._block)).T)
-                v = by_layer[self._block.index(li)]
+            if self._block is not None:  # every L-th row of the column, converted straight from it
+                full = self._full_cols.get(name)
+                if full is None:
+                    full = self._full_cols[name] = self.run.layers[name].to_numpy()  # as stored: a view
+                rows = full[self._block.index(li)::len(self._block)]
+                v = rows.copy() if name == "step" else rows.astype(np.float64)
             else:
                 col = self.layer_frames[li][name]
                 v = col.to_numpy() if name == "step" else col.to_numpy(float)

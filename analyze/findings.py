@@ -308,7 +308,7 @@ def silent_zero(ctx: _Ctx) -> list[Finding]:
         v = loads["load"].to_numpy()  # float32 as stored: no 100 MB float64 copy of 12.8M loads
         layers = np.array(sorted(ctx.layer_frames))  # every layer with head loads has a layer row
         n_fin = counts_until(lambda s: np.isfinite(v[s]), lay, layers, MIN_STEPS)
-        nonzero = counts_until(lambda s: np.abs(v[s]) > ZERO_ATOL, lay, layers)  # NaN compares False
+        nonzero = counts_until(lambda s: (np.abs(v[s]) > ZERO_ATOL) & np.isfinite(v[s]), lay, layers)
         for li in layers[(n_fin[layers] >= MIN_STEPS) & (nonzero[layers] == 0)]:
             n = int(np.isfinite(v[lay == li]).sum())  # rare path: the exact count for the evidence
             out.append(Finding(

@@ -272,3 +272,23 @@ def test_norm_above_the_clip_only_early_in_each_phase_is_not_saturation(tmp_path
         if r["event"] == schema.STEP:
             r["grad_norm"] = 1.8
     assert "clip_saturation" in codes(run_of(tmp_path, recs, name="b"))
+
+
+@pytest.mark.parametrize("spoiler, expected", [
+    (None, True),                 # every load of layer 1 is 0: a placeholder
+    (float("inf"), True),         # an infinite load is not a measurement either
+    (0.25, False),                # one real load on one step: near miss
+])
+def test_silent_zero_head_load(tmp_path, spoiler, expected):
+    records = synthetic.generate(n_steps=N_STEPS, n_layers=2, seed=0)
+    steps = [r for r in records if r["event"] == schema.STEP]
+    for r in steps:
+        lay = r["layers"][1]
+        lay["head_load"] = [0.0] * len(lay["head_load"])
+    if spoiler is not None:
+        steps[len(steps) // 2]["layers"][1]["head_load"][3] = spoiler
+    fs = [f for f in findings.find_all(run_of(tmp_path, records))
+          if f.code == "silent_zero" and f.evidence.get("stat") == "head_load"]
+    assert [f.layer for f in fs] == ([1] if expected else [])
+    if expected:
+        assert fs[0].evidence["n"] == len(steps) * len(steps[0]["layers"][1]["head_load"]) - (spoiler is not None)

@@ -47,7 +47,7 @@ def named_groups(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     return groups
 
 
-def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> "AdamW":
     decay, no_decay, routing = [], [], []
     for name, p in model.named_parameters():
         if grad_group(name) in ROUTING_GROUPS:
@@ -62,13 +62,97 @@ def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Adam
         {"params": routing, "weight_decay": 0.0, "lr_mult": cfg.router_lr_mult, "name": "routing"},
     ]
     param_groups = [g for g in param_groups if g["params"]]
-    opt = torch.optim.AdamW(param_groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                            foreach=True)
+    opt = AdamW(param_groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     set_lr(opt, lr)
     return opt
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+class AdamW:
+    """AdamW (decoupled weight decay) doing, op for op, what torch.optim.AdamW(foreach=True)
+    does for float tensors without amsgrad: runs are bit-identical to it (tests/moh/test_optim.py).
+
+    Why not torch.optim.AdamW itself: its first use imports torch._dynamo, 2.8 s of every
+    `moh train` process start (every torchrun rank too) on the 2-core machine, for nothing this
+    trainer uses. `state_dict()` has torch's layout ({"state": {index: {step, exp_avg,
+    exp_avg_sq}}, "param_groups": [... "params": [indices]]}), so checkpoints stay tensors and
+    plain containers (torch.load(weights_only=True)).
+    """
+
+    def __init__(self, param_groups: list[dict], *, lr: float, betas: tuple[float, float], eps: float):
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0}
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in param_groups]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p not in self.state:
+                    self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                     "exp_avg_sq": torch.zeros_like(p)}
+            by_kind: dict[tuple, list[torch.Tensor]] = {}  # foreach ops take one device and dtype
+            for p in params:
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            for ps in by_kind.values():
+                self._update(ps, g)
+
+    def _update(self, params: list[torch.Tensor], g: dict) -> None:
+        lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        grads = [p.grad for p in params]
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        bias_correction1 = [1 - beta1 ** s.item() for s in steps]
+        bias_correction2 = [1 - beta2 ** s.item() for s in steps]
+        step_size = [(lr / bc) * -1 for bc in bias_correction1]
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [bc ** 0.5 for bc in bias_correction2])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
+
+    def state_dict(self) -> dict:
+        index: dict[torch.Tensor, int] = {}
+        groups = []
+        for g in self.param_groups:
+            ids = [index.setdefault(p, len(index)) for p in g["params"]]
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        state = {index[p]: {k: v.clone() for k, v in st.items()} for p, st in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Moments and step counts of a checkpoint written by `state_dict` (or torch's AdamW)."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved = [len(g["params"]) for g in sd["param_groups"]]
+        if saved != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(f"optimizer state for parameter groups of sizes {saved} does not fit this model")
+        self.state = {}
+        for i, st in sd["state"].items():
+            p = params[int(i)]
+            self.state[p] = {"step": torch.as_tensor(st["step"], dtype=torch.float32).clone(),
+                             "exp_avg": st["exp_avg"].to(p).clone(), "exp_avg_sq": st["exp_avg_sq"].to(p).clone()}
+        for g, sg in zip(self.param_groups, sd["param_groups"]):
+            g["lr"] = sg.get("lr", g["lr"])
+
+
+def set_lr(opt: AdamW, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr * g["lr_mult"]
 

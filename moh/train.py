@@ -31,7 +31,7 @@ from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
 from .model import LM
-from .optim import clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
+from .optim import AdamW, clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
 from .routing import layer_stats
 from .telemetry import JsonlSink, NullSink, Sink
 from .tokenizer import Tokenizer
@@ -161,7 +161,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
             log.alert(at["step"], "warning", "torn_line",
                       f"cut {torn} bytes of a torn last line (the run was killed while writing it)")
 
-    def save(opt: torch.optim.Optimizer | None, p_idx: int, epoch: int, batch: int, i: int, step: int,
+    def save(opt: AdamW | None, p_idx: int, epoch: int, batch: int, i: int, step: int,
              finished: bool = False) -> None:
         """Checkpoint at a position: phase index, next (epoch, batch), steps done in phase / in all."""
         if out_dir is None:

@@ -796,7 +796,8 @@ def nonfinite(ctx: _Ctx) -> list[Finding]:
     lay = ctx.run.layers
     for stat in schema.LAYER_STATS:
         if stat in lay.columns:
-            inf = np.isinf(lay[stat].to_numpy(float))
+            v = lay[stat].to_numpy()  # as stored (float32): no float64 copy of 1.6M values
+            inf = np.isinf(v if v.dtype.kind == "f" else v.astype(float))
             if inf.any():
                 fields.add(f"layers.{stat}")
                 bad_steps.update(lay["step"].to_numpy()[inf].tolist())
@@ -892,7 +893,8 @@ def _final_loads(ctx: _Ctx) -> dict[int, np.ndarray]:
         need = max(1, int(math.ceil(n_steps * HEAD_WINDOW_FRACTION)))
         # The last `need` distinct steps: from a tail slice sized by the mean rows per step, with
         # margin; a log too uneven for it falls back to all distinct steps.
-        tail = np.unique(step[-min(len(step), int(len(step) * need / n_steps * 1.25) + 1):])
+        tail = step[-min(len(step), int(len(step) * need / n_steps * 1.25) + 1):]
+        tail = tail[np.r_[True, tail[1:] != tail[:-1]]]  # distinct steps of a sorted slice, no hashing
         if len(tail) < need:
             tail = step[np.r_[True, new_step]]
         cut = tail[len(tail) - need]

@@ -440,7 +440,7 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
         logged[m] = counts_until(lambda s, v=v: ~np.isnan(v[s]), g, wanted)
         nonzero[m] = counts_until(lambda s, v=v: (v[s] != 0) & ~np.isnan(v[s]), g, wanted)
     out = []
-    for _, layer_no, rows in groups:
+    for _, layer_no, _ in groups:
         absent, zero, model_wide = [], [], []
         for m in c.metrics:
             n = logged[m][layer_no] if m in logged and layer_no < len(logged[m]) else 0

@@ -121,7 +121,6 @@ class _Ctx:
         self.n_heads = run.n_heads
         self.layer_frames, self._block = _layer_frames(run.layers)
         self._layer_cols: dict[tuple[int, str], np.ndarray] = {}
-        self._full_cols: dict[str, np.ndarray] = {}
         self._series: dict[str, list] = {}
         self.routing = (not self.dense) and (self.router is not None or bool(self.layer_frames))
         self.final_loads: dict[int, np.ndarray] | None = None
@@ -188,9 +187,7 @@ class _Ctx:
         v = self._layer_cols.get(key)
         if v is None:
             if self._block is not None:  # every L-th row of the column, converted straight from it
-                full = self._full_cols.get(name)
-                if full is None:
-                    full = self._full_cols[name] = self.run.layers[name].to_numpy()  # as stored: a view
+                full = self.run.layers[name].to_numpy()  # as stored: a view, no copy
                 rows = full[self._block.index(li)::len(self._block)]
                 v = rows.copy() if name == "step" else rows.astype(np.float64)
             else:
@@ -226,12 +223,12 @@ def _layer_frames(lay: pd.DataFrame) -> tuple[dict[int, pd.DataFrame], list[int]
     (a groupby plus a sort per layer costs 4x as much on 1.6M rows)."""
     if not len(lay):
         return {}, None
-    layer, step = lay["layer"].to_numpy(), lay["step"].to_numpy()
     block = layer_block(lay)
     if block is not None:
         frames = {li: lay.iloc[j::len(block)].reset_index(drop=True)
                   for j, li in sorted(enumerate(block), key=lambda x: x[1])}
         return frames, block
+    layer, step = lay["layer"].to_numpy(), lay["step"].to_numpy()
     if layer.dtype.kind not in "iu" or layer.min() < 0 or layer.max() >= 1 << 16:
         return {int(li): sub.sort_values("step", kind="stable").reset_index(drop=True)
                 for li, sub in lay.groupby("layer", sort=True, observed=True)}, None

@@ -48,21 +48,21 @@ INPUT_FORMATS = ("auto", "jsonl", "rustgpt")
 
 _NAN = math.nan
 _NONFINITE = schema.NONFINITE_STRINGS
-_LAYER_STATS = schema.LAYER_STATS
+_LAYER_STATS = schema.LAYER_COLUMNS  # every numeric per-layer field: a column of the layer frame
 _N_STATS = len(_LAYER_STATS)
 _NAN_ROW = array("f", [_NAN]) * _N_STATS
 # Top-level step keys handled explicitly (everything else numeric becomes its own column).
-_STEP_STRUCTURED = frozenset({"event", "step", "phase", "layers"})
-_STEP_DICTS = {"grad_norms": "grad.", "aux": "aux.", "aux_weighted": "aux_weighted."}
+_STEP_STRUCTURED = schema.STEP_STRUCTURED
+_STEP_DICTS = schema.STEP_GROUPS  # field -> column prefix
 # Known numeric step fields: a wrong type there is worth a note; unknown non-numeric fields are ignored.
-_STEP_NUMERIC = frozenset({
-    "epoch", "time", "elapsed", "loss", "lm_loss", "lr", "grad_norm", "grad_norm_clipped",
-    "tokens", "tokens_per_s", "skipped",
-})
+_STEP_NUMERIC = frozenset(schema.STEP_SCALARS)
 _GET_STATS = operator.itemgetter(*_LAYER_STATS)
 _GET_LAYER = operator.itemgetter("layer")
 _GET_LOAD = operator.itemgetter("head_load")
-_N_LAYER_FIELDS = len(schema.LAYER_FIELDS)
+# A layer entry with exactly these keys (the index, the loads and every numeric stat) takes the
+# fast paths; any other key (label, prob_mean, heads_hist, unknown ones) goes field by field.
+_FAST_LAYER_KEYS = frozenset(("layer", "head_load") + _LAYER_STATS)
+_N_LAYER_FIELDS = len(_FAST_LAYER_KEYS)
 _chain = itertools.chain.from_iterable
 
 
@@ -552,7 +552,8 @@ class _Template:
         return self
 
 
-_LAYER_KEYS = frozenset(schema.LAYER_FIELDS)
+_LAYER_KEYS = _FAST_LAYER_KEYS
+_LEFT_OUT = schema.LAYER_LEFT_OUT
 
 
 class _Builder:
@@ -568,6 +569,7 @@ class _Builder:
         self._bad_first_reason: str | None = None
         self._wrong: dict[str, list[int]] = {}  # field -> line numbers with a wrong type
         self._unknown_events: dict[str, int] = {}
+        self._left_out: dict[str, int] = {}  # per-layer field the schema logs but the frames omit -> entries
         # run-level
         self.meta: dict | None = None
         self.meta_line = 0
@@ -920,6 +922,9 @@ class _Builder:
             except (TypeError, OverflowError):
                 del stats[n0:]
                 stats.extend(self._clean(vals, _LAYER_STATS, i, lineno))
+            for k in _LEFT_OUT:  # said in a note, not dropped in silence
+                if k in lay:
+                    self._left_out[k] = self._left_out.get(k, 0) + 1
             label = lay.get("label")
             if label is not None or self.lr_label is not None:
                 self._add_label(label, len(self.lr_row) - 1)
@@ -1029,6 +1034,8 @@ class _Builder:
             self._wrong.setdefault(fld, []).extend(ln + off for ln in lines)
         for ev, n in o._unknown_events.items():
             self._unknown_events[ev] = self._unknown_events.get(ev, 0) + n
+        for k, n in o._left_out.items():
+            self._left_out[k] = self._left_out.get(k, 0) + n
         if o.meta is not None:
             if self.meta is None:
                 self.meta, self.meta_line = o.meta, o.meta_line + off
@@ -1094,6 +1101,9 @@ class _Builder:
             self.note(None, f"{n} record(s) of unknown event kind {_one_line(repr(ev), 40)} ignored")
         if self.meta is None:
             self.note(None, "no run_start record; model and config unknown")
+        for k, n in self._left_out.items():
+            self.note(None, f"layers[].{k} present in {n} layer entries and not loaded: no rule or figure "
+                            f"reads it yet")
 
         steps, keep = self._steps_frame()
         layers, head_load = self._layer_frames(steps, keep)
@@ -1232,11 +1242,7 @@ class _Builder:
         return ev, sm
 
 
-_COLUMN_ORDER = {name: i for i, name in enumerate(
-    ["epoch", "time", "elapsed", "loss", "lm_loss", "lr", "grad_norm", "grad_norm_clipped", "tokens",
-     "tokens_per_s", "skipped"]
-    + [f"grad.{g}" for g in schema.GRAD_GROUPS] + [f"aux.{t}" for t in schema.AUX_TERMS]
-    + [f"aux_weighted.{t}" for t in schema.AUX_TERMS])}
+_COLUMN_ORDER = {name: i for i, name in enumerate(schema.STEP_COLUMNS)}
 
 
 def _column_rank(name: str) -> tuple:

@@ -234,7 +234,7 @@ def test_load_records_uses_the_same_builder(tmp_path):
 
 def test_analyze_never_imports_torch():
     code = ("import sys, analyze, analyze.loader, analyze.criteria, analyze.report, analyze.compare, "
-            "analyze.findings, analyze.synthetic, analyze.rustgpt; print('torch' in sys.modules)")
+            "analyze.findings, analyze.rustgpt; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
 

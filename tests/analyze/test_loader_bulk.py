@@ -12,7 +12,7 @@ import pytest
 from analyze.load import api, fast, source
 from analyze.load.reference import ReferenceBuilder
 from analyze.loader import LoadError, load_run
-from analyze.synthetic import iter_lines
+from tests.synthetic import iter_lines
 from moh import schema
 
 from .conftest import make_records

@@ -394,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load, parse_override
     from .config import given as from_file
     from .data import DataError
+    from .launch import exit_for
 
     ap = argparse.ArgumentParser(prog="python -m moh.train", description=main.__doc__)
     ap.add_argument("--config")
@@ -412,17 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load(a.config, **given)
         res = train(cfg, a.out, overwrite=a.overwrite, resume=resume)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except ckpt.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    except (ConfigError, ckpt.CheckpointError, DataError) as e:
+        code, message = exit_for(e)
+        print(message, file=sys.stderr)
+        return code
     except ckpt.Interrupted as e:
         if distributed.env_rank() == 0:  # every rank stopped after the same step; one message
             print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
         return 128 + e.signum
-    except (DataError, FileExistsError) as e:
+    except FileExistsError as e:  # run.jsonl in --out without --overwrite
         print(f"data error: {e}", file=sys.stderr)
         return 3
     except Exception as e:

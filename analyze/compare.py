@@ -325,4 +325,6 @@ def render_json(cmp: Comparison) -> str:
 
 
 def render(cmp: Comparison, fmt: str) -> Group | str:
-    return render_as(fmt, cmp, {"table": render_table, "md": render_md, "json": render_json})
+    from .render.html import compare_html  # imports this module's renderers' helpers
+
+    return render_as(fmt, cmp, {"table": render_table, "md": render_md, "json": render_json, "html": compare_html})

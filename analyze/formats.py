@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-FORMATS = ("table", "md", "json")
+FORMATS = ("table", "md", "json", "html")
 
 
 def to_json(doc: dict) -> str:

@@ -305,4 +305,6 @@ def render_json(rep: Report) -> str:
 
 def render(rep: Report, fmt: str) -> Group | str:
     """The renderer for `fmt` ("table" returns rich renderables; the others text)."""
-    return render_as(fmt, rep, {"table": render_table, "md": render_md, "json": render_json})
+    from .render.html import report_html  # imports this module
+
+    return render_as(fmt, rep, {"table": render_table, "md": render_md, "json": render_json, "html": report_html})

@@ -19,12 +19,23 @@ from typing import Annotated, Optional
 
 import typer
 
+from cli_conventions import OneLineErrors, choice, refuse_existing, version_callback
+
 app = typer.Typer(
-    add_completion=False,
+    cls=OneLineErrors,  # usage errors: one line on stderr, exit 2 (cli_conventions.py)
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without a <bool> metavar, choices as [a|b], no boxes
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Train fully adaptive Mixture-of-Heads LMs and diagnose their routing telemetry.",
 )
+
+
+@app.callback()
+def _moh(version: bool = typer.Option(False, "--version", is_eager=True, callback=version_callback,
+                                      help="Print the version and exit.")) -> None:
+    """Train fully adaptive Mixture-of-Heads LMs and diagnose their routing telemetry."""
 
 
 def _err(message: str) -> None:
@@ -91,7 +102,8 @@ def train(
     pretrain_epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),
     instruct_epochs: Optional[int] = typer.Option(None, help="Instruction-tuning epochs."),
     data: Optional[str] = typer.Option(None, help="Corpus: JSON array, JSONL with 'text', plain text, or a directory; default the embedded corpus."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<router>-<time>)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--output", "--out",
+                                       help="Run directory (default runs/<router>-<time>)."),
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed => same run.jsonl apart from time fields."),
     lr: Optional[float] = typer.Option(None, help="Peak pre-training learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Pre-training batch size."),
@@ -102,7 +114,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs "
                               "torchrun --standalone --nproc_per_node N -m moh.train (see docs/distributed.md)."),
     set_: list[str] = typer.Option([], "--set", help="Any config key: --set key=value (repeatable)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run.jsonl in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run.jsonl in --output."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="DIR", readable=False,
         help="Continue the run in DIR from its checkpoint.pt (config from the checkpoint; only "
@@ -192,30 +204,38 @@ def train(
 # ---- report / compare (analyze/) ------------------------------------------------------------
 
 
-_FORMAT_HELP = "table (rich, for a terminal), md (Markdown, for docs) or json (one document)."
+_FORMAT_HELP = ("table (for a terminal; a compact layout at <= 80 columns or piped), md (Markdown), "
+                "json (one document, docs/report-json.md) or html (one self-contained page).")
+# The choices are spelled here (not imported) so that `moh -h` does not load pandas; a test checks
+# they equal analyze.formats.FORMATS, analyze.loader.INPUT_FORMATS and analyze.plots.FORMATS.
+REPORT_FORMATS = ("table", "md", "json", "html")
+INPUT_FORMATS = ("auto", "jsonl", "rustgpt")
+PLOT_FORMATS = ("png", "svg")
+ReportFormat, InputFormat, PlotFormat = (choice("ReportFormat", REPORT_FORMATS), choice("InputFormat", INPUT_FORMATS),
+                                         choice("PlotFormat", PLOT_FORMATS))
+XAxis, ImportFormat = choice("XAxis", ("step", "time")), choice("ImportFormat", ("auto", "rustgpt"))
 _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_criteria.toml)."
 # Input paths are declared readable=False: click would otherwise answer an unreadable file with a
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
 # Options report, compare and plot share, declared once.
 CriteriaOption = Annotated[Optional[Path], typer.Option("--criteria", readable=False, help=_CRITERIA_HELP)]
-FormatOption = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
+FormatOption = Annotated[ReportFormat, typer.Option("--format", help=_FORMAT_HELP)]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes.")]
-InputFormatOption = Annotated[str, typer.Option("--input-format", help="auto (sniff the content), jsonl or rustgpt.")]
+InputFormatOption = Annotated[InputFormat, typer.Option("--input-format", help="auto (sniff the content), jsonl or rustgpt.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or warnings on stderr (errors still).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (refused otherwise).")]
+ReportOutputOption = Annotated[Optional[Path], typer.Option(
+    "-o", "--output", help="Write the report to this file instead of stdout (table: the compact layout).")]
 
 
-def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
+def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_format: str,
+              quiet: bool = False) -> list:
     """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
     from analyze import criteria as crit
     from analyze import loader, report
 
-    if fmt not in report.FORMATS:
-        _err(f"error: --format must be one of {', '.join(report.FORMATS)}, not {fmt!r}")
-        raise typer.Exit(2)
-    if input_format not in loader.INPUT_FORMATS:
-        _err(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}")
-        raise typer.Exit(2)
     try:
         specs = crit.load_criteria(criteria)
     except crit.CriteriaError as e:
@@ -228,13 +248,38 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
         except loader.LoadError as e:
             _err(f"error: {e}")
             raise typer.Exit(3)
-        for note in run.notes:
+        for note in () if quiet else run.notes:
             _err(f"note: {note}")
         if not len(run.steps):
             _err(f"error: {path}: no step records, nothing to judge")
             raise typer.Exit(3)
         reports.append(report.build_report(run, specs))
     return reports
+
+
+def _narrow() -> bool:
+    """stdout is a pipe or file, or a terminal of 80 columns or fewer (COLUMNS counts)."""
+    import shutil
+    import sys
+
+    return not sys.stdout.isatty() or shutil.get_terminal_size().columns <= 80
+
+
+def _deliver(doc, fmt: str, render, compact, output: Optional[Path], overwrite: bool) -> None:
+    """A report or comparison to `output` (atomically) or stdout; the table is compact when narrow."""
+    if output is None:
+        _emit(compact(doc) if fmt == "table" and _narrow() else render(doc, fmt))
+        return
+    from analyze.atomic import OutputError, atomic_output
+
+    refuse_existing([output], overwrite, _err)
+    text = compact(doc) if fmt == "table" else render(doc, fmt)
+    try:
+        with atomic_output(output) as fh:
+            fh.write(text.encode("utf-8"))
+    except OutputError as e:
+        _err(f"error: {e}")
+        raise typer.Exit(3)
 
 
 def _emit(payload) -> None:
@@ -293,16 +338,20 @@ def _guarded(fn):
 def report_cmd(
     run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
     criteria: CriteriaOption = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = ReportFormat.table,
+    output: ReportOutputOption = None,
+    overwrite: OverwriteOption = False,
     strict: StrictOption = False,
-    input_format: InputFormatOption = "auto",
+    input_format: InputFormatOption = InputFormat.auto,
+    quiet: QuietOption = False,
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
     def body():
         from analyze import report
+        from analyze.render import compact
 
-        (rep,) = _analysis([run], criteria, fmt, strict, input_format)
-        _emit(report.render(rep, fmt))
+        (rep,) = _analysis([run], criteria, strict, input_format.value, quiet)
+        _deliver(rep, fmt.value, report.render, compact.report_text, output, overwrite)
         raise typer.Exit(0 if rep.verdict == "pass" else 1)
 
     _guarded(body)
@@ -312,20 +361,24 @@ def report_cmd(
 def compare_cmd(
     runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
     criteria: CriteriaOption = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = ReportFormat.table,
+    output: ReportOutputOption = None,
+    overwrite: OverwriteOption = False,
     strict: StrictOption = False,
-    input_format: InputFormatOption = "auto",
+    input_format: InputFormatOption = InputFormat.auto,
+    quiet: QuietOption = False,
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
     def body():
         from analyze import compare
+        from analyze.render import compact
 
         if len(runs) < 2:
-            _err("error: compare needs at least two runs")
+            _err("moh compare: error: compare needs at least two runs (see moh compare -h)")
             raise typer.Exit(2)
-        reports = _analysis(runs, criteria, fmt, strict, input_format)
+        reports = _analysis(runs, criteria, strict, input_format.value, quiet)
         cmp = compare.build_comparison(reports)
-        _emit(compare.render(cmp, fmt))
+        _deliver(cmp, fmt.value, compare.render, compact.compare_text, output, overwrite)
         raise typer.Exit(0 if cmp.verdict == "pass" else 1)
 
     _guarded(body)
@@ -337,35 +390,26 @@ def compare_cmd(
 def plot(
     runs: list[Path] = typer.Argument(..., readable=False, help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
-    fmt: str = typer.Option("png", "--format", help="png or svg."),
-    x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
-    input_format: InputFormatOption = "auto",
+    fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", help="Figure file format."),
+    x: XAxis = typer.Option(XAxis.step, "--x", help="x axis: step, or time (elapsed since run start)."),
+    input_format: InputFormatOption = InputFormat.auto,
     strict: StrictOption = False,
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+        None, "--jobs", "-j", min=1, help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs))
+    _guarded(lambda: _plot(runs, output, fmt.value, x.value, input_format.value, strict, jobs, overwrite, quiet))
 
 
 def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
-          jobs: int | None = None) -> None:
+          jobs: int | None = None, overwrite: bool = False, quiet: bool = False) -> None:
     import warnings
 
     from analyze import loader, plots
 
-    if fmt not in plots.FORMATS:
-        _err(f"error: --format must be one of {', '.join(plots.FORMATS)}, not {fmt!r}")
-        raise typer.Exit(2)
-    if x not in ("step", "time"):
-        _err(f"error: --x must be step or time, not {x!r}")
-        raise typer.Exit(2)
-    if input_format not in loader.INPUT_FORMATS:
-        _err(f"error: --input-format must be one of {', '.join(loader.INPUT_FORMATS)}, not {input_format!r}")
-        raise typer.Exit(2)
-    if jobs is not None and jobs < 1:
-        _err(f"error: --jobs must be at least 1, not {jobs}")
-        raise typer.Exit(2)
+    refuse_existing([output / f"{name}.{fmt}" for name in plots.FAMILIES], overwrite, _err)
     loaded = []
     for path in runs:
         try:
@@ -373,7 +417,7 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         except (loader.LoadError, OSError) as e:
             _err(f"error: {e}")
             raise typer.Exit(3)
-        for note in run.notes:
+        for note in () if quiet else run.notes:
             _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
     with warnings.catch_warnings(record=True) as caught:
@@ -387,7 +431,7 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         except OSError as e:
             _err(f"error: cannot write to {output}: {e.strerror or e}")
             raise typer.Exit(3)
-    for w in caught:
+    for w in () if quiet else caught:
         if issubclass(w.category, plots.PlotWarning):
             _err(f"warning: {w.message}")
     for path in written:
@@ -400,22 +444,23 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
 def import_log(
     log: Path = typer.Argument(..., readable=False, help="Reference RustGPT trainer text log (UTF-8 or UTF-16, as captured)."),
     output: Path = typer.Option(..., "-o", "--output", help="Telemetry file to write (run.jsonl format)."),
-    input_format: str = typer.Option(
-        "auto", "--input-format", help="auto (detect from content) or rustgpt (force the text-log reader)."),
+    input_format: ImportFormat = typer.Option(
+        ImportFormat.auto, "--input-format",
+        help="auto (detect from content) or rustgpt (force the text-log reader)."),
     data: Optional[Path] = typer.Option(
         None, "--data", help="Corpus (JSON array, text file or directory) whose answers samples are matched against."),
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert a reference trainer text log into telemetry JSONL (one step per epoch line)."""
-    _guarded(lambda: _import(log, output, input_format, data))
+    _guarded(lambda: _import(log, output, data, overwrite, quiet))
 
 
-def _import(log: Path, output: Path, input_format: str, data: Optional[Path]) -> None:
+def _import(log: Path, output: Path, data: Optional[Path], overwrite: bool = False, quiet: bool = False) -> None:
     from analyze import rustgpt
     from analyze.atomic import OutputError
 
-    if input_format not in ("auto", rustgpt.SOURCE):
-        _err(f"error: --input-format must be auto or {rustgpt.SOURCE}, not {input_format!r}")
-        raise typer.Exit(2)
+    refuse_existing([output], overwrite, _err)
     notes: list[str] = []
     try:
         counts = rustgpt.import_log(log, output, corpus=data, notes=notes)
@@ -426,6 +471,8 @@ def _import(log: Path, output: Path, input_format: str, data: Optional[Path]) ->
         name = e.filename if e.filename is not None else log
         _err(f"error: {name}: {e.strerror or e}")
         raise typer.Exit(3)
+    if quiet:
+        return
     for note in notes:
         _err(f"note: {note}")
     phases = ", ".join(f"{n} {ph}" for ph, n in counts["phases"].items())

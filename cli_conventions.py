@@ -103,7 +103,9 @@ def refuse_existing(paths: Sequence[Path], overwrite: bool, err) -> None:
     if overwrite:
         return
     for p in paths:
-        if Path(p).is_file() or Path(p).is_dir():  # a device (/dev/null, /dev/stdout) is written through
+        # Regular files only: a device (/dev/null) is written through, and a directory where a
+        # file should go is bad output (exit 3, "is a directory"), answered where it is written.
+        if Path(p).is_file():
             err(f"error: {p} exists; pass --overwrite to replace it")
             raise typer.Exit(EXIT_USAGE)
 

@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli_conventions import OneLineErrors, choice, refuse_existing, version_callback
+from cli_conventions import OneLineErrors, PlainHelp, choice, refuse_existing, version_callback
 
 app = typer.Typer(
     cls=OneLineErrors,  # usage errors: one line on stderr, exit 2 (cli_conventions.py)
@@ -113,7 +113,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs "
                               "torchrun --standalone --nproc_per_node N -m moh.train (see docs/distributed.md)."),
-    set_: list[str] = typer.Option([], "--set", help="Any config key: --set key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Any config key: --set key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run.jsonl in --output."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="DIR", readable=False,
@@ -357,9 +357,9 @@ def report_cmd(
     _guarded(body)
 
 
-@app.command("compare")
+@app.command("compare", cls=PlainHelp)
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
+    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", help="Two or more telemetry logs; the first is the baseline for deltas."),
     criteria: CriteriaOption = None,
     fmt: FormatOption = ReportFormat.table,
     output: ReportOutputOption = None,
@@ -386,9 +386,9 @@ def compare_cmd(
 # ---- plot (analyze/) ------------------------------------------------------------------------
 
 
-@app.command("plot")
+@app.command("plot", cls=PlainHelp)
 def plot(
-    runs: list[Path] = typer.Argument(..., readable=False, help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
+    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", help="Figure file format."),
     x: XAxis = typer.Option(XAxis.step, "--x", help="x axis: step, or time (elapsed since run start)."),
@@ -498,7 +498,7 @@ def main() -> None:
     import sys
 
     try:
-        app()  # standalone Typer/Click: always ends in SystemExit
+        app(prog_name="moh")  # standalone: always ends in SystemExit; "moh" also under python -c
     except SystemExit as done:
         command = sys.argv[1] if len(sys.argv) > 1 else ""
         if command in _ANALYSIS_COMMANDS and (done.code is None or isinstance(done.code, int)):

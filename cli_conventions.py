@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from enum import Enum
 from typing import Any, Sequence
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # Typer >= 0.2x carries its own copy of Click (typer._click); older ones depend on Click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -65,6 +66,14 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class PlainHelp(TyperCommand):
+    """A command whose help shows a list argument as `RUN...`, without Typer's `<list[Path]>`."""
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        formatter.buffer[:] = [re.sub(r" <list\[\w+\]>", "", piece) for piece in formatter.buffer]
 
 
 def _flag_given_a_value(group: TyperGroup, args: list[str]) -> str | None:

@@ -97,8 +97,14 @@ def _criteria_rows(reports: list[Report]) -> list[Row]:
             d.setdefault(k, []).append(r)
         per_run.append(d)
     phased = {name for name, phase in keys if phase is not None}
+    # Rows in the criteria's own order (as `moh report` lists them), whichever run first had a
+    # criterion's rows: a dense first run has no per-phase "Average heads" rows to set the order.
+    name_rank: dict[str, int] = {}
+    for rep in reports:
+        for i, name in enumerate(dict.fromkeys(r.name for r in rep.results)):
+            name_rank[name] = min(name_rank.get(name, i), i)
     rows = []
-    for k, (label, target) in keys.items():
+    for k, (label, target) in sorted(keys.items(), key=lambda kv: name_rank[kv[0][0]]):
         if k[1] is None and k[0] in phased:
             continue  # a run judged as a whole (e.g. n/a on a dense run) shows in the per-phase rows
         cells = []

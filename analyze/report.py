@@ -195,9 +195,11 @@ def table_rows(results: list[Result]) -> list[_Row]:
         details = list(dict.fromkeys(r.detail for r in rs if r.detail))
         if len(rs) > 1 and len(statuses) == 1 and len(details) <= 1:
             r0 = rs[0]
+            # Say how many results the row stands for: the verdict line counts each of them.
+            folded = f"(per layer: {len(rs)} rows)"
             rows.append(_Row(r0.label, phase, _layer_text([r.layer for r in rs]), r0.target,
                              _group_value([r.value for r in rs]), _status_text(r0),
-                             details[0] if details else ""))
+                             f"{details[0]} {folded}" if details else folded))
         else:
             for r in sorted(rs, key=lambda r: (_STATUS_RANK[r.status], -1 if r.layer is None else r.layer)):
                 rows.append(_Row(r.label, phase, "" if r.layer is None else str(r.layer), r.target,

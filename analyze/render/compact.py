@@ -34,10 +34,9 @@ def report_text(rep: Report, width: int = WIDTH) -> str:
     lines += ["", "Expected vs actual"]
     for row in table_rows(rep.results):
         crit = row.criterion + (f" ({row.phase})" if row.phase else "")
-        where = f" layer {row.layer}" if row.layer else ""
-        lines += _wrap(f"{row.status:<5} {crit}{where}: {row.actual} (target {row.target})", width)
-        if row.detail:
-            lines += _wrap(row.detail, width, INDENT)
+        where = f" [layer {row.layer}]" if row.layer else ""
+        detail = f" {row.detail}" if row.detail else ""
+        lines += _wrap(f"{row.status:<5} {crit}{where}: {row.actual} (target {row.target}){detail}", width)
     lines += ["", "Findings" + ("" if rep.findings else ": none")]
     for f in rep.findings:
         where = "" if f.layer is None else f" layer {f.layer}"

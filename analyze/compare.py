@@ -22,6 +22,7 @@ from .report import (_STATUS_STYLE, SafeText, Report, _group_value, _num, format
                      _md_table)
 from .formats import render_as, to_json
 from .run import Run
+from moh import schema
 
 __all__ = ["Comparison", "build_comparison", "render", "render_table", "render_md", "render_json",
            "key_metrics"]
@@ -44,10 +45,47 @@ class Row:
     phase: str | None
     target: str
     cells: list[Cell]
+    meanings: tuple = ()        # per run: what the row's number means there (None: nothing to say)
+
+    @property
+    def comparable(self) -> bool:
+        """False when the runs' numbers mean different things (a hard head count against a
+        soft-weight sum, an LM loss against a total loss): no delta is taken then."""
+        return len({m for m in self.meanings if m is not None}) <= 1
+
+    @property
+    def note(self) -> str:
+        if self.comparable:
+            return ""
+        return "not comparable: " + " vs ".join(f"{m or 'unknown'}" for m in self.meanings)
+
+    @property
+    def title(self) -> str:
+        """The row's label as every renderer shows it: phase, and why there is no delta."""
+        return self.label + (f" ({self.phase})" if self.phase else "") + (f" [{self.note}]" if self.note else "")
 
     def deltas(self) -> list[float | None]:
         base = self.cells[0].number
+        if not self.comparable:
+            return [None for _ in self.cells]
         return [None if base is None or c.number is None else c.number - base for c in self.cells]
+
+
+def meaning(run: Run, metric: str | None) -> str | None:
+    """What a metric's numbers mean in `run`, where logs differ (schema semantics), else None."""
+    if metric is None:
+        return None
+    sem = {**schema.DEFAULT_SEMANTICS, **run.semantics}
+    if metric.startswith("heads"):
+        return f"heads as {sem.get('heads')}"
+    if metric.startswith("grad_norm"):
+        return f"grad norm {sem.get('grad_norm')}" + (
+            f" ({sem['grad_norm_reduction']})" if sem.get("grad_norm_reduction") not in (None, "per_step") else "")
+    if metric in ("loss", "lm_loss", "final_loss"):
+        lm = "lm_loss" in run.steps and bool(run.steps["lm_loss"].notna().any())
+        used = metric if metric != "final_loss" else ("lm_loss" if lm else "loss")
+        return "LM loss" if used == "lm_loss" else "total loss (LM + aux)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,20 +100,10 @@ class Comparison:
         return "fail" if any(r.verdict == "fail" for r in self.reports) else "pass"
 
     def to_dict(self) -> dict:
-        def row(r: Row) -> dict:
-            return {"name": r.name, "label": r.label, "phase": r.phase, "target": r.target,
-                    "statuses": [c.status for c in r.cells], "values": [c.number for c in r.cells],
-                    "text": [c.text for c in r.cells], "deltas": r.deltas()}
+        """The documented JSON document (docs/report-json.md)."""
+        from .render.json_doc import compare_doc
 
-        return json_safe({
-            "verdict": self.verdict,
-            "runs": [{"name": rep.run.name, "path": str(rep.run.path), "router": rep.run.router,
-                      "verdict": rep.verdict, "summary": {"criteria": rep.counts, "findings": rep.finding_counts}}
-                     for rep in self.reports],
-            "criteria": [row(r) for r in self.criteria],
-            "metrics": [row(r) for r in self.metrics],
-            "findings": [{"code": c, "severity": s, "counts": n} for c, s, n in self.findings],
-        })
+        return compare_doc(self)
 
 
 def _number(v: Any) -> float | None:
@@ -107,11 +135,12 @@ def _criteria_rows(reports: list[Report]) -> list[Row]:
     for k, (label, target) in sorted(keys.items(), key=lambda kv: name_rank[kv[0][0]]):
         if k[1] is None and k[0] in phased:
             continue  # a run judged as a whole (e.g. n/a on a dense run) shows in the per-phase rows
-        cells = []
+        cells, metrics = [], []
         for d in per_run:
             rs = d.get(k) or d.get((k[0], None))
             if not rs:
                 cells.append(Cell(None, "—", None))
+                metrics.append(None)
                 continue
             status = min((r.status for r in rs), key=_WORST.index)
             if not any(r.applicable for r in rs):
@@ -123,7 +152,10 @@ def _criteria_rows(reports: list[Report]) -> list[Row]:
             number = float(np.mean(nums)) if nums else None
             text = _group_value([r.value for r in rs]) if len(rs) > 1 else format_value(rs[0].value)
             cells.append(Cell(status_text, text, number))
-        rows.append(Row(k[0], label, k[1], target, cells))
+            metrics.append(rs[0].metric)
+        rows.append(Row(k[0], label, k[1], target, cells,
+                        tuple(None if m is None else meaning(rep.run, m)
+                              for rep, m in zip(reports, metrics))))
     return rows
 
 
@@ -193,7 +225,7 @@ def _median(col: str) -> Callable[[Run], float | None]:
 
 METRICS: list[tuple[str, str, Callable[[Run], float | None]]] = [
     ("logged_steps", "logged steps", lambda r: float(len(r.steps))),
-    ("final_loss", f"final LM loss (mean of last {_LAST_N})", _loss),
+    ("final_loss", f"final loss (mean of last {_LAST_N}; LM loss where logged)", _loss),
     ("exact_match", "final exact match", _exact),
     ("grad_norm_max", "max grad norm after warmup (10% of each phase)", _grad_max),
     ("heads_mean", f"heads per token (last {_LAST_N}, mean of layers)", lambda r: _tail_mean(r, "heads_mean", "layers")),
@@ -216,7 +248,8 @@ def _metric_rows(reports: list[Report]) -> list[Row]:
     for name, label, _ in METRICS:
         if all(v[name] is None for v in vals):
             continue
-        rows.append(Row(name, label, None, "", [Cell(None, _num(v[name]), v[name]) for v in vals]))
+        rows.append(Row(name, label, None, "", [Cell(None, _num(v[name]), v[name]) for v in vals],
+                        tuple(None if v[name] is None else meaning(rep.run, name) for rep, v in zip(reports, vals))))
     return rows
 
 
@@ -275,7 +308,7 @@ def render_table(cmp: Comparison) -> Group:
         t.add_column(SafeText(n), justify="right", overflow="fold")
     for row in cmp.criteria:
         cells = _delta_cells(row)
-        t.add_row(SafeText(row.label + (f" ({row.phase})" if row.phase else "")), SafeText(row.target), *cells)
+        t.add_row(SafeText(row.title), SafeText(row.target), *cells)
     parts.append(t)
     m = Table(title="Key final metrics", title_justify="left")
     m.add_column("Metric")
@@ -283,7 +316,7 @@ def render_table(cmp: Comparison) -> Group:
         m.add_column(SafeText(n), justify="right")
     for row in cmp.metrics:
         cells = _delta_cells(row)
-        m.add_row(SafeText(row.label), *cells)
+        m.add_row(SafeText(row.title), *cells)
     parts.append(m)
     if cmp.findings:
         f = Table(title="Findings (count per run)", title_justify="left")
@@ -312,12 +345,12 @@ def render_md(cmp: Comparison) -> str:
         return s + (f" {c.status}" if status and c.status else "")
 
     lines += _md_table(["Criterion", "Target", *names],
-                       ([r.label + (f" ({r.phase})" if r.phase else ""), r.target,
+                       ([r.title, r.target,
                          *[cell(c, d, i) for i, (c, d) in enumerate(zip(r.cells, r.deltas()))]]
                         for r in cmp.criteria))
     lines += ["", "## Key final metrics", ""]
     lines += _md_table(["Metric", *names],
-                       ([r.label, *[cell(c, d, i, False) for i, (c, d) in enumerate(zip(r.cells, r.deltas()))]]
+                       ([r.title, *[cell(c, d, i, False) for i, (c, d) in enumerate(zip(r.cells, r.deltas()))]]
                         for r in cmp.metrics))
     if cmp.findings:
         lines += ["", "## Findings (count per run)", ""]

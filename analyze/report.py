@@ -67,6 +67,7 @@ class Report:
     results: list[Result]
     findings: list[Finding]
     verdict: str
+    specs: tuple = ()            # the Criterion definitions judged (targets for the JSON document)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -98,20 +99,18 @@ class Report:
         }
 
     def to_dict(self) -> dict:
-        return json_safe({
-            "verdict": self.verdict,
-            "run": self.run_info(),
-            "summary": {"criteria": self.counts, "findings": self.finding_counts},
-            "criteria": [r.to_dict() for r in self.results],
-            "findings": [f.to_dict() for f in self.findings],
-            "notes": list(self.run.notes),
-        })
+        """The documented JSON document (docs/report-json.md)."""
+        from .render.json_doc import report_doc
+
+        return report_doc(self)
 
 
 def build_report(run: Run, criteria: list[Criterion] | None = None) -> Report:
-    results = evaluate(run, load_criteria() if criteria is None else criteria)
+    criteria = load_criteria() if criteria is None else criteria
+    results = evaluate(run, criteria)
     findings = find_all(run)
-    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings))
+    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings),
+                  specs=tuple(criteria))
 
 
 # ---- value formatting ------------------------------------------------------------------------

@@ -55,8 +55,7 @@ def compare_text(cmp, width: int = WIDTH) -> str:
     lines += [f"  run {i + 1}: {printable(n)}" for i, n in enumerate(names)]
 
     def block(row, status: bool) -> list[str]:
-        out = _wrap(row.label + (f" ({row.phase})" if row.phase else "")
-                    + (f" (target {row.target})" if row.target else ""), width, rest="    ")
+        out = _wrap(row.title + (f" (target {row.target})" if row.target else ""), width, rest="    ")
         for i, (c, d) in enumerate(zip(row.cells, row.deltas())):
             delta = f" ({_delta_text(d)})" if i and _delta_text(d) else ""
             st = f" {c.status}" if status and c.status else ""

@@ -204,10 +204,10 @@ def compare_html(cmp) -> str:
 
     body += ["<h2>Criteria (Δ against the first run)</h2>",
              _table(["Criterion", "Target", *names],
-                    ([esc(r.label + (f" ({r.phase})" if r.phase else "")), esc(r.target), *cells(r, True)]
+                    ([esc(r.title), esc(r.target), *cells(r, True)]
                      for r in cmp.criteria), "criteria"),
              "<h2>Key final metrics</h2>",
-             _table(["Metric", *names], ([esc(r.label), *cells(r, False)] for r in cmp.metrics), "metrics")]
+             _table(["Metric", *names], ([esc(r.title), *cells(r, False)] for r in cmp.metrics), "metrics")]
     if cmp.findings:
         body += ["<h2>Findings (count per run)</h2>",
                  _table(["Code", "Severity", *names],

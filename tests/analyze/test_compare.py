@@ -49,7 +49,8 @@ def test_formats(trio):
     cmp = build_comparison(list(trio))
     doc = json.loads(render(cmp, "json"))
     assert doc["verdict"] == "fail" and [r["name"] for r in doc["runs"]] == ["good", "bad", "dense"]
-    assert all(len(r["values"]) == 3 and len(r["deltas"]) == 3 for r in doc["criteria"] + doc["metrics"])
+    assert all(len(r["cells"]) == 3 and {"status", "value", "value_text", "delta"} == set(r["cells"][0])
+               for r in doc["criteria"] + doc["metrics"])
     md = render(cmp, "md")
     assert "| Criterion | Target | good | bad | dense |" in md
     buf = io.StringIO()

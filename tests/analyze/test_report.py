@@ -56,7 +56,7 @@ def test_json_has_null_for_nonfinite_values(tmp_path):
     doc = json.loads(text)  # strict JSON: no NaN / Infinity tokens
     assert "NaN" not in text and "Infinity" not in text
     grad = next(c for c in doc["criteria"] if c["name"] == "grad_norm")
-    assert grad["status"] == "fail" and grad["value"] is None
+    assert grad["status"] == "fail" and grad["value"] is None and grad["value_text"] == "inf"
     assert doc["verdict"] == "fail"
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import textwrap
 import math
 import warnings
 from typing import Callable, Iterable, Sequence
@@ -164,8 +165,96 @@ def styled(fn):
     return wrapper
 
 
+TITLE_MIN_SIZE = 7.0   # pt: a suptitle shrinks down to this, then breaks before the run name
+
+
+def fit_title(fig: Figure, text) -> None:
+    """Keep a (suptitle) text inside the figure: a long run name would otherwise be cut at both
+    edges. Smaller font first (down to TITLE_MIN_SIZE), then lines broken at spaces."""
+    renderer = fig.canvas.get_renderer()
+    room = fig.bbox.width * 0.98
+    size = text.get_fontsize()
+    while text.get_window_extent(renderer).width > room and size > TITLE_MIN_SIZE:
+        size = max(TITLE_MIN_SIZE, size - 1)
+        text.set_fontsize(size)
+    width = text.get_window_extent(renderer).width
+    if width > room:  # wrap at spaces only (a run name is never split), as many lines as needed
+        title = text.get_text()
+        chars = max(20, int(len(title) * room / width))
+        text.set_text(textwrap.fill(title, chars, break_long_words=False, break_on_hyphens=False))
+
+
 def finish(fig: Figure, title: str, handles: list, *, ncols: int | None = None) -> None:
-    fig.suptitle(title, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fit_title(fig, fig.suptitle(title, y=1 - 0.08 / fig.get_figheight(), va="top"))
     if handles:
         fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0),
                    ncols=ncols or min(len(handles), 4), frameon=False)
+
+
+# ---- x axis: epochs for imported logs, phase boundaries, gaps -------------------------------------
+
+GAP_FACTOR = 5.0   # a jump in x over GAP_FACTOR x the median spacing is missing data: the line breaks
+
+
+def counts_epochs(runs: Iterable[Run]) -> bool:
+    """True when every run's "step" is an epoch index (imported reference-trainer logs)."""
+    runs = list(runs)
+    return bool(runs) and all(r.meta.get("source") == "rustgpt"
+                              or "epoch" in str(r.semantics.get("step", "")) for r in runs)
+
+
+def step_label(runs: Iterable[Run]) -> str:
+    return "epoch" if counts_epochs(runs) else "step"
+
+
+def format_step_axis(a, runs: Iterable[Run], nbins: int | None = None) -> None:
+    """Steps in engineering notation (1k, 20k); epochs as whole numbers (no 2.5th epoch)."""
+    epochs = counts_epochs(runs)
+    a.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+    if epochs or nbins is not None:
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins or "auto", integer=epochs))
+
+
+def break_gaps(x, *ys) -> tuple[np.ndarray, ...]:
+    """`x` and each of `ys` with a NaN point inserted in every gap wider than GAP_FACTOR x the
+    median spacing, so lines stop at missing data instead of bridging it."""
+    x = np.asarray(x, dtype="float64")
+    ys = [np.asarray(y, dtype="float64") for y in ys]
+    if len(x) < 3:
+        return (x, *ys)
+    dx = np.diff(x)
+    med = float(np.median(dx[dx > 0])) if np.any(dx > 0) else 0.0
+    gaps = np.flatnonzero(dx > GAP_FACTOR * med) + 1 if med > 0 else np.zeros(0, dtype=np.int64)
+    if not len(gaps):
+        return (x, *ys)
+    mid = (x[gaps - 1] + x[gaps]) / 2
+    return (np.insert(x, gaps, mid), *(np.insert(y, gaps, np.nan) for y in ys))
+
+
+PHASE_COLOR = "0.35"
+
+
+def phase_xs(runs: Iterable[tuple[int, Run]], x: str, scale: float) -> dict[float, str]:
+    """x position -> phase name of every phase start after the first, over the kept runs."""
+    from analyze.decimate import phase_boundaries
+
+    out: dict[float, str] = {}
+    for _, run in runs:
+        s = run.steps
+        if "phase" not in s.columns:
+            continue
+        frame = with_x(s[["step", "phase", *(["elapsed"] if x == "elapsed" else [])]], run, x, scale)
+        for _, row in phase_boundaries(frame, x="_x").iterrows():
+            out.setdefault(float(row["_x"]), str(row["phase"]))
+    return out
+
+
+def mark_phases(axes, boundaries: dict[float, str], *, label_on=None) -> None:
+    """A dotted line at each phase start on every axes; the phase named on `label_on` (default all)."""
+    for a in axes:
+        for bx, phase in sorted(boundaries.items()):
+            a.axvline(bx, color=PHASE_COLOR, linestyle=":", linewidth=1.3)
+            if label_on is None or a in label_on:
+                a.annotate(phase, xy=(bx, 0.99), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                           textcoords="offset points", va="top", ha="left", fontsize=9, color="0.25",
+                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})

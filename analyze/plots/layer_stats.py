@@ -6,7 +6,6 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -17,8 +16,12 @@ from analyze.run import Run, layer_block
 from moh import schema
 from .style import (COMPLEXITY_TARGET, FIGSIZE, HEADS_TARGET, LAYER_BUCKETS, RC, TARGET_COLOR, THRESHOLD_TARGET,
                     MissingDataError)
-from .common import (as_runs, check_x, finish, has, new_figure, no_elapsed, run_color, select, styled,
-                     time_unit, user_axes, with_x)
+from .common import (PHASE_COLOR, as_runs, break_gaps, check_x, finish, format_step_axis, has, mark_phases,
+                     new_figure, no_elapsed, phase_xs, run_color, select, step_label, styled, time_unit, user_axes,
+                     with_x)
+
+
+BAND_ALPHA = 0.18
 
 
 def _thin_by_layer(frame: pd.DataFrame, run: Run, cols: list[str], x: str, scale: float,
@@ -65,7 +68,7 @@ def _plot_layer_stat(
         return no_elapsed(run, x)
 
     kept = select(runs, family, why)
-    scale, xlabel = time_unit(r for _, r in kept) if x == "elapsed" else (1.0, "step")
+    scale, xlabel = time_unit(r for _, r in kept) if x == "elapsed" else (1.0, step_label(r for _, r in kept))
 
     frames = {}
     for i, run in kept:
@@ -83,7 +86,7 @@ def _plot_layer_stat(
     if own_figure:
         ncols = min(4, n)
         nrows = math.ceil(n / ncols)
-        n_handles = len(kept) + 2
+        n_handles = len(kept) + 3  # + band, target, phase boundary
         legend_rows = math.ceil(n_handles / 4)
         figsize = (FIGSIZE[0], max(FIGSIZE[1], 1.9 * nrows + 1.2 + 0.24 * legend_rows))
         fig, grid = new_figure(nrows, ncols, figsize=figsize, legend_rows=legend_rows)
@@ -107,9 +110,9 @@ def _plot_layer_stat(
                 continue
             color = run_color(i)
             if lo in f.columns and hi in f.columns and f[lo].notna().any():
-                a.fill_between(f["_x"], f[lo], f[hi], color=color, alpha=0.18, linewidth=0)
+                a.fill_between(*break_gaps(f["_x"], f[lo], f[hi]), color=color, alpha=BAND_ALPHA, linewidth=0)
                 band_any = True
-            a.plot(f["_x"], f[mean], color=color, linewidth=1.0)
+            a.plot(*break_gaps(f["_x"], f[mean]), color=color, linewidth=1.0)
             if label is None and "label" in f.columns and f["label"].notna().any():
                 label = str(f["label"].dropna().iloc[0])
         if label == MODEL_WIDE:
@@ -127,12 +130,16 @@ def _plot_layer_stat(
         if ylim is not None:
             a.set_ylim(*ylim)
         if x == "step":
-            a.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
-            a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3 if ncols > 2 else 6))
+            format_step_axis(a, [r for _, r in kept], nbins=3 if ncols > 2 else 6)
+    boundaries = phase_xs(kept, x, scale)
+    mark_phases(axes, boundaries, label_on=axes[:1])
 
     handles = [Line2D([], [], color=run_color(i), linewidth=1.5, label=f"{run_label(r)}: mean") for i, r in kept]
-    if band_any:
-        handles.append(Patch(color="0.5", alpha=0.3, label="min–max over tokens"))
+    if band_any:  # the swatch looks like the band: the run's colour when one run is drawn
+        handles.append(Patch(color=run_color(kept[0][0]) if len(kept) == 1 else "0.5", alpha=BAND_ALPHA,
+                             linewidth=0, label="min–max over tokens"))
+    if boundaries:
+        handles.append(Line2D([], [], color=PHASE_COLOR, linestyle=":", label="phase boundary"))
     if target is not None:
         handles.append(Patch(color=TARGET_COLOR, alpha=0.25, label=target_label))
     if own_figure:

@@ -11,23 +11,33 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analyze.decimate import DEFAULT_BUCKETS, bucket_mean, decimate, phase_boundaries
+from analyze.decimate import DEFAULT_BUCKETS, bucket_mean, decimate
 from analyze.run import Run
 from moh import schema
 from .style import GRAD_NORM_TARGET, LIMIT_COLOR, LOSS_TARGET, TARGET_COLOR
-from .common import (all_zero, as_runs, check_x, clip_line, finish, has, new_figure, no_elapsed, positive,
-                     run_color, run_style, select, styled, time_unit, user_axes, with_x)
+from .common import (PHASE_COLOR, all_zero, as_runs, break_gaps, check_x, clip_line, finish, format_step_axis, has,
+                     mark_phases, new_figure, no_elapsed, phase_xs, positive, run_color, run_style, select,
+                     step_label, styled, time_unit, user_axes, with_x)
 
 
 def _grad_groups(run: Run) -> list[str]:
     return [g for g in schema.GRAD_GROUPS if has(run.steps, schema.grad_column(g))]
 
 
+WIDE_DECADES = 3   # a log axis spanning more decades than this gets one tick per decade or fewer
+
+
 def _log_axis(a) -> None:
-    """Log y axis with plain tick labels (0.5, 1, 2, 5 ... instead of 5x10^-1)."""
+    """Log y axis with plain tick labels (0.5, 1, 2, 5 ... instead of 5x10^-1) over a few decades;
+    over many (aux terms span 1e-8 to 10) at most 7 ticks, powers of ten, all in one notation."""
     a.set_yscale("log")
-    a.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    a.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    lo, hi = a.get_ylim()
+    if lo > 0 and hi > 0 and math.log10(hi / lo) > WIDE_DECADES:
+        a.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0,), numticks=7))
+        a.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.0e}"))
+    else:
+        a.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        a.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
@@ -37,8 +47,9 @@ def _series(a, frame: pd.DataFrame, trend: pd.DataFrame, col: str, *, color, sty
     (bucket mean, solid)."""
     values = positive if log else (lambda v: v.to_numpy(dtype="float64", na_value=np.nan))
     f = decimate(frame[["_x", col]].dropna(), [col], x="_x", buckets=buckets).sort_values("_x")
-    a.plot(f["_x"], values(f[col]), color=color, linestyle=style, linewidth=0.6, alpha=0.3)
-    a.plot(trend["_x"], values(trend[col]), color=color, linestyle=style, linewidth=1.4)
+    a.plot(*break_gaps(f["_x"], values(f[col])), color=color, linestyle=style, linewidth=0.6, alpha=0.3)
+    t = trend[["_x", col]].dropna()  # a bucket with no value is a gap, not a point to join across
+    a.plot(*break_gaps(t["_x"], values(t[col])), color=color, linestyle=style, linewidth=1.4)
 
 
 def _panel_legend(fig: Figure, a, handles: list, ncols: int) -> None:
@@ -75,7 +86,8 @@ class _TwoPanels:
         self.family, self.x, self.prefix = family, x, prefix
         self.kept = select(as_runs(runs), family, why_missing)
         self.multi = len(self.kept) > 1
-        self.scale, self.xlabel = (time_unit(r for _, r in self.kept) if x == "elapsed" else (1.0, "step"))
+        self.scale, self.xlabel = (time_unit(r for _, r in self.kept) if x == "elapsed"
+                                   else (1.0, step_label(r for _, r in self.kept)))
         self.right = [t for t in all_names if any(t in names_of(r) for _, r in self.kept)]
         self.n = 2 if self.right else 1
         self.right_legend_cols = right_legend_cols
@@ -118,7 +130,14 @@ class _TwoPanels:
     def format_x(self, a) -> None:
         a.set_xlabel(self.xlabel)
         if self.x == "step":
-            a.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+            format_step_axis(a, [r for _, r in self.kept])
+
+    def mark_phases(self, handles: list) -> None:
+        """Phase boundaries on both panels, and a legend entry for them."""
+        boundaries = phase_xs(self.kept, self.x, self.scale)
+        mark_phases(self.axes, boundaries)
+        if boundaries:
+            handles.append(Line2D([], [], color=PHASE_COLOR, linestyle=":", label="phase boundary"))
 
     def finish(self, left_handles: list, title: str) -> np.ndarray:
         """Legends (under the panels of an own figure, else in each panel) and the title."""
@@ -195,6 +214,7 @@ def plot_grad_norms(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BU
         total_handles.append(Line2D([], [], color="0.2", linestyle=":", label=f"clip at {clip:g}{who}"))
     if p.right:
         p.label_right("per parameter group")
+    p.mark_phases(total_handles)
     return p.finish(total_handles, "Gradient norms")
 
 
@@ -215,7 +235,6 @@ def plot_loss(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BUCKETS)
                    all_names=schema.AUX_TERMS, prefix=schema.STEP_GROUPS["aux"], right_legend_cols=2, sharey=False)
     lm_ax = p.axes[0]
     lm_handles: list = []
-    boundaries: dict[float, str] = {}
     mains, evals_drawn = set(), False
     for i, run in p.kept:
         s = run.steps
@@ -231,10 +250,6 @@ def plot_loss(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BUCKETS)
             lm_ax.plot(ev["_x"], positive(ev["loss"]), linestyle="none", marker="o", markersize=4.5,
                        color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=5)
             evals_drawn = True
-        if "phase" in s.columns:
-            for _, row in phase_boundaries(with_x(s[["step", "phase", *(["elapsed"] if x == "elapsed" else [])]],
-                                                  run, x, p.scale), x="_x").iterrows():
-                boundaries.setdefault(float(row["_x"]), str(row["phase"]))
         p.draw_right(i, run, f, trend, buckets)
 
     lm_ax.axhline(LOSS_TARGET, color=TARGET_COLOR, linestyle="--", linewidth=1.2)
@@ -247,16 +262,10 @@ def plot_loss(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BUCKETS)
         p.label_right("auxiliary losses")
     for a in p.axes:
         p.format_x(a)
-        for bx, phase in sorted(boundaries.items()):
-            a.axvline(bx, color="0.35", linestyle=":", linewidth=1.3)
-            a.annotate(phase, xy=(bx, 0.99), xycoords=("data", "axes fraction"), xytext=(3, 0),
-                       textcoords="offset points", va="top", ha="left", fontsize=9, color="0.25",
-                       bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
     lm_handles.append(Line2D([], [], color="0.3", linewidth=1.4, label="LM loss" if mains == {"lm_loss"} else "loss"))
     if evals_drawn:
         lm_handles.append(Line2D([], [], color="0.5", marker="o", linestyle="none", markeredgecolor="black",
                                  label="eval loss"))
     lm_handles.append(Line2D([], [], color=TARGET_COLOR, linestyle="--", label=f"target ≤ {LOSS_TARGET:g}"))
-    if boundaries:
-        lm_handles.append(Line2D([], [], color="0.35", linestyle=":", label="phase boundary"))
+    p.mark_phases(lm_handles)
     return p.finish(lm_handles, "Loss")

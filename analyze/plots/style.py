@@ -37,6 +37,8 @@ RC = {
     # Text from logs (run names, layer labels, phases) is shown literally: a '$' in a run name
     # must not be parsed as mathtext (an unbalanced one made savefig raise).
     "text.parse_math": False,
+    # SVG figures keep their text as text (searchable, selectable), not glyph outlines.
+    "svg.fonttype": "none",
 }
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 RUN_STYLES = ("-", "--", ":", "-.")

@@ -83,10 +83,14 @@ def test_piped_report_fits_80_columns_and_cuts_nothing(sample):
 
 
 def test_grep_finds_the_verdict():
-    r = subprocess.run(f"{' '.join(MOH[:2])} 'from cli import main; main()' report "
-                       f"{SAMPLES / 'healthy_adaptive.jsonl'} | grep PASS", shell=True, capture_output=True,
-                       text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.startswith("PASS: 17 passed, 0 failed"), r
+    """`moh report X | grep PASS`: a real pipe between the two processes."""
+    moh = subprocess.Popen(MOH + ["report", str(SAMPLES / "healthy_adaptive.jsonl")], stdout=subprocess.PIPE,
+                           cwd=ROOT)
+    grep = subprocess.run(["grep", "PASS"], stdin=moh.stdout, capture_output=True, text=True, timeout=300)
+    moh.stdout.close()
+    assert moh.wait(timeout=300) == 0
+    assert grep.returncode == 0 and grep.stdout.startswith("PASS: 17 passed, 0 failed"), grep
+    assert grep.stdout.count("\n") == 1
 
 
 def test_a_long_value_is_never_cut_even_narrower_than_the_value():

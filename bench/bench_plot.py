@@ -55,7 +55,7 @@ def main() -> int:
     moh = Path(sys.executable).with_name("moh")
     # Where the package is not installed (a bare machine), run the CLI's entry point the same way.
     entry = [str(moh)] if moh.exists() else [sys.executable, "-c", "from cli import main; main()"]
-    cmd = [*entry, "plot", str(log), "-o", str(work / "cli")]
+    cmd = [*entry, "plot", str(log), "-o", str(work / "cli"), "--overwrite"]  # the same figures each rep
     cli_all, load_avg = [], [round(os.getloadavg()[0], 2)]
     for _ in range(args.reps):
         t = time.perf_counter()

@@ -17,18 +17,18 @@ import matplotlib
 from analyze.plots import FAMILIES, RC, MissingDataError, PlotWarning
 from analyze.run import Run
 
-# Which figure shows the series a finding is about. A finding whose code is not here (or whose
-# figure could not be drawn) is listed with the findings that have no figure.
+# Which figure shows the series a finding is about. A finding whose code is not here and whose
+# statistic no figure draws (pred_norm, entropy), or whose figure could not be drawn, is listed
+# with the findings that have no figure.
 FIGURE_OF_CODE = {
     "router_grad_zero": "grad_norms", "grad_explosion": "grad_norms", "clip_saturation": "grad_norms",
     "loss_not_converging": "loss", "loss_divergence": "loss", "nonfinite": "loss",
     "aux_dominates": "loss", "vacuous_aux": "loss",
     "head_collapse": "heads", "dead_heads": "heads", "load_imbalance": "head_load",
-    "predictor_growth": "complexity",
 }
-# The statistics rules (silent_zero, missing_stat, ...) name the stat in their evidence or message.
-_STAT_FIGURE = (("threshold", "thresholds"), ("complexity", "complexity"), ("pred_norm", "complexity"),
-                ("head_load", "head_load"), ("heads", "heads"), ("grad", "grad_norms"))
+# The statistics rules (silent_zero, missing_stat, ...) name their statistic in evidence["stat"].
+_STAT_FIGURE = (("threshold", "thresholds"), ("complexity", "complexity"), ("head_load", "head_load"),
+                ("heads", "heads"), ("grad", "grad_norms"))
 
 # Figures whose x axis is the step: evidence steps can be marked on them.
 _STEP_AXIS = frozenset(FAMILIES) - {"head_load"}
@@ -39,10 +39,9 @@ def figure_of(finding) -> str | None:
     """The family whose figure shows `finding`'s series, or None."""
     if finding.code in FIGURE_OF_CODE:
         return FIGURE_OF_CODE[finding.code]
-    text = " ".join([str(finding.evidence.get("stat", "")), str(finding.evidence.get("field", "")),
-                     finding.message]).lower()
+    stat = str(finding.evidence.get("stat") or "")  # the subject; the message may name others
     for needle, family in _STAT_FIGURE:
-        if needle in text:
+        if needle in (stat or finding.message):
             return family
     return None
 

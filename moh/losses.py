@@ -63,7 +63,9 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
         adaptive = r.kappa is not None
         if adaptive:
             used = r.hard.sum(-1).to(r.kappa.dtype)  # (B, T) hard count, no gradient
-            ent = -(r.probs * r.probs.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
+            # off (weight 0): logged only, no path into the backward pass
+            p = r.probs if cfg.entropy_weight else r.probs.detach()
+            ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
             parts += [_masked_sum((used - r.kappa) ** 2, w).view(1),
                       _masked_sum(r.count.float(), w).view(1), _masked_sum(ent, w).view(1)]
         layout.append((hard_b.shape[-1], adaptive))

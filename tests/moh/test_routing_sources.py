@@ -334,7 +334,7 @@ def test_entropy_term_alone_sharpens_the_router():
     x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0))
     valid = torch.ones(4, 16, dtype=torch.bool)
     for sign in (1.0, -1.0):
-        cfg, router = _adaptive(seed=2)
+        cfg, router = _adaptive(seed=2, entropy_weight=1.0)
         start = float(aux_losses([router(x)], valid, cfg)["entropy"])
         opt = torch.optim.SGD([router.router.weight], lr=0.5)
         for _ in range(20):
@@ -343,3 +343,9 @@ def test_entropy_term_alone_sharpens_the_router():
             opt.step()
         end = float(aux_losses([router(x)], valid, cfg)["entropy"])
         assert (end < start - 0.05) if sign > 0 else (end > start + 0.05)
+
+
+def test_entropy_term_switched_off_has_no_gradient_path():
+    cfg, router = _adaptive()  # entropy_weight = 0: the term is logged but cannot train anything
+    ent = aux_losses([router(torch.randn(1, 8, 32))], torch.ones(1, 8, dtype=torch.bool), cfg)["entropy"]
+    assert not ent.requires_grad and float(ent) > 0

@@ -81,7 +81,7 @@ def reference_balance(mask_routed, p_routed, valid, k, variant):
     return scale * float((f * P).sum())
 
 
-def _router(H, Hs, k, variant, C=24, seed=0):
+def _router(H, Hs, k, variant, seed=0):
     cfg = Config(router="moh", n_heads=H, d_model=16 * H, moh_shared=Hs, moh_topk=k, moh_gates=variant)
     torch.manual_seed(seed)
     router = MoHRouter(cfg)

@@ -15,6 +15,8 @@ from moh.config import Config, ConfigError, load, parse_override
     ({"nonfinite": "ignore"}, "nonfinite"),
     ({"n_layers": "2"}, "n_layers"),
     ({"lr": float("nan")}, "lr"),
+    ({"moh_gates": "reference"}, "moh_gates"),
+    ({"entropy_weight": -1e-4}, "entropy_weight"),
 ])
 def test_bad_values_name_the_field(kw, field):
     with pytest.raises(ConfigError) as e:

@@ -323,9 +323,9 @@ def test_entropy_weight_enters_the_total_only_when_set():
     x = torch.randn(1, 20, 32)
     valid = torch.ones(1, 20, dtype=torch.bool)
     aux = aux_losses([router(x)], valid, cfg)
-    off = float(weighted_total(aux, cfg))
-    on = float(weighted_total(aux, cfg.replace(entropy_weight=0.5)))
-    assert on - off == pytest.approx(0.5 * float(aux["entropy"]), rel=1e-5)
+    off = float(weighted_total(aux, cfg).detach())
+    on = float(weighted_total(aux, cfg.replace(entropy_weight=0.5)).detach())
+    assert on - off == pytest.approx(0.5 * float(aux["entropy"].detach()), rel=1e-5)
 
 
 def test_entropy_term_alone_sharpens_the_router():

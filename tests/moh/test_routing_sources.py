@@ -335,13 +335,13 @@ def test_entropy_term_alone_sharpens_the_router():
     valid = torch.ones(4, 16, dtype=torch.bool)
     for sign in (1.0, -1.0):
         cfg, router = _adaptive(seed=2, entropy_weight=1.0)
-        start = float(aux_losses([router(x)], valid, cfg)["entropy"])
+        start = float(aux_losses([router(x)], valid, cfg)["entropy"].detach())
         opt = torch.optim.SGD([router.router.weight], lr=0.5)
         for _ in range(20):
             opt.zero_grad()
             (sign * aux_losses([router(x)], valid, cfg)["entropy"]).backward()
             opt.step()
-        end = float(aux_losses([router(x)], valid, cfg)["entropy"])
+        end = float(aux_losses([router(x)], valid, cfg)["entropy"].detach())
         assert (end < start - 0.05) if sign > 0 else (end > start + 0.05)
 
 
@@ -349,4 +349,4 @@ def test_entropy_term_switched_off_has_no_gradient_path():
     cfg, router = _adaptive()  # entropy_weight = 0: the term is logged but cannot train anything
     ent = aux_losses([router(torch.randn(1, 8, 32))], torch.ones(1, 8, dtype=torch.bool), cfg)["entropy"]
     (g,) = torch.autograd.grad(ent, router.router.weight, allow_unused=True)
-    assert float(ent) > 0 and (g is None or not g.any())
+    assert float(ent.detach()) > 0 and (g is None or not g.any())

@@ -76,6 +76,12 @@ LAYER_FIELDS = (
 )
 # Optional layer keys: label (e.g. "L5" in imported logs), prob_mean (H mean router
 # probabilities), heads_hist (H+1 fractions of tokens using 0..H heads; "full" tier).
+# Optional layer keys since issue 11 (older logs lack them; readers report n/a): does the
+# allocation track difficulty -- Spearman rank correlation, over the logged step's target
+# tokens, of each token's complexity / hard head count with its LM loss (moh/alignment.py).
+# Null for routers without a per-token budget (dense, moh) and where undefined (a constant
+# series, e.g. every token got the same head count).
+ALIGNMENT_STATS = ("complexity_loss_corr", "heads_loss_corr")
 LAYER_STATS = tuple(f for f in LAYER_FIELDS if f not in ("layer", "head_load"))
 
 PHASE_PRETRAIN = "pretrain"

@@ -85,6 +85,8 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
             chunk = values[pos : pos + n]
             pos += n
             row[k] = chunk if k in _LIST_STATS else chunk[0]
+            if k in schema.ALIGNMENT_STATS and row[k] != row[k]:
+                row[k] = None  # NaN: a rank correlation undefined on this step (moh/alignment.py)
         rows.append({f: row.get(f) for f in schema.LAYER_FIELDS}
                     | {k: row[k] for k in schema.ALIGNMENT_STATS if k in row}
                     | {k: row[k] for k in _FULL_TIER_STATS if k in row})

@@ -11,7 +11,7 @@ from moh import schema
 from moh.alignment import average_ranks, loss_alignment, spearman
 from moh.model import LM
 from moh.routing import Routing
-from moh.train import train
+from moh.train import _rows, train
 
 
 class _Records:
@@ -40,9 +40,15 @@ def test_spearman_known_answers():
     assert float(r) == pytest.approx(3 / math.sqrt(10), abs=1e-6)
 
 
-def test_spearman_undefined_is_none_not_zero():
-    assert spearman(torch.ones(5), torch.arange(5.0)) is None  # constant series
-    assert spearman(torch.tensor([1.0]), torch.tensor([2.0])) is None  # one token
+def test_average_ranks_batched_rows_are_independent():
+    x = torch.tensor([[3.0, 1.0, 2.0, 2.0], [7.0, 7.0, 7.0, 7.0]])
+    assert average_ranks(x).tolist() == [[3.0, 0.0, 1.5, 1.5], [1.5, 1.5, 1.5, 1.5]]
+
+
+def test_spearman_undefined_is_nan_not_zero():
+    assert math.isnan(float(spearman(torch.ones(5), torch.arange(5.0))))  # constant series
+    assert math.isnan(float(spearman(torch.arange(5.0), torch.ones(5))))  # constant loss
+    assert math.isnan(float(spearman(torch.tensor([1.0]), torch.tensor([2.0]))))  # one token
 
 
 def _adaptive(complexity, heads):
@@ -76,7 +82,9 @@ def test_loss_alignment_without_token_losses_is_null():
 def test_uniform_allocation_has_no_head_correlation():
     r = _adaptive(torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[2, 2, 2]]))
     out = loss_alignment([r], torch.ones(1, 3, dtype=torch.bool), torch.tensor([3.0, 2.0, 1.0]))[0]
-    assert out["heads_loss_corr"] is None and float(out["complexity_loss_corr"]) == pytest.approx(-1.0)
+    assert math.isnan(float(out["heads_loss_corr"])) and float(out["complexity_loss_corr"]) == pytest.approx(-1.0)
+    # ... which the step record writes as null (undefined), not NaN or 0
+    assert _rows([{"heads_mean": torch.tensor(2.0)} | out])[0]["heads_loss_corr"] is None
 
 
 def test_token_losses_do_not_change_the_trained_loss(tiny_cfg):

@@ -48,8 +48,11 @@ INPUT_FORMATS = ("auto", "jsonl", "rustgpt")
 
 _NAN = math.nan
 _NONFINITE = schema.NONFINITE_STRINGS
-_LAYER_STATS = schema.LAYER_STATS
+# Layer columns: the schema's required stats, then the optional ones a newer engine writes
+# (older logs lack them: NaN, without a note).
+_LAYER_STATS = schema.LAYER_STATS + schema.ALIGNMENT_STATS
 _N_STATS = len(_LAYER_STATS)
+_NO_ALIGNMENT = (_NAN,) * len(schema.ALIGNMENT_STATS)
 _NAN_ROW = array("f", [_NAN]) * _N_STATS
 # Top-level step keys handled explicitly (everything else numeric becomes its own column).
 _STEP_STRUCTURED = frozenset({"event", "step", "phase", "layers"})
@@ -60,9 +63,11 @@ _STEP_NUMERIC = frozenset({
     "tokens", "tokens_per_s", "skipped",
 })
 _GET_STATS = operator.itemgetter(*_LAYER_STATS)
+_GET_REQUIRED_STATS = operator.itemgetter(*schema.LAYER_STATS)  # a log written before ALIGNMENT_STATS
 _GET_LAYER = operator.itemgetter("layer")
 _GET_LOAD = operator.itemgetter("head_load")
 _N_LAYER_FIELDS = len(schema.LAYER_FIELDS)
+_N_LAYER_FIELDS_ALIGNED = _N_LAYER_FIELDS + len(schema.ALIGNMENT_STATS)
 _chain = itertools.chain.from_iterable
 
 
@@ -506,7 +511,8 @@ class _Template:
                 paths += [("d", k, sub) for sub in v]
             elif k == "layers" and t is list:
                 for i, lay in enumerate(v):
-                    if type(lay) is not dict or len(lay) != _N_LAYER_FIELDS or not _LAYER_KEYS.issuperset(lay):
+                    if type(lay) is not dict or len(lay) not in (_N_LAYER_FIELDS, _N_LAYER_FIELDS_ALIGNED) \
+                            or not _LAYER_KEYS.issuperset(lay) or len(lay) != len(v[0]):
                         return None
                     for lk, lv in lay.items():
                         if lk == "head_load":
@@ -546,13 +552,14 @@ class _Template:
         self.scal += [(col[("d", k, sub)], 0.0) for k, subs in plan.dicts for sub in subs]
         self.n_layers = n_layers
         self.idx_cols = [col[("l", i, "layer")] for i in range(n_layers)]
-        self.stat_cols = [col[("l", i, st)] for i in range(n_layers) for st in _LAYER_STATS]
+        # -1: a stat this layout lacks (a log older than ALIGNMENT_STATS), read from a NaN column
+        self.stat_cols = [col.get(("l", i, st), -1) for i in range(n_layers) for st in _LAYER_STATS]
         self.load_cols = [col[("h", i, h)] for i in range(n_layers) for h in range(lens[i])]
         self.lens = np.array(lens, np.uint16)
         return self
 
 
-_LAYER_KEYS = frozenset(schema.LAYER_FIELDS)
+_LAYER_KEYS = frozenset(schema.LAYER_FIELDS + schema.ALIGNMENT_STATS)
 
 
 class _Builder:
@@ -726,7 +733,8 @@ class _Builder:
         if t.n_layers:
             self.lr_row.frombytes(np.repeat(np.arange(row0, row0 + n, dtype=np.int32), t.n_layers).tobytes())
             self.lr_layer.frombytes(ids.astype(np.int16).tobytes())
-            self.lr_stats.frombytes(m[:, t.stat_cols].astype(np.float32).tobytes())
+            src = np.hstack([m, np.full((n, 1), np.nan)]) if -1 in t.stat_cols else m
+            self.lr_stats.frombytes(src[:, t.stat_cols].astype(np.float32).tobytes())
             self.hl_len.frombytes(np.tile(t.lens, n).tobytes())
             self.hl_val.frombytes(m[:, t.load_cols].astype(np.float32).tobytes())
         self.n_steps += n
@@ -876,13 +884,20 @@ class _Builder:
         """All layers complete and well typed: append them with C-level calls only. False: not done."""
         if not layers:
             return True
+        n_keys = _N_LAYER_FIELDS_ALIGNED
         try:
-            stat_rows = list(map(_GET_STATS, layers))
             idx = list(map(_GET_LAYER, layers))
             loads = list(map(_GET_LOAD, layers))
+            try:
+                stat_rows = list(map(_GET_STATS, layers))
+            except KeyError:  # written before ALIGNMENT_STATS: those read as null
+                stat_rows = [r + _NO_ALIGNMENT for r in map(_GET_REQUIRED_STATS, layers)]
+                n_keys = _N_LAYER_FIELDS
         except (KeyError, TypeError):
             return False
-        if self.lr_label is not None or self.hl_prob is not None or max(map(len, layers)) != _N_LAYER_FIELDS:
+        n_fields = list(map(len, layers))
+        if self.lr_label is not None or self.hl_prob is not None or min(n_fields) != n_keys \
+                or max(n_fields) != n_keys:
             return False  # optional keys (label, prob_mean) or unknown ones: per-layer path
         try:
             stats = _packer(len(stat_rows) * _N_STATS).pack(*_chain(stat_rows))

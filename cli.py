@@ -299,8 +299,27 @@ _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_c
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
 
-def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
-    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
+def _load(path: Path, strict: bool, input_format: str, what: str = ""):
+    """A loaded Run with its notes on stderr, or typer.Exit(3) with one line saying why not."""
+    from analyze import loader
+
+    try:
+        run = loader.load_run(path, strict=strict, input_format=input_format)
+    except loader.LoadError as e:
+        _err(f"error: {what}{e}")
+        raise typer.Exit(3)
+    for note in run.notes:
+        _err(f"note: {what}{note}")
+    if not len(run.steps):
+        _err(f"error: {what}{path}: no step records, nothing to judge")
+        raise typer.Exit(3)
+    return run
+
+
+def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str,
+              baseline: Optional[Path] = None) -> list:
+    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code.
+    `baseline`: a known-good reference run; each report adds its baseline_deviation findings."""
     from analyze import criteria as crit
     from analyze import loader, report
 
@@ -315,20 +334,8 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    reports = []
-    for path in paths:
-        try:
-            run = loader.load_run(path, strict=strict, input_format=input_format)
-        except loader.LoadError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(3)
-        for note in run.notes:
-            _err(f"note: {note}")
-        if not len(run.steps):
-            _err(f"error: {path}: no step records, nothing to judge")
-            raise typer.Exit(3)
-        reports.append(report.build_report(run, specs))
-    return reports
+    ref = None if baseline is None else _load(baseline, strict, input_format, what="baseline: ")
+    return [report.build_report(_load(path, strict, input_format), specs, baseline=ref) for path in paths]
 
 
 def _emit(payload) -> None:
@@ -383,6 +390,10 @@ def _guarded(fn):
         raise typer.Exit(3)
 
 
+_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
+                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
+
+
 @app.command("report")
 def report_cmd(
     run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
@@ -390,12 +401,13 @@ def report_cmd(
     fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
     input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", readable=False, help=_BASELINE_HELP),
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
     def body():
         from analyze import report
 
-        (rep,) = _analysis([run], criteria, fmt, strict, input_format)
+        (rep,) = _analysis([run], criteria, fmt, strict, input_format, baseline)
         _emit(report.render(rep, fmt))
         raise typer.Exit(0 if rep.verdict == "pass" else 1)
 
@@ -409,6 +421,7 @@ def compare_cmd(
     fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
     input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", readable=False, help=_BASELINE_HELP),
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
     def body():
@@ -417,7 +430,7 @@ def compare_cmd(
         if len(runs) < 2:
             _err("error: compare needs at least two runs")
             raise typer.Exit(2)
-        reports = _analysis(runs, criteria, fmt, strict, input_format)
+        reports = _analysis(runs, criteria, fmt, strict, input_format, baseline)
         cmp = compare.build_comparison(reports)
         _emit(compare.render(cmp, fmt))
         raise typer.Exit(0 if cmp.verdict == "pass" else 1)

@@ -23,8 +23,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .baseline import compare as compare_with_baseline
 from .criteria import Criterion, Result, evaluate, load_criteria, verdict
-from .findings import Finding, find_all
+from .findings import Finding, find_all, sort_findings
 from .jsonsafe import json_safe
 from .metrics import routing_metrics
 from .run import Run
@@ -70,6 +71,7 @@ class Report:
     findings: list[Finding]
     verdict: str
     metrics: dict | None = None   # routing metrics per layer (analyze/metrics.py), no verdict
+    baseline: str | None = None   # the reference run's path when judged --baseline (analyze/baseline.py)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -108,15 +110,19 @@ class Report:
             "criteria": [r.to_dict() for r in self.results],
             "findings": [f.to_dict() for f in self.findings],
             "metrics": self.metrics,
+            "baseline": self.baseline,
             "notes": list(self.run.notes),
         })
 
 
-def build_report(run: Run, criteria: list[Criterion] | None = None) -> Report:
+def build_report(run: Run, criteria: list[Criterion] | None = None, baseline: Run | None = None) -> Report:
+    """`baseline`: a known-good reference run; adds its `baseline_deviation` findings."""
     results = evaluate(run, load_criteria() if criteria is None else criteria)
     findings = find_all(run)
+    if baseline is not None:
+        findings = sort_findings(findings + compare_with_baseline(run, baseline))
     return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings),
-                  metrics=routing_metrics(run))
+                  metrics=routing_metrics(run), baseline=None if baseline is None else str(baseline.path))
 
 
 # ---- value formatting ------------------------------------------------------------------------

@@ -30,6 +30,16 @@ def _loss_col(ctx: Context) -> str | None:
     return None
 
 
+def _loss_at(s: pd.DataFrame, col: str | None, steps: list) -> list:
+    """The loss logged at each of `steps`, non-finite ones as the schema's tags ("NaN",
+    "Infinity"): JSON has no such numbers, and a null would hide which it was; None where no
+    step record (an alert's step) or no loss column."""
+    if col is None:
+        return [None] * len(steps)
+    by_step = dict(zip(s["step"].to_numpy().tolist(), s[col].to_numpy(float).tolist()))
+    return [None if st not in by_step else schema.sanitize(by_step[st]) for st in steps]
+
+
 def _finite_phase_series(ctx: Context, col: str):
     """(phase, steps, values) of `col` per phase, non-finite values dropped, short phases skipped."""
     for ph, f in phases(ctx, ctx.live_steps()):
@@ -154,6 +164,6 @@ def nonfinite(ctx: Context) -> list[Finding]:
         "nonfinite", sev, None,
         f"non-finite values on {len(steps)} logged steps ({', '.join(sorted(fields)) or 'alerts'}"
         f"{f'; {n_alerts} alerts' if n_alerts else ''}): {how}",
-        evidence(steps, fields=sorted(fields), n_alerts=n_alerts),
+        evidence(steps, _loss_at(s, col, steps), fields=sorted(fields), n_alerts=n_alerts),
         "find the first bad step: lower the learning rate, clip gradients, keep the router and "
         "softmax in float32, check the data for empty or huge examples")]

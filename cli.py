@@ -450,13 +450,15 @@ def plot(
     strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+    findings: bool = typer.Option(
+        False, "--findings", help="Mark each finding (moh report's) at the steps it rests on, on the figure of its series."),
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs))
+    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs, findings))
 
 
 def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
-          jobs: int | None = None) -> None:
+          jobs: int | None = None, findings: bool = False) -> None:
     import warnings
 
     from analyze import loader, plots
@@ -483,11 +485,16 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         for note in run.notes:
             _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
+    marks = None
+    if findings:
+        from analyze.findings import find_all
+
+        marks = [(f.to_dict(), run) for run in loaded for f in find_all(run)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
             written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step",
-                                          jobs=jobs)
+                                          jobs=jobs, marks=marks)
         except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
             _err(f"error: {e}")
             raise typer.Exit(3)

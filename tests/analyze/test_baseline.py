@@ -58,7 +58,7 @@ def test_a_zero_gradient_reads_zero_and_leaves_any_band():
 
 
 def _run_with(tmp_path, name, values):
-    from analyze import synthetic
+    from tests import synthetic
     from moh import schema
 
     records = synthetic.generate(n_steps=200, n_layers=1, seed=0, phases=(schema.PHASE_PRETRAIN,))

@@ -22,6 +22,9 @@ def test_every_finding_carries_steps_and_values(tmp_path, code):
         assert all(isinstance(s, int) for s in ev["steps"])
 
 
-def test_nonfinite_values_are_tagged_not_nulled(tmp_path):
+def test_nonfinite_values_are_null_with_their_kind(tmp_path):
     (f,) = [f for f in findings.find_all(run_of(tmp_path, nonfinite=True)) if f.code == "nonfinite"]
-    assert any(v in ("NaN", "Infinity", "-Infinity") for v in f.evidence["values"]), f.evidence
+    ev = json.loads(json.dumps(f.to_dict()["evidence"], allow_nan=False))  # strict JSON, as the report
+    kinds = ev["loss_kinds"]
+    assert len(kinds) == len(ev["values"]) and {"nan"} <= set(kinds) <= {"nan", "+inf", "-inf", "finite", "absent"}
+    assert all(v is None for v, k in zip(ev["values"], kinds) if k != "finite")

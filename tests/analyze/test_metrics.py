@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from analyze import synthetic
+from tests import synthetic
 from analyze.loader import load_run
 from analyze.metrics import routing_metrics
 from analyze.report import build_report, render_json, render_md

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from analyze import findings, synthetic
+from analyze import findings
+from tests import synthetic
 from analyze.loader import load_run
 from analyze.plots import plot_complexity, plot_grad_norms
 from analyze.plots.markers import family_of, mark

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyze import findings, synthetic
+from analyze import findings
+from tests import synthetic
 from analyze.loader import load_run
 from analyze.rules.alignment import COMPLEXITY_MIN_CORR
 from moh import schema

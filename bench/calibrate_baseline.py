@@ -6,13 +6,15 @@ Healthy runs are the default config of each router with only the seed changed (`
 --seed N --router R`), read from DIR/<router>_s<seed>/run.jsonl (`--train` trains the missing
 ones, one at a time, threads=1) plus the sample logs' seed-1337 runs (healthy_adaptive,
 dense_baseline). Broken runs: the sample logs broken_no_gradient and broken_unstable_lr (the
-default adaptive config without the straight-through estimator / with lr 0.05 and no clip).
+default adaptive config without the straight-through estimator / with lr 0.05 and no clip), and
+DIR/squeezed_threshold (tau in [0.79, 0.8]; trained by `--train`).
 
 For every ordered pair (run, reference) of healthy runs of one router, and every broken run
-against every healthy adaptive run, it measures per series family the least floor the band
-would need for the run to stay inside in all but MIN_WINDOWS_OUT - 1 windows (0: the reference's
-own spread already covers it): in log units for log-compared series, as a share of the natural
-range for bounded ones. A floor above every reseed's need and below the defects' is what
+against every healthy adaptive run, it measures per series the least floor the band would need
+for the run to stay inside in all but MIN_WINDOWS_OUT - 1 windows (0: the reference's own spread
+already covers it): in log units for log-compared series, as a share of the natural range for
+bounded ones. A reseed passes when its need is below the floor; a broken run deviates in a
+series when its need (the least over all healthy references) is above it. A floor above every reseed's need and below the defects' is what
 analyze/baseline.py uses; the table shows both sides. JSON: bench/results/calibrate_baseline.json
 (`--small`: calibrate_baseline_small.json). Exit 1 when a reseed leaves its band.
 """
@@ -40,29 +42,26 @@ SAMPLES = ROOT / "sample_logs"
 ROUTERS = ("adaptive", "moh", "dense")
 SAMPLE_HEALTHY = {"adaptive": "healthy_adaptive", "dense": "dense_baseline"}
 BROKEN = ("broken_no_gradient", "broken_unstable_lr")
+# Broken runs trained here (seed 1, default config but the flags), used when present.
+BROKEN_TRAINED = {"squeezed_threshold": ["--set", "tau_min=0.79", "--set", "tau_max=0.8"]}
 
 
 def needed_floors(run, ref) -> dict[str, float]:
-    """Per series: the least floor under which fewer than MIN_WINDOWS_OUT windows leave the band."""
+    """Per series: the least floor under which fewer than MIN_WINDOWS_OUT windows leave the band.
+
+    A window is inside when the run's median is within max(spread, floor) of the reference's
+    q10..q90, so it needs no floor when within the spread, else a floor of its distance."""
     rs, ss = B.key_series(ref), B.key_series(run)
     out: dict[str, float] = {}
     for key, ref_series in rs.items():
         if key not in ss:
             continue
         name = key[0]
-        scale = B._scale(ref, name)
-        log = name in B.LOG_SERIES
-        excess = []
-        for b in B.bands(name, ref_series, ss[key], scale, floor=0.0):
-            if log:
-                v = math.log(max(b.value, B.TINY))
-                e = max(math.log(b.lo) - v, v - math.log(b.hi), 0.0)
-            else:
-                e = max(b.lo - b.value, b.value - b.hi, 0.0) / scale
-            excess.append(e)
-        excess.sort(reverse=True)
-        need = excess[B.MIN_WINDOWS_OUT - 1] if len(excess) >= B.MIN_WINDOWS_OUT else 0.0
-        out[name] = max(out.get(name, 0.0), need)
+        unit = 1.0 if name in B.LOG_SERIES else B._scale(ref, name)
+        need = sorted((b.distance / unit if b.distance > b.spread else 0.0
+                       for b in B.bands(name, ref_series, ss[key], B._scale(ref, name), floor=0.0)), reverse=True)
+        k = need[B.MIN_WINDOWS_OUT - 1] if len(need) >= B.MIN_WINDOWS_OUT else 0.0
+        out[name] = max(out.get(name, 0.0), k)
     return out
 
 
@@ -85,6 +84,13 @@ def main(argv=None) -> int:
         return calibrate(*_small_population(runs_dir, a.seeds), argv, "calibrate_baseline_small")
     healthy: dict[str, list[Path]] = {r: [] for r in ROUTERS}
     broken = {b: SAMPLES / f"{b}.jsonl" for b in BROKEN}
+    for b, flags in BROKEN_TRAINED.items():
+        d = runs_dir / b
+        if a.train and not (d / "run.jsonl").exists():
+            subprocess.run([sys.executable, "-c", "from cli import main; main()", "train", "--quiet", "--seed", "1",
+                            "--out", str(d), "--overwrite", *flags], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        if (d / "run.jsonl").exists():
+            broken[b] = d / "run.jsonl"
     for router in ROUTERS:
         for seed in a.seeds:
             d = runs_dir / f"{router}_s{seed}"
@@ -104,7 +110,8 @@ SMALL = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_len=64, pretrain_ep
              warmup_steps=2)
 SMALL_BROKEN = {"no_straight_through": dict(straight_through=False, lb_weight=0, z_weight=0,
                                             complexity_weight=0, budget_weight=0),
-                "unstable_lr": dict(lr=0.05, instruct_lr=0.05, grad_clip=0, warmup_steps=0)}
+                "unstable_lr": dict(lr=0.05, instruct_lr=0.05, grad_clip=0, warmup_steps=0),
+                "squeezed_threshold": dict(tau_min=0.79, tau_max=0.8)}
 
 
 def _small_population(runs_dir: Path, seeds: list[int]) -> tuple[dict, dict]:

@@ -15,7 +15,7 @@ failed command leaves no partial output file (analyze.atomic).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -298,6 +298,16 @@ _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_c
 # Input paths are declared readable=False: click would otherwise answer an unreadable file with a
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
+# Options report, compare and plot share, declared once.
+CriteriaOption = Annotated[Optional[Path], typer.Option("--criteria", readable=False, help=_CRITERIA_HELP)]
+FormatOption = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes.")]
+InputFormatOption = Annotated[str, typer.Option("--input-format", help="auto (sniff the content), jsonl or rustgpt.")]
+_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
+                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
+BaselineOption = Annotated[Optional[Path], typer.Option("--baseline", readable=False, help=_BASELINE_HELP)]
+
 
 def _load(path: Path, strict: bool, input_format: str, what: str = ""):
     """A loaded Run with its notes on stderr, or typer.Exit(3) with one line saying why not."""
@@ -390,18 +400,14 @@ def _guarded(fn):
         raise typer.Exit(3)
 
 
-_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
-                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
-
-
 @app.command("report")
 def report_cmd(
     run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
-    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", readable=False, help=_BASELINE_HELP),
+    criteria: CriteriaOption = None,
+    fmt: FormatOption = "table",
+    strict: StrictOption = False,
+    input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
     def body():
@@ -417,11 +423,11 @@ def report_cmd(
 @app.command("compare")
 def compare_cmd(
     runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
-    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", readable=False, help=_BASELINE_HELP),
+    criteria: CriteriaOption = None,
+    fmt: FormatOption = "table",
+    strict: StrictOption = False,
+    input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
     def body():
@@ -446,8 +452,8 @@ def plot(
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: str = typer.Option("png", "--format", help="png or svg."),
     x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto, jsonl or rustgpt."),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
+    input_format: InputFormatOption = "auto",
+    strict: StrictOption = False,
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
     findings: bool = typer.Option(

@@ -27,6 +27,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed, schema
 from .alignment import loss_alignment
+from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
@@ -214,7 +215,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
             ckpt.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
                               "step": step, "vocab_size": tok.vocab_size},
                              os.path.join(out_dir, CHECKPOINT))
-            _atomic_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
+            _write_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
             save(None, len(phases), 0, 0, 0, step, finished=True)
         distributed.barrier(info)  # no rank leaves before rank 0's files are written
     except _Stop as e:
@@ -290,13 +291,9 @@ class _Log:
             s.close()
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: str, text: str) -> None:
+    with replacing(path, durable=True) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], held: list,

@@ -89,8 +89,8 @@ def vacuous_aux(ctx: Context) -> list[Finding]:
         if not c.startswith("aux."):
             continue
         v = s[c].to_numpy(float)
-        ok = np.isfinite(v)
-        v, st = v[ok], s["step"].to_numpy()[ok]
+        st = s["step"].to_numpy()[np.isfinite(v)]  # the steps the evidence rests on
+        v = v[np.isfinite(v)]
         if len(v) < MIN_STEPS or not np.all(np.abs(v) <= ZERO_ATOL):
             continue
         term = c.split(".", 1)[1]

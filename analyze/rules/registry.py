@@ -37,10 +37,12 @@ def find_all(run: Run) -> list[Finding]:
     out: list[Finding] = []
     for r in RULES:
         out.extend(r(ctx))
-    return sort_findings(out)
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(out, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Errors first, then warnings, then info; by code and layer within a severity."""
+    """Findings from several sources (the rules, a baseline comparison) in find_all's order:
+    errors first, then warnings, then info; by code and layer within a severity."""
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from moh import schema
 
-from .base import EVIDENCE_MAX, MIN_STEPS, Finding, evidence, in_phase, short
+from .base import MIN_STEPS, Finding, evidence, in_phase, short
 from .context import Context, phases
 from .registry import rule
 
@@ -163,7 +163,7 @@ def nonfinite(ctx: Context) -> list[Finding]:
            "the last step is non-finite" if last_bad else
            "not marked skipped: the weights may be corrupted" if unskipped else
            "the steps were skipped and the run went on")
-    values, kinds = _loss_at(s, col, steps[:EVIDENCE_MAX])
+    values, kinds = _loss_at(s, col, evidence(steps)["steps"])  # the steps the evidence lists
     return [Finding(
         "nonfinite", sev, None,
         f"non-finite values on {len(steps)} logged steps ({', '.join(sorted(fields)) or 'alerts'}"

@@ -46,4 +46,3 @@ def find_all(run: Run) -> list[Finding]:
         out.extend(r(ctx))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))
-

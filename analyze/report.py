@@ -24,10 +24,11 @@ from rich.text import Text
 
 from .baseline import compare as compare_with_baseline
 from .criteria import Criterion, Result, evaluate, load_criteria, verdict
-from .findings import Finding, find_all, sort_findings
+from .findings import Finding, find_all
 from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
 from .metrics import routing_metrics
+from .rules.registry import sort_findings
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",

@@ -31,6 +31,6 @@ with `base.evidence`; add its code to docs/findings.md and a trigger to tests/an
 # report sorts findings, so it does not show).
 from . import statistics, gradients, loss, heads, predictors, alignment  # noqa: F401,I001
 from .base import SEVERITIES, Finding
-from .registry import RULES, find_all, routing_rule, rule, sort_findings
+from .registry import RULES, find_all, routing_rule, rule
 
-__all__ = ["Finding", "RULES", "SEVERITIES", "find_all", "rule", "routing_rule", "sort_findings"]
+__all__ = ["Finding", "RULES", "SEVERITIES", "find_all", "rule", "routing_rule"]

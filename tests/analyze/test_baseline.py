@@ -8,7 +8,6 @@ config must not deviate, a run without the straight-through estimator must (slow
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -80,6 +80,8 @@ class Synthetic:
     loss_flat: bool = False            # loss never falls
     loss_diverge: bool = False         # loss falls, then climbs back over the last 30%
     nonfinite: bool = False            # a few NaN losses / inf grad norms, skipped, with alerts
+    complexity_uninformative: bool = False  # adaptive layers also log the loss alignment stats
+                                       # (schema.ALIGNMENT_STATS), near 0: allocation ignores difficulty
     head_collapse: str | None = None   # "min": every token uses k_min heads; "max": all H heads
     dead_heads: int | tuple = 0        # count (last heads) or head indices with load ~0
     load_imbalance: bool = False       # one head takes most of the load
@@ -301,6 +303,10 @@ class _Sim:
         for s in cfg.silent_zero:
             stats[s] = np.zeros((m, L))
         out["layers"] = {s: (stats[s] if cfg.applies(s) and s not in cfg.missing else None) for s in schema.LAYER_STATS}
+        if cfg.complexity_uninformative:  # Spearman of complexity / heads with token loss, ~0
+            adaptive = cfg.router == "adaptive"
+            out["layers"]["complexity_loss_corr"] = (0.05 + noise(0.05)).clip(-1, 1) if adaptive else None
+            out["layers"]["heads_loss_corr"] = (0.02 + noise(0.05)).clip(-1, 1) if adaptive else None
         # --- head load: fraction of tokens selecting each head, (m, L, H), sums to heads_mean
         if dense or "head_load" in cfg.missing:
             out["head_load"] = None
@@ -448,6 +454,11 @@ def _step_template(cfg: Synthetic, c: dict, phase: str) -> _Template:
             else:
                 arr = c["layers"][s]
                 T.val(None if arr is None else arr[:, li], "d" if s in ("heads_min", "heads_max") else "g")
+        if cfg.complexity_uninformative:
+            for s in schema.ALIGNMENT_STATS:
+                arr = c["layers"][s]
+                T.lit(f',"{s}":')
+                T.val(None if arr is None else arr[:, li], "g")
         T.lit("}")
     T.lit('],"skipped":')  # last, so the per-row literal true/false is a suffix
     return T

@@ -228,33 +228,43 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No notes or wa
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (refused otherwise).")]
 ReportOutputOption = Annotated[Optional[Path], typer.Option(
     "-o", "--output", help="Write the report to this file instead of stdout (table: the compact layout).")]
+_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
+                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
+BaselineOption = Annotated[Optional[Path], typer.Option("--baseline", readable=False, help=_BASELINE_HELP)]
+
+
+def _load(path: Path, strict: bool, input_format: str, what: str = "", quiet: bool = False):
+    """A loaded Run with its notes on stderr, or typer.Exit(3) with one line saying why not."""
+    from analyze import loader
+
+    try:
+        run = loader.load_run(path, strict=strict, input_format=input_format)
+    except loader.LoadError as e:
+        _err(f"error: {what}{e}")
+        raise typer.Exit(3)
+    for note in () if quiet else run.notes:
+        _err(f"note: {what}{note}")
+    if not len(run.steps):
+        _err(f"error: {what}{path}: no step records, nothing to judge")
+        raise typer.Exit(3)
+    return run
 
 
 def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_format: str,
-              quiet: bool = False) -> list:
-    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
+              baseline: Optional[Path] = None, quiet: bool = False) -> list:
+    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code.
+    `baseline`: a known-good reference run; each report adds its baseline_deviation findings."""
     from analyze import criteria as crit
-    from analyze import loader, report
+    from analyze import report
 
     try:
         specs = crit.load_criteria(criteria)
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    reports = []
-    for path in paths:
-        try:
-            run = loader.load_run(path, strict=strict, input_format=input_format)
-        except loader.LoadError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(3)
-        for note in () if quiet else run.notes:
-            _err(f"note: {note}")
-        if not len(run.steps):
-            _err(f"error: {path}: no step records, nothing to judge")
-            raise typer.Exit(3)
-        reports.append(report.build_report(run, specs))
-    return reports
+    ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
+    return [report.build_report(_load(path, strict, input_format, quiet=quiet), specs, baseline=ref)
+            for path in paths]
 
 
 def _narrow() -> bool:
@@ -343,6 +353,7 @@ def report_cmd(
     overwrite: OverwriteOption = False,
     strict: StrictOption = False,
     input_format: InputFormatOption = InputFormat.auto,
+    baseline: BaselineOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
@@ -350,7 +361,7 @@ def report_cmd(
         from analyze import report
         from analyze.render import compact
 
-        (rep,) = _analysis([run], criteria, strict, input_format.value, quiet)
+        (rep,) = _analysis([run], criteria, strict, input_format.value, baseline, quiet)
         _deliver(rep, fmt.value, report.render, compact.report_text, output, overwrite)
         raise typer.Exit(0 if rep.verdict == "pass" else 1)
 
@@ -366,6 +377,7 @@ def compare_cmd(
     overwrite: OverwriteOption = False,
     strict: StrictOption = False,
     input_format: InputFormatOption = InputFormat.auto,
+    baseline: BaselineOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
@@ -376,7 +388,7 @@ def compare_cmd(
         if len(runs) < 2:
             _err("moh compare: error: compare needs at least two runs (see moh compare -h)")
             raise typer.Exit(2)
-        reports = _analysis(runs, criteria, strict, input_format.value, quiet)
+        reports = _analysis(runs, criteria, strict, input_format.value, baseline, quiet)
         cmp = compare.build_comparison(reports)
         _deliver(cmp, fmt.value, compare.render, compact.compare_text, output, overwrite)
         raise typer.Exit(0 if cmp.verdict == "pass" else 1)
@@ -396,15 +408,18 @@ def plot(
     strict: StrictOption = False,
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", min=1, help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+    findings: bool = typer.Option(
+        False, "--findings", help="Mark each finding (moh report's) at the steps it rests on, on the figure of its series."),
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt.value, x.value, input_format.value, strict, jobs, overwrite, quiet))
+    _guarded(lambda: _plot(runs, output, fmt.value, x.value, input_format.value, strict, jobs, findings, overwrite,
+                           quiet))
 
 
 def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
-          jobs: int | None = None, overwrite: bool = False, quiet: bool = False) -> None:
+          jobs: int | None = None, findings: bool = False, overwrite: bool = False, quiet: bool = False) -> None:
     import warnings
 
     from analyze import loader, plots
@@ -420,11 +435,16 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         for note in () if quiet else run.notes:
             _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
+    marks = None
+    if findings:
+        from analyze.findings import find_all
+
+        marks = [(f.to_dict(), run) for run in loaded for f in find_all(run)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
             written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step",
-                                          jobs=jobs)
+                                          jobs=jobs, marks=marks)
         except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
             _err(f"error: {e}")
             raise typer.Exit(3)

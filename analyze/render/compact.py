@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from analyze.report import Report, _run_line, printable, table_rows
+from analyze.report import _METRIC_HEADERS, Report, _metrics_title, _run_line, metric_rows, printable, table_rows
 
 WIDTH = 80
 INDENT = "      "
@@ -43,6 +43,12 @@ def report_text(rep: Report, width: int = WIDTH) -> str:
         lines += _wrap(f"{f.severity} {f.code}{where}: {f.message}", width, rest=INDENT)
         if f.action:
             lines += _wrap(f"action: {f.action}", width, INDENT)
+    rows = metric_rows(rep)
+    if rows:  # one line per layer: "name value" pairs, so no column can be cut
+        lines += [""] + _wrap(_metrics_title(rep), width, rest="  ")
+        for cells in rows:
+            pairs = ", ".join(f"{h} {c}" for h, c in zip(_METRIC_HEADERS[1:], cells[1:]))
+            lines += _wrap(f"layer {cells[0]}: {pairs}", width, "  ", INDENT)
     lines += ["", verdict_line(rep)]
     return "\n".join(lines) + "\n"
 

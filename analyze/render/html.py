@@ -16,7 +16,8 @@ import re
 from typing import Any, Iterable
 
 from analyze.plots import FAMILIES
-from analyze.report import Report, _run_line, _verdict_line, format_value, printable, table_rows
+from analyze.report import (_METRIC_HEADERS, Report, _metrics_title, _run_line, _verdict_line, format_value,
+                             metric_rows, printable, table_rows)
 from .svg import figure_of, figure_svg
 
 SAMPLES_SHOWN = 12   # eval samples listed (the last ones: the trained model's answers)
@@ -176,6 +177,12 @@ def report_html(rep: Report) -> str:
     body = [f"<h1>moh report: {esc(rep.run.name)}</h1>",
             f"<div class=\"path\">{esc(rep.run.path)}</div>", f"<p>{esc(_run_line(rep))}</p>",
             _verdict(rep.verdict, _verdict_line(rep)), "<h2>Expected vs actual</h2>", _criteria_table(rep)]
+    if metric_rows(rep):
+        body += [f"<h2>{esc(_metrics_title(rep))}</h2>",
+                 _table(_METRIC_HEADERS, ([f"<td class=\"num\">{esc(c)}</td>" for c in cells]
+                                          for cells in metric_rows(rep)), "metrics")]
+    if rep.baseline:
+        body.append(f"<p>Judged against the baseline run <span class=\"path\">{esc(rep.baseline)}</span>.</p>")
     body += _figures([rep.run], [(f, None) for f in rep.findings])
     body += ["<h2>Run configuration</h2>", _kv_table(_config(rep.run.meta)),
              "<h2>Data summary</h2>", _kv_table(_data_summary(rep))]

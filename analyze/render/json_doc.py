@@ -72,6 +72,8 @@ def report_doc(rep) -> dict:
         "summary": {"criteria": rep.counts, "findings": rep.finding_counts},
         "criteria": criteria,
         "findings": [f.to_dict() for f in rep.findings],
+        "metrics": rep.metrics,
+        "baseline": rep.baseline,
         "notes": list(rep.run.notes),
     })
 

@@ -78,32 +78,37 @@ def _finding_item(f, run_name: str | None = None) -> str:
     steps = f.evidence.get("steps") or []
     ev = (f"<div class=\"evidence\">evidence at steps {esc(', '.join(map(str, steps)))}"
           + (f" (of {esc(f.evidence['n_steps'])})" if "n_steps" in f.evidence else "")
-          + " — dashed red lines</div>") if steps else ""
+          + " — dotted lines on its layer's panel</div>") if steps else ""
     action = f"<div class=\"action\">{esc(f.action)}</div>" if f.action else ""
     return (f"<li class=\"finding {esc(f.severity)}\" data-code=\"{esc(f.code)}\">{who}"
             f"<span class=\"code\">{esc(f.code)}</span> ({esc(f.severity)}{where})"
             f"<div class=\"message\">{esc(f.message)}</div>{ev}{action}</li>")
 
 
-def _figures(runs: list, findings: list[tuple[Any, str | None]]) -> list[str]:
-    """One section per figure family, its findings beside it; findings with no figure after."""
+def _figures(runs: list, findings: list[tuple[Any, Any]]) -> list[str]:
+    """One section per figure family, its findings (with their runs) beside it, marked on it;
+    findings with no figure after. Run names are shown when there are several runs."""
     by_family: dict[str | None, list] = {}
-    for f, who in findings:
-        by_family.setdefault(figure_of(f), []).append((f, who))
+    for f, run in findings:
+        by_family.setdefault(figure_of(f), []).append((f, run))
     out, unplaced = ["<h2>Findings and figures</h2>"], list(by_family.get(None, []))
+
+    def item(f, run) -> str:
+        return _finding_item(f, run.name if len(runs) > 1 else None)
+
     for family in FAMILIES:
         mine = by_family.get(family, [])
-        svg, _ = figure_svg(runs, family, [f for f, _ in mine])
+        svg, _ = figure_svg(runs, family, mine)
         if svg is None:
             unplaced += mine
             continue
-        items = "".join(_finding_item(f, who) for f, who in mine) or \
+        items = "".join(item(f, run) for f, run in mine) or \
             "<li class=\"none\">No finding about this figure.</li>"
         out.append(f"<section class=\"figure\" id=\"fig-{family}\"><div>{_clean_svg(svg)}</div>"
                    f"<ul class=\"findings\">{items}</ul></section>")
     if unplaced:
         out.append("<h3>Findings without a figure</h3><ul class=\"findings\">"
-                   + "".join(_finding_item(f, who) for f, who in unplaced) + "</ul>")
+                   + "".join(item(f, run) for f, run in unplaced) + "</ul>")
     if not findings:
         out.insert(1, "<p class=\"none\">Findings: none.</p>")
     return out
@@ -183,7 +188,7 @@ def report_html(rep: Report) -> str:
                                           for cells in metric_rows(rep)), "metrics")]
     if rep.baseline:
         body.append(f"<p>Judged against the baseline run <span class=\"path\">{esc(rep.baseline)}</span>.</p>")
-    body += _figures([rep.run], [(f, None) for f in rep.findings])
+    body += _figures([rep.run], [(f, rep.run) for f in rep.findings])
     body += ["<h2>Run configuration</h2>", _kv_table(_config(rep.run.meta)),
              "<h2>Data summary</h2>", _kv_table(_data_summary(rep))]
     body += _samples(rep) + _notes(list(rep.run.notes))
@@ -222,7 +227,7 @@ def compare_html(cmp) -> str:
                           *[f"<td class=\"num\">{n}</td>" for n in counts]] for code, sev, counts in cmp.findings),
                         "finding-counts")]
     body += _figures([rep.run for rep in cmp.reports],
-                     [(f, rep.run.name) for rep in cmp.reports for f in rep.findings])
+                     [(f, rep.run) for rep in cmp.reports for f in rep.findings])
     configs = [_config(rep.run.meta) for rep in cmp.reports]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     rows = []

@@ -32,12 +32,12 @@ def test_esc_makes_markup_and_control_characters_text():
 @pytest.mark.parametrize("code, stat, message, family", [
     ("router_grad_zero", None, "the router gradient norm is ~0", "grad_norms"),
     ("loss_divergence", None, "loss rose", "loss"),
-    ("dead_heads", None, "head 3 gets 0%", "heads"),
+    ("head_collapse", None, "heads pinned", "heads"),
     ("load_imbalance", None, "uneven", "head_load"),
     ("redundant_stat", "heads_mean", "heads_mean restates complexity_mean", "heads"),
     ("constant_stat", "threshold_mean", "constant", "thresholds"),
     ("constant_stat", "pred_norm", "pred_norm is constant", None),      # no figure draws pred_norm
-    ("silent_zero", None, "complexity_mean is 0 on every step", "complexity"),
+    ("silent_zero", "complexity_mean", "complexity_mean is 0 on every step", "complexity"),
 ])
 def test_each_finding_goes_next_to_the_figure_of_its_series(code, stat, message, family):
     evidence = {"stat": stat} if stat else {}

@@ -1,0 +1,123 @@
+"""Calibration population: healthy runs of every router, reported, every rule's margin tabled.
+
+    .venv/bin/python bench/calibrate.py [--cache runs/calibrate] [--train-only] [--retrain moh]
+                                        [--json bench/results/calibrate.json] [--md]
+
+A rule threshold is only as good as the healthy runs it leaves alone and the broken runs it
+catches. This trains the healthy population that `moh report` must pass (issue 11):
+- 4 seeds x routers adaptive, moh, dense on the embedded corpus, and
+- 2 seeds x the same routers on the reference corpus (`--data ../shared/rustgpt/data`),
+each one `moh train` subprocess (threads=1, one at a time: the CPU is shared), nothing changed
+but router, seed and corpus. Runs are cached on disk under a key made of that configuration only
+(not of the commit), so re-reporting after a rule change does not retrain; `--retrain ROUTER`
+drops a router's cached runs (e.g. after its engine code changed).
+
+Each run is then reported like `moh report` does (criteria + findings), and a table prints every
+rule's statistic on every run next to its threshold: the margin by which the healthy run stays
+clear of the rule. Rules that do not apply to a run (a dense run has no threshold) print `n/a`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = ROOT.parent / "shared" / "rustgpt" / "data"
+ROUTERS = ("adaptive", "moh", "dense")
+EMBEDDED_SEEDS = (1, 2, 3, 4)
+REFERENCE_SEEDS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One healthy run of the population: only what distinguishes it from the defaults."""
+
+    router: str
+    seed: int
+    corpus: str  # "embedded" or "reference" (../shared/rustgpt/data)
+
+    @property
+    def name(self) -> str:
+        return f"{self.corpus}-{self.router}-s{self.seed}"
+
+    def key(self) -> str:
+        """Cache key: the configuration alone (no commit, no absolute path), so a checkout
+        anywhere, at any commit, finds the same cached run."""
+        blob = json.dumps({"router": self.router, "seed": self.seed, "corpus": self.corpus,
+                           "threads": 1}, sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def train_args(self) -> list[str]:
+        args = ["--router", self.router, "--seed", str(self.seed), "--threads", "1"]
+        if self.corpus == "reference":
+            args += ["--data", str(SHARED_DATA)]
+        return args
+
+
+def population() -> list[Member]:
+    out = [Member(r, s, "embedded") for s in EMBEDDED_SEEDS for r in ROUTERS]
+    out += [Member(r, s, "reference") for s in REFERENCE_SEEDS for r in ROUTERS]
+    return out
+
+
+def moh_command() -> list[str]:
+    exe = Path(sys.executable).with_name("moh")
+    return [str(exe)] if exe.exists() else [sys.executable, str(ROOT / "cli.py")]
+
+
+def train_member(m: Member, cache: Path, *, log=print) -> Path:
+    """The member's run.jsonl, trained into the cache unless a finished run is already there."""
+    run_dir = cache / m.key()
+    done = run_dir / "DONE"
+    if done.exists():
+        return run_dir / "run.jsonl"
+    if run_dir.exists():  # an interrupted earlier attempt: start clean
+        shutil.rmtree(run_dir)
+    t0 = time.time()
+    cmd = moh_command() + ["train", "--quiet", "--out", str(run_dir)] + m.train_args()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"calibrate: training {m.name} failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip().splitlines()[-1:] or ''}")
+    for heavy in ("model.pt", "checkpoint.pt"):  # only the log is reported; keep the cache small
+        (run_dir / heavy).unlink(missing_ok=True)
+    done.write_text(json.dumps({"member": m.__dict__, "cmd": cmd[1:], "train_s": time.time() - t0,
+                                "loadavg": os.getloadavg()}) + "\n")
+    log(f"calibrate: trained {m.name} in {time.time() - t0:.0f} s (load {os.getloadavg()[0]:.1f})")
+    return run_dir / "run.jsonl"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "calibrate",
+                    help="where trained runs are kept between invocations")
+    ap.add_argument("--train-only", action="store_true", help="train the missing runs, report nothing")
+    ap.add_argument("--retrain", action="append", default=[], choices=ROUTERS,
+                    help="drop this router's cached runs first (repeatable)")
+    args = ap.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    members = population()
+    for m in members:
+        if m.router in args.retrain and (args.cache / m.key()).exists():
+            shutil.rmtree(args.cache / m.key())
+    runs = {m: train_member(m, args.cache, log=lambda s: print(s, file=sys.stderr)) for m in members}
+    if args.train_only:
+        return 0
+    from calibrate_report import report_population  # noqa: E402  (torch-free half)
+
+    return report_population(runs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -327,7 +327,7 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
         if not len(run.steps):
             _err(f"error: {path}: no step records, nothing to judge")
             raise typer.Exit(3)
-        reports.append(report.build_report(run, specs))
+        reports.append(report.build_report(run, specs, None if criteria is None else str(criteria)))
     return reports
 
 

@@ -23,7 +23,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .criteria import Criterion, Result, evaluate, load_criteria, verdict
+from .criteria import Criterion, Result, criteria_set, evaluate, load_criteria, verdict
 from .findings import Finding, find_all
 from .jsonsafe import json_safe
 from .run import Run
@@ -68,6 +68,7 @@ class Report:
     results: list[Result]
     findings: list[Finding]
     verdict: str
+    criteria_set: dict | None = None   # which criteria judged the run and why (criteria.criteria_set)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -103,16 +104,21 @@ class Report:
             "verdict": self.verdict,
             "run": self.run_info(),
             "summary": {"criteria": self.counts, "findings": self.finding_counts},
+            "criteria_set": self.criteria_set,
             "criteria": [r.to_dict() for r in self.results],
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.run.notes),
         })
 
 
-def build_report(run: Run, criteria: list[Criterion] | None = None) -> Report:
-    results = evaluate(run, load_criteria() if criteria is None else criteria)
+def build_report(run: Run, criteria: list[Criterion] | None = None,
+                 criteria_file: str | None = None) -> Report:
+    """`criteria_file`: where `criteria` came from (None: the defaults), named in the header."""
+    criteria = load_criteria(criteria_file) if criteria is None else criteria
+    results = evaluate(run, criteria)
     findings = find_all(run)
-    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings))
+    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings),
+                  criteria_set=criteria_set(run, criteria, criteria_file))
 
 
 # ---- value formatting ------------------------------------------------------------------------
@@ -213,6 +219,21 @@ def _verdict_line(rep: Report) -> str:
             f"{f['info']} info")
 
 
+def _criteria_line(rep: Report) -> str:
+    """Which criteria set was applied, and why (the run's router kind and log source)."""
+    cs = rep.criteria_set
+    if not cs:
+        return ""
+    name = f"{cs['router']} criteria" if cs["router"] else "generic criteria"
+    src = "default criteria" if cs["file"] == "default" else f"criteria file {cs['file']}"
+    parts = [f"Criteria: {name} ({cs['reason']}; {src})"]
+    if cs["adjusted_for_router"]:
+        parts.append(f"adjusted for this router: {', '.join(cs['adjusted_for_router'])}")
+    if cs["not_applicable"]:
+        parts.append(f"n/a here: {', '.join(cs['not_applicable'])}")
+    return "; ".join(parts)
+
+
 def _run_line(rep: Report) -> str:
     i = rep.run_info()
     parts = [f"router {i['router'] or 'unknown'}"]
@@ -237,6 +258,8 @@ def render_table(rep: Report) -> Group:
     head.append(rep.run.name, style="bold")
     head.append(f"  {rep.run.path}\n", style="dim")
     head.append(_run_line(rep))
+    if _criteria_line(rep):
+        head.append("\n" + _criteria_line(rep), style="dim")
 
     t = Table(title="Expected vs actual", title_justify="left", show_lines=False, expand=False)
     for col, kw in (("Criterion", {}), ("Layer", {"justify": "right"}), ("Target", {}),
@@ -282,7 +305,8 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def render_md(rep: Report) -> str:
     lines = [f"# moh report: {md_escape(rep.run.name)}", "",
-             f"Log: {md_escape(rep.run.path)}  ", md_escape(_run_line(rep)), "",
+             f"Log: {md_escape(rep.run.path)}  ", md_escape(_run_line(rep)) + "  ",
+             md_escape(_criteria_line(rep)), "",
              f"**Verdict: {md_escape(_verdict_line(rep))}**", "", "## Expected vs actual", ""]
     lines += _md_table(["Criterion", "Layer", "Target", "Actual", "Status", "Notes"],
                        ([r.criterion + (f" ({r.phase})" if r.phase else ""), r.layer, r.target, r.actual,

@@ -41,28 +41,51 @@ REFERENCE_SEEDS = (1, 2)
 
 @dataclass(frozen=True)
 class Member:
-    """One healthy run of the population: only what distinguishes it from the defaults."""
+    """One run of the population: only what distinguishes it from the defaults."""
 
     router: str
     seed: int
     corpus: str  # "embedded" or "reference" (../shared/rustgpt/data)
+    sets: tuple[str, ...] = ()   # `--set key=value` overrides (the broken runs)
+    broken: str = ""             # what is broken, and so the codes it must trigger (BROKEN)
 
     @property
     def name(self) -> str:
-        return f"{self.corpus}-{self.router}-s{self.seed}"
+        return self.broken or f"{self.corpus}-{self.router}-s{self.seed}"
 
     def key(self) -> str:
         """Cache key: the configuration alone (no commit, no absolute path), so a checkout
         anywhere, at any commit, finds the same cached run."""
-        blob = json.dumps({"router": self.router, "seed": self.seed, "corpus": self.corpus,
-                           "threads": 1}, sort_keys=True)
+        cfg = {"router": self.router, "seed": self.seed, "corpus": self.corpus, "threads": 1}
+        if self.sets:
+            cfg["sets"] = sorted(self.sets)
+        blob = json.dumps(cfg, sort_keys=True)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def train_args(self) -> list[str]:
         args = ["--router", self.router, "--seed", str(self.seed), "--threads", "1"]
         if self.corpus == "reference":
             args += ["--data", str(SHARED_DATA)]
+        for kv in self.sets:
+            args += ["--set", kv]
         return args
+
+
+# Deliberately broken runs (default config otherwise) and the codes each must trigger: they show
+# that every threshold the healthy population clears is still crossed by a real defect.
+BROKEN = {
+    "no_straight_through": (("straight_through=false", "lb_weight=0", "z_weight=0",
+                             "complexity_weight=0", "budget_weight=0"), ("router_grad_zero",)),
+    "squeezed_threshold": (("tau_min=0.79", "tau_max=0.8"), ("threshold_pinned",)),
+    "unstable_lr": (("lr=0.05", "instruct_lr=0.05", "grad_clip=0", "warmup_steps=0"),
+                    ("grad_explosion", "loss_divergence")),
+    "no_budget_balance": (("budget_weight=0", "lb_weight=0"), ("budget_miss",)),
+    "too_few_epochs": (("pretrain_epochs=3", "instruct_epochs=3"), ("loss_plateau", "loss_not_converging")),
+}
+
+
+def broken_population() -> list[Member]:
+    return [Member("adaptive", 1, "embedded", sets, name) for name, (sets, _) in BROKEN.items()]
 
 
 def population() -> list[Member]:
@@ -107,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="drop this router's cached runs first (repeatable)")
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
-    members = population()
+    members = population() + broken_population()
     for m in members:
         if m.router in args.retrain and (args.cache / m.key()).exists():
             shutil.rmtree(args.cache / m.key())

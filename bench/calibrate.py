@@ -1,7 +1,7 @@
 """Calibration population: healthy runs of every router, reported, every rule's margin tabled.
 
     .venv/bin/python bench/calibrate.py [--cache runs/calibrate] [--train-only] [--retrain moh]
-                                        [--json bench/results/calibrate.json] [--md]
+                                        [--json bench/results/calibrate.json] [--full]
 
 A rule threshold is only as good as the healthy runs it leaves alone and the broken runs it
 catches. This trains the healthy population that `moh report` must pass (issue 11):
@@ -15,6 +15,8 @@ drops a router's cached runs (e.g. after its engine code changed).
 Each run is then reported like `moh report` does (criteria + findings), and a table prints every
 rule's statistic on every run next to its threshold: the margin by which the healthy run stays
 clear of the rule. Rules that do not apply to a run (a dense run has no threshold) print `n/a`.
+The broken runs (BROKEN) are reported the same way: each must trigger one of its codes. Exit 1
+when a healthy run is not clean or a broken run is missed.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true", help="train the missing runs, report nothing")
     ap.add_argument("--retrain", action="append", default=[], choices=ROUTERS,
                     help="drop this router's cached runs first (repeatable)")
+    ap.add_argument("--full", action="store_true", help="also table every rule statistic on every run")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "calibrate.json",
+                    help="where the per-run reports and margins are written")
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     members = population() + broken_population()
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from calibrate_report import report_population  # noqa: E402  (torch-free half)
 
-    return report_population(runs)
+    return report_population(runs, full=args.full, json_out=args.json)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pandas as pd
 from moh import schema
 
 from ..run import Run, layer_block
+from .margins import Margin
 
 
 class Context:
@@ -29,6 +30,12 @@ class Context:
         self.final_loads: dict[int, np.ndarray] | None = None
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
                            and self.steps[s].notna().any()]
+        self.margins: list[Margin] = []
+
+    def margin(self, code: str, statistic: str, value: float, threshold: float, fires: str, *,
+               layer: int | None = None, phase: str | None = None) -> None:
+        """Record what a rule compared with its threshold, whether or not it fired (margins.py)."""
+        self.margins.append(Margin(code, statistic, float(value), float(threshold), fires, layer, phase))
 
     # what the numbers are
     @property

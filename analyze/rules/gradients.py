@@ -10,7 +10,9 @@ import pandas as pd
 
 from .base import Finding, MIN_STEPS, ROUTING_GRAD_GROUPS, ZERO_ATOL, evidence, in_phase, short, where
 from .context import Context, phases
+from .loss import loss_column
 from .registry import rule, routing_rule
+from .trend import kendall_tau, theil_sen_slope
 
 GRAD_ZERO_RTOL = 1e-8        # routing grad / total grad below float32 noise: no gradient arrives
 GRAD_SPIKE_FACTOR = 10.0     # a step 10x the recent median is a blow-up, not noise
@@ -22,6 +24,13 @@ CLIP_TOL = 0.01              # "at the clip value": within 1% (epoch means of cl
 CLIP_SATURATED_FRACTION = 0.5    # clipped on most steps of a phase's second half (early steps
                                  # after init are expected above the clip): the clip sets the step
 CLIP_INFO_FRACTION = 0.25
+# grad_norm_rising, over the second half of a phase: a monotone trend (Kendall tau >= 0.6: 80%
+# of point pairs rising; healthy runs measure <= -0.24, bench/calibrate.py), a real rise (the
+# Theil-Sen line gains >= 15% of its starting level), a loss that has stopped improving (< 10%
+# lower, as loss_not_converging's "has not learned"), and a norm above the success bar.
+GRAD_RISE_TAU = 0.6
+GRAD_RISE_MIN = 0.15
+GRAD_RISE_LOSS_DROP = 0.10
 
 
 @routing_rule
@@ -40,6 +49,9 @@ def router_grad_zero(ctx: Context) -> list[Finding]:
             continue
         ref = np.where(np.isfinite(total), total, 0.0)
         zero = ok & (np.abs(v) <= np.maximum(ZERO_ATOL, GRAD_ZERO_RTOL * ref))
+        rel = np.abs(v[ok]) / np.maximum(ref[ok], ZERO_ATOL)
+        ctx.margin("router_grad_zero", "smallest routing grad / total grad on a step",
+                   float(rel.min()), GRAD_ZERO_RTOL, "<=")
         if not zero.any():
             continue
         n, nz = int(ok.sum()), int(zero.sum())
@@ -78,6 +90,12 @@ def grad_explosion(ctx: Context) -> list[Finding]:
         tail = float(np.median(g[-w:]))
         growth = (len(g) >= 2 * w and math.isfinite(calm) and calm > 0
                   and tail >= GRAD_GROWTH_FACTOR * calm and tail > GRAD_TARGET)
+        if len(g) >= 2 * w and math.isfinite(calm) and calm > 0:
+            ctx.margin("grad_explosion", "tail / calmest median grad norm", tail / calm,
+                       GRAD_GROWTH_FACTOR, ">=", phase=ph)
+        above = (g > GRAD_TARGET) & np.isfinite(ratio)
+        ctx.margin("grad_explosion", f"largest step / previous-{GRAD_SPIKE_WINDOW} median (norm > {GRAD_TARGET:g})",
+                   float(ratio[above].max()) if above.any() else 0.0, GRAD_SPIKE_FACTOR, ">=", phase=ph)
         if growth:
             out.append(Finding(
                 "grad_explosion", "error", None,
@@ -96,6 +114,51 @@ def grad_explosion(ctx: Context) -> list[Finding]:
                 f"{GRAD_SPIKE_WINDOW}{cap}",
                 evidence(st[spike], g[spike], phase=ph, max_ratio=worst),
                 "look at the batches of those steps; lower the learning rate or clip gradients"))
+    return out
+
+
+@rule
+def grad_norm_rising(ctx: Context) -> list[Finding]:
+    """The gradient norm trends upward over the second half of a phase while the loss is not
+    improving there, at a level above the success bar: training is getting less stable, not
+    converging (the seed's "Gradient Instability": 36 -> 60 while the loss stalled at 3.3)."""
+    out = []
+    col = loss_column(ctx)
+    if "grad_norm" not in ctx.steps.columns or col is None:
+        return out
+    for ph, f in phases(ctx, ctx.live_steps()):
+        g, loss = f["grad_norm"].to_numpy(float), f[col].to_numpy(float)
+        st = f["step"].to_numpy()
+        ok = np.isfinite(g) & np.isfinite(loss)
+        g, loss, st = g[ok], loss[ok], st[ok]
+        half = len(g) // 2
+        g, loss, st = g[half:], loss[half:], st[half:]
+        m = len(g)
+        if m < MIN_STEPS:
+            continue
+        k = max(1, m // 3)
+        start, end = float(np.median(g[:k])), float(np.median(g[-k:]))
+        if start <= 0:
+            continue
+        tau = kendall_tau(g)
+        rise = theil_sen_slope(g) * (m - 1) / start
+        l0, l1 = float(np.median(loss[:k])), float(np.median(loss[-k:]))
+        loss_drop = (l0 - l1) / l0 if l0 > 0 else 0.0
+        for stat, value, thr, fires in (("Kendall tau of grad norm, 2nd half", tau, GRAD_RISE_TAU, ">="),
+                                        ("Theil-Sen rise / start level, 2nd half", rise, GRAD_RISE_MIN, ">="),
+                                        ("relative loss drop, 2nd half", loss_drop, GRAD_RISE_LOSS_DROP, "<"),
+                                        ("grad norm at the end (median, last third)", end, GRAD_TARGET, ">")):
+            ctx.margin("grad_norm_rising", stat, value, thr, fires, phase=ph)
+        if tau >= GRAD_RISE_TAU and rise >= GRAD_RISE_MIN and loss_drop < GRAD_RISE_LOSS_DROP and end > GRAD_TARGET:
+            out.append(Finding(
+                "grad_norm_rising", "warning", None,
+                f"the {ctx.grad_what()}{in_phase(ph)} rose from {short(start)} to {short(end)} over the "
+                f"second half of the phase (Kendall tau {short(tau)}, +{short(100 * rise)}% by a robust "
+                f"trend) while {col} improved only {short(100 * loss_drop)}% ({short(l0)} -> {short(l1)})",
+                evidence(st[[0, k - 1, m - k, m - 1]], g[[0, k - 1, m - k, m - 1]], phase=ph, kendall_tau=tau,
+                         rise=rise, loss_start=l0, loss_end=l1, loss_drop=loss_drop),
+                "lower the learning rate (or the router LR multiplier), clip gradients, and check the "
+                "routing gates pass a usable gradient (a hard mask without straight-through does not)"))
     return out
 
 
@@ -124,6 +187,9 @@ def clip_saturation(ctx: Context) -> list[Finding]:
             if fr > worst:
                 worst, worst_ph = fr, ph
     n_at = int(at.sum())
+    if not (ctx.post_clip and ctx.epoch_mean):
+        ctx.margin("clip_saturation", "share of 2nd-half steps at/above the clip (warning)", worst,
+                   CLIP_SATURATED_FRACTION, ">=", phase=worst_ph)
     if not n_at:
         return []
     if ctx.post_clip and ctx.epoch_mean:

@@ -19,10 +19,20 @@ LOSS_MIN_REL_DROP = 0.10     # a phase that lowers its loss by < 10% has not lea
 LOSS_TAIL_SHARE = 0.10       # the last tenth of a phase still giving >= 10% of its progress
 LOSS_DIVERGE_FACTOR = 1.5    # ending 50% above the best smoothed loss of the phase
 LOSS_DIVERGE_MIN_RISE = 0.1  # ... and at least 0.1 nats above it (tiny losses are noisy)
+# loss_plateau: over the last 40% of a phase's logged steps the loss moves < 5% of its level
+# (median of the window's first half vs its second half), and it sits at >= 2x the success
+# table's bound of 0.40 -- flat and far from done. Healthy runs end at ~0.22-0.26; the seed's
+# before-fix state stalled at 3.25 (8x the bound).
+LOSS_TARGET = 0.40
+LOSS_PLATEAU_SHARE = 0.4
+LOSS_PLATEAU_MIN_POINTS = 4
+LOSS_FLAT_REL = 0.05
+LOSS_FAR_ABOVE = 2.0
 NONFINITE_ALERT = re.compile(r"non.?finite|\bnan\b|\binf", re.IGNORECASE)
 
 
-def _loss_col(ctx: Context) -> str | None:
+def loss_column(ctx: Context) -> str | None:
+    """The LM loss column when logged (aux terms excluded), else the total loss."""
     s = ctx.steps
     for c in ("lm_loss", "loss"):
         if c in s.columns and np.isfinite(s[c].to_numpy(float)).any():
@@ -43,7 +53,7 @@ def _finite_phase_series(ctx: Context, col: str):
 @rule
 def loss_not_converging(ctx: Context) -> list[Finding]:
     """A phase whose loss barely falls, or is still falling fast when the phase ends."""
-    col = _loss_col(ctx)
+    col = loss_column(ctx)
     if col is None:
         return []
     out = []
@@ -53,6 +63,12 @@ def loss_not_converging(ctx: Context) -> list[Finding]:
         head, tail = float(v[:w].mean()), float(v[-w:].mean())
         prev = float(v[-2 * w:-w].mean())
         drop = head - tail
+        if head > 0:
+            ctx.margin("loss_not_converging", "relative drop over the phase", drop / head,
+                       LOSS_MIN_REL_DROP, "<", phase=ph)
+        if drop > 0:
+            ctx.margin("loss_not_converging", "last tenth's share of the phase's drop", (prev - tail) / drop,
+                       LOSS_TAIL_SHARE, ">=", phase=ph)
         if head > 0 and drop / head < LOSS_MIN_REL_DROP:
             out.append(Finding(
                 "loss_not_converging", "warning", None,
@@ -75,7 +91,7 @@ def loss_not_converging(ctx: Context) -> list[Finding]:
 @rule
 def loss_divergence(ctx: Context) -> list[Finding]:
     """The loss climbs back well above the best it reached in the phase."""
-    col = _loss_col(ctx)
+    col = loss_column(ctx)
     if col is None:
         return []
     out = []
@@ -84,6 +100,9 @@ def loss_divergence(ctx: Context) -> list[Finding]:
         sm = pd.Series(v).rolling(w, min_periods=1).median().to_numpy()
         i_min = int(np.argmin(sm))
         best, end = float(sm[i_min]), float(sm[-1])
+        if best > 0:
+            ctx.margin("loss_divergence", "end / best rolling-median loss", end / best,
+                       LOSS_DIVERGE_FACTOR, ">=", phase=ph)
         if i_min < len(v) - 1 and end >= LOSS_DIVERGE_FACTOR * best and end - best >= LOSS_DIVERGE_MIN_RISE:
             out.append(Finding(
                 "loss_divergence", "error", None,
@@ -92,6 +111,38 @@ def loss_divergence(ctx: Context) -> list[Finding]:
                 evidence([st[i_min], st[-1]], [best, end], phase=ph, window=w),
                 "lower the learning rate, check gradient clipping and for non-finite values; resume "
                 "from a checkpoint before the rise"))
+    return out
+
+
+@rule
+def loss_plateau(ctx: Context) -> list[Finding]:
+    """The loss is flat over a sizeable last part of a phase while far above the success bar:
+    training has stalled, not converged (the seed's "Loss Not Converging": stuck near 3.3)."""
+    col = loss_column(ctx)
+    if col is None:
+        return []
+    out = []
+    for ph, st, v in _finite_phase_series(ctx, col):
+        w = max(LOSS_PLATEAU_MIN_POINTS, int(math.ceil(len(v) * LOSS_PLATEAU_SHARE)))
+        if len(v) < w:
+            continue
+        win, wst = v[-w:], st[-w:]
+        a, b = float(np.median(win[: w // 2])), float(np.median(win[w // 2:]))
+        if a <= 0:
+            continue
+        change = abs(a - b) / a
+        ctx.margin("loss_plateau", "relative change over the last 40%", change, LOSS_FLAT_REL, "<", phase=ph)
+        ctx.margin("loss_plateau", "loss level / 0.40 bar", b / LOSS_TARGET, LOSS_FAR_ABOVE, ">=", phase=ph)
+        if change < LOSS_FLAT_REL and b >= LOSS_FAR_ABOVE * LOSS_TARGET:
+            out.append(Finding(
+                "loss_plateau", "warning", None,
+                f"{col}{in_phase(ph)} is flat at {short(b)} over the last {w} logged steps "
+                f"({short(100 * change)}% change, {short(a)} -> {short(b)}), {short(b / LOSS_TARGET)}x "
+                f"the target {short(LOSS_TARGET)}: training stalled far from converged",
+                evidence(wst[[0, w // 2, -1]], win[[0, w // 2, -1]], phase=ph, first_half_median=a,
+                         second_half_median=b, relative_change=change, target=LOSS_TARGET),
+                "more epochs will not help on their own: check the gradient reaches every part of the "
+                "model (routing gates need a straight-through path), the learning rate, and the data"))
     return out
 
 
@@ -136,12 +187,13 @@ def nonfinite(ctx: Context) -> list[Finding]:
         n_alerts = int(hit.sum())
         if n_alerts:
             bad_steps.update(int(x) for x in al.loc[hit, "step"].dropna().tolist())
+    ctx.margin("nonfinite", "logged steps with non-finite values or alerts", len(bad_steps) + n_alerts, 0, ">")
     if not bad_steps and not n_alerts:
         return []
     end = ctx.run.end or {}
     failed = end.get("status") == schema.STATUS_FAILED
     last_bad = False
-    col = _loss_col(ctx)
+    col = loss_column(ctx)
     if col is not None and len(s):
         last_bad = not math.isfinite(float(s[col].iloc[-1]))
     sev = "error" if (failed or last_bad or unskipped) else "warning"

@@ -60,6 +60,11 @@ TRIGGERS = {
     "predictor_growth": dict(predictor_growth=True),
     "aux_dominates": dict(aux_dominates=True),
     "vacuous_aux": dict(vacuous_aux=["complexity"]),
+    "loss_plateau": dict(loss_plateau=True),
+    "grad_norm_rising": dict(grad_rising=True),
+    "threshold_pinned": dict(threshold_pinned=True),
+    "uniform_allocation": dict(uniform_allocation=True),
+    "budget_miss": dict(budget_miss=True),
 }
 
 

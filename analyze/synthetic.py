@@ -70,7 +70,7 @@ class Synthetic:
     heads_restate_complexity: bool = False  # heads_mean = k_min + (H - k_min) * complexity_mean
     router_grad_zero: bool = False     # router / complexity / threshold grad norms exactly 0
     grad_explosion: bool = False       # grad norm grows ~1e4x over the last 30% of the run
-    clip_saturation: bool = False      # pre-clip norm pinned at 1.2-2x the clip threshold
+    clip_saturation: bool = False      # pre-clip norm pinned at 2-3x the clip threshold
     loss_flat: bool = False            # loss never falls
     loss_diverge: bool = False         # loss falls, then climbs back over the last 30%
     nonfinite: bool = False            # a few NaN losses / inf grad norms, skipped, with alerts
@@ -231,7 +231,7 @@ class _Sim:
         if cfg.grad_explosion:
             g = g * np.exp(np.clip((u - 0.7) / 0.3, 0, 1) * np.log(1e4))
         if cfg.clip_saturation:
-            g = (cfg.grad_clip or 1.0) * rng.uniform(1.2, 2.0, m)
+            g = (cfg.grad_clip or 1.0) * rng.uniform(2.0, 3.0, m)
         if cfg.grad_rising:
             g = 30.0 * (1 + 0.8 * v) * np.exp(rng.normal(0, 0.05, m))
         out["grad_norm"] = g

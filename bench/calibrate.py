@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true", help="train the missing runs, report nothing")
     ap.add_argument("--retrain", action="append", default=[], choices=ROUTERS,
                     help="drop this router's cached runs first (repeatable)")
+    ap.add_argument("--no-train", action="store_true",
+                    help="report the runs already in the cache, train nothing (missing runs are listed)")
     ap.add_argument("--full", action="store_true", help="also table every rule statistic on every run")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "calibrate.json",
                     help="where the per-run reports and margins are written")
@@ -139,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     for m in members:
         if m.router in args.retrain and (args.cache / m.key()).exists():
             shutil.rmtree(args.cache / m.key())
-    runs = {m: train_member(m, args.cache, log=lambda s: print(s, file=sys.stderr)) for m in members}
+    if args.no_train:
+        runs = {m: args.cache / m.key() / "run.jsonl" for m in members if (args.cache / m.key() / "DONE").exists()}
+        for m in members:
+            if m not in runs:
+                print(f"calibrate: {m.name} not trained yet (left out)", file=sys.stderr)
+    else:
+        runs = {m: train_member(m, args.cache, log=lambda s: print(s, file=sys.stderr)) for m in members}
     if args.train_only:
         return 0
     from calibrate_report import report_population  # noqa: E402  (torch-free half)

@@ -59,6 +59,30 @@ def _worst_per_stat(margins: list[dict]) -> dict[tuple[str, str], dict]:
     return out
 
 
+def rule_clearance(margins: list[dict]) -> dict[str, tuple[float, bool]]:
+    """Per rule: (how clear the run is of it, whether its thresholds were crossed). Over each
+    (layer, phase) the rule judged, joint conditions (all must cross to fire) count by their
+    largest margin, single conditions (any one fires) by their smallest; then the smallest over
+    layers and phases."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for m in margins:
+        if m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])):
+            continue
+        groups[(m["code"], m["layer"], m["phase"])].append(m)
+    out: dict[str, tuple[float, bool]] = {}
+    for (code, _, _), ms in groups.items():
+        joint = [m for m in ms if m.get("joint")]
+        single = [m for m in ms if not m.get("joint")]
+        parts = []
+        if joint:
+            parts.append((max(m["margin"] for m in joint), all(m["crossed"] for m in joint)))
+        parts += [(m["margin"], m["crossed"]) for m in single]
+        clear, crossed = min(p[0] for p in parts), any(p[1] for p in parts)
+        prev = out.get(code, (math.inf, False))
+        out[code] = (min(prev[0], clear), prev[1] or crossed)
+    return out
+
+
 def build_tables(results: dict, members: dict) -> dict:
     """results: name -> report_run dict; members: name -> (router, corpus, broken label)."""
     stats: dict[tuple[str, str], dict] = {}
@@ -99,6 +123,19 @@ def render(results: dict, members: dict, full: bool = False) -> str:
         w = "—" if worst is None else f"{_num(worst[1])} ({worst[0]})"
         lines.append(f"| `{code}` | {stat} | {row['fires']} {_num(row['threshold'])} | {rng('adaptive')} | "
                      f"{rng('moh')} | {rng('dense')} | {w} | {', '.join(row['broken_crossing']) or '—'} |")
+    lines += ["", "## Rules as a whole: clearance on healthy runs, firing on broken runs", "",
+              "| rule | healthy runs clear | smallest healthy clearance (run) | broken runs it fires on |",
+              "|---|---|---|---|"]
+    codes = sorted({code for code, _ in stats})
+    for code in codes:
+        healthy = [(name, rule_clearance(res["margins"]).get(code)) for name, res in results.items()
+                   if not members[name][2]]
+        healthy = [(n, c) for n, c in healthy if c is not None and math.isfinite(c[0])]
+        n_clear = sum(1 for _, c in healthy if not c[1])
+        worst = min(((n, c[0]) for n, c in healthy), key=lambda x: x[1]) if healthy else None
+        fires = [members[n][2] for n, res in results.items() if members[n][2] and code in res["codes"]]
+        lines.append(f"| `{code}` | {n_clear}/{len(healthy)} | "
+                     f"{'—' if worst is None else f'{_num(worst[1])} ({worst[0]})'} | {', '.join(fires) or '—'} |")
     if full:
         lines += ["", "## Every rule statistic on every run (worst layer/phase)", "",
                   "| rule | statistic | threshold | run | layer | phase | value | margin |", "|---|---|---|---|---|---|---|---|"]

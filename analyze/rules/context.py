@@ -33,9 +33,10 @@ class Context:
         self.margins: list[Margin] = []
 
     def margin(self, code: str, statistic: str, value: float, threshold: float, fires: str, *,
-               layer: int | None = None, phase: str | None = None) -> None:
-        """Record what a rule compared with its threshold, whether or not it fired (margins.py)."""
-        self.margins.append(Margin(code, statistic, float(value), float(threshold), fires, layer, phase))
+               layer: int | None = None, phase: str | None = None, joint: bool = False) -> None:
+        """Record what a rule compared with its threshold, whether or not it fired (margins.py);
+        joint: one of several conditions that must all cross."""
+        self.margins.append(Margin(code, statistic, float(value), float(threshold), fires, layer, phase, joint))
 
     # what the numbers are
     @property

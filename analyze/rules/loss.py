@@ -131,8 +131,10 @@ def loss_plateau(ctx: Context) -> list[Finding]:
         if a <= 0:
             continue
         change = abs(a - b) / a
-        ctx.margin("loss_plateau", "relative change over the last 40%", change, LOSS_FLAT_REL, "<", phase=ph)
-        ctx.margin("loss_plateau", "loss level / 0.40 bar", b / LOSS_TARGET, LOSS_FAR_ABOVE, ">=", phase=ph)
+        ctx.margin("loss_plateau", "relative change over the last 40%", change, LOSS_FLAT_REL, "<",
+                   phase=ph, joint=True)
+        ctx.margin("loss_plateau", "loss level / 0.40 bar", b / LOSS_TARGET, LOSS_FAR_ABOVE, ">=",
+                   phase=ph, joint=True)
         if change < LOSS_FLAT_REL and b >= LOSS_FAR_ABOVE * LOSS_TARGET:
             out.append(Finding(
                 "loss_plateau", "warning", None,

@@ -23,6 +23,10 @@ class Margin:
     fires: str               # the rule fires when `value <fires> threshold`
     layer: int | None = None
     phase: str | None = None
+    # True: one of several conditions that must ALL cross for the rule to fire (its other
+    # statistics recorded alongside, same layer and phase); a run is clear of the rule when any
+    # one of them is clear.
+    joint: bool = False
 
     @property
     def crossed(self) -> bool:
@@ -44,4 +48,5 @@ class Margin:
     def to_dict(self) -> dict:
         return {"code": self.code, "statistic": self.statistic, "value": self.value,
                 "threshold": self.threshold, "fires": self.fires, "layer": self.layer,
-                "phase": self.phase, "crossed": self.crossed, "margin": self.margin}
+                "phase": self.phase, "crossed": self.crossed, "margin": self.margin,
+                "joint": self.joint}

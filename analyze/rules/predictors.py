@@ -42,9 +42,10 @@ def predictor_growth(ctx: Context) -> list[Finding]:
         overall = (last - base) / (n - w - i0)
         recent = (last - mid) / (n - w - q3)
         share = recent / overall if overall > 0 else 0.0
-        ctx.margin("predictor_growth", "final / initial predictor norm", ratio, PRED_GROWTH_RATIO, ">=", layer=li)
+        ctx.margin("predictor_growth", "final / initial predictor norm", ratio, PRED_GROWTH_RATIO, ">=", layer=li,
+                   joint=True)
         ctx.margin("predictor_growth", "last quarter's growth rate / overall rate", share, PRED_RATE_SHARE,
-                   ">=", layer=li)
+                   ">=", layer=li, joint=True)
         if ratio >= PRED_GROWTH_RATIO and share >= PRED_RATE_SHARE:
             out.append(Finding(
                 "predictor_growth", "warning", li,

@@ -89,7 +89,7 @@ BROKEN = {
     "no_straight_through": (("straight_through=false", "lb_weight=0", "z_weight=0",
                              "complexity_weight=0", "budget_weight=0"), ("router_grad_zero",)),
     "squeezed_threshold": (("tau_min=0.79", "tau_max=0.8"), ("threshold_pinned",)),
-    "unstable_lr": (("lr=0.05", "instruct_lr=0.05", "grad_clip=0", "warmup_steps=0"),
+    "unstable_lr": (("lr=0.3", "instruct_lr=0.3", "grad_clip=0", "warmup_steps=0"),
                     ("grad_explosion", "loss_divergence")),
     "no_budget_balance": (("budget_weight=0", "lb_weight=0"), ("budget_miss",)),
     "too_few_epochs": (("pretrain_epochs=3", "instruct_epochs=3"), ("loss_plateau", "loss_not_converging")),

@@ -127,27 +127,65 @@ def _late_far_and_falling(ctx: Context, ph, st, v):
 
 @rule
 def loss_divergence(ctx: Context) -> list[Finding]:
-    """The loss climbs back well above the best it reached in the phase."""
+    """The loss climbs back well above the best it reached in the phase: at the end (error), or
+    at some point after which it recovered (a transient divergence, warning), or above the loss of
+    a uniform guess over the vocabulary (ln V, where a fresh model starts: an unstable learning
+    rate throws the weights off on the first updates, before a lower loss is ever logged). The
+    uniform bound applies to the run's first phase only: a later phase starts from a trained model,
+    which can be confidently wrong on new data (healthy instruction tuning starts at ~1.7x ln V)."""
     col = loss_column(ctx)
     if col is None:
         return []
     out = []
-    for ph, st, v in _finite_phase_series(ctx, col):
+    vocab = (ctx.run.meta.get("data") or {}).get("vocab_size")
+    uniform = math.log(vocab) if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 1 else None
+    for k, (ph, st, v) in enumerate(_finite_phase_series(ctx, col)):
+        if k:
+            uniform = None  # from a trained model, not a fresh one
         w = max(3, len(v) // 20)
         sm = pd.Series(v).rolling(w, min_periods=1).median().to_numpy()
         i_min = int(np.argmin(sm))
         best, end = float(sm[i_min]), float(sm[-1])
+        so_far = np.minimum.accumulate(sm)
+        i_peak = int(np.argmax(sm / np.where(so_far > 0, so_far, np.inf)))
+        peak, low = float(sm[i_peak]), float(so_far[i_peak])
+        i_low = int(np.argmin(sm[: i_peak + 1]))
+        i_top = int(np.argmax(sm))
+        top = float(sm[i_top])
         if best > 0:
             ctx.margin("loss_divergence", "end / best rolling-median loss", end / best,
                        LOSS_DIVERGE_FACTOR, ">=", phase=ph)
+            ctx.margin("loss_divergence", "peak / best-so-far rolling-median loss", peak / low,
+                       LOSS_DIVERGE_FACTOR, ">=", phase=ph, joint=True)
+            ctx.margin("loss_divergence", "peak - best-so-far (nats)", peak - low, LOSS_DIVERGE_MIN_RISE,
+                       ">=", phase=ph, joint=True)
+        if uniform is not None:
+            ctx.margin("loss_divergence", "highest rolling-median loss / ln(vocab)", top / uniform,
+                       LOSS_DIVERGE_FACTOR, ">=", phase=ph)
+        climbed = low > 0 and peak >= LOSS_DIVERGE_FACTOR * low and peak - low >= LOSS_DIVERGE_MIN_RISE
+        above_uniform = uniform is not None and top >= LOSS_DIVERGE_FACTOR * uniform
+        window = f"(rolling median over {w} logged steps)"
         if i_min < len(v) - 1 and end >= LOSS_DIVERGE_FACTOR * best and end - best >= LOSS_DIVERGE_MIN_RISE:
             out.append(Finding(
                 "loss_divergence", "error", None,
                 f"{col}{in_phase(ph)} rose from its best {short(best)} (step {int(st[i_min])}) to {short(end)} "
-                f"at the end (rolling median over {w} logged steps)",
+                f"at the end {window}",
                 evidence([st[i_min], st[-1]], [best, end], phase=ph, window=w),
                 "lower the learning rate, check gradient clipping and for non-finite values; resume "
                 "from a checkpoint before the rise"))
+        elif climbed or above_uniform:
+            what = (f"rose from {short(low)} (step {int(st[i_low])}) to {short(peak)} (step {int(st[i_peak])}, "
+                    f"{short(peak / low)}x)" if climbed else
+                    f"reached {short(top)} (step {int(st[i_top])}), {short(top / uniform)}x the {short(uniform)} "
+                    f"of a uniform guess over the {vocab}-token vocabulary,")
+            out.append(Finding(
+                "loss_divergence", "warning", None,
+                f"{col}{in_phase(ph)} {what} before it recovered to {short(end)} {window}: a transient divergence",
+                evidence([st[i_low], st[i_peak], st[i_top], st[-1]], [low, peak, top, end], phase=ph, window=w,
+                         peak_over_best=peak / low if low > 0 else None,
+                         top_over_uniform=None if uniform is None else top / uniform),
+                "lower the learning rate or warm it up (warmup_steps), and clip gradients: the "
+                "weights were thrown off and the run relearned from there"))
     return out
 
 

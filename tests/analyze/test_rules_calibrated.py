@@ -9,6 +9,7 @@ severity and layer are asserted.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,77 @@ def test_before_fix_log_gets_the_gradient_and_the_loss_finding():
     (lp,) = [f for f in found if f.code == "loss_plateau"]
     # last 4 epochs: 3.33 3.30 | 3.27 3.25 -> medians 3.315 and 3.26
     assert lp.evidence["relative_change"] == pytest.approx((3.315 - 3.26) / 3.315, rel=1e-5)
+
+
+# ---- loss_divergence: transient climbs and the uniform-guess bound -----------------------------------
+# One phase of 60 logged steps (rolling median window 3): a flat loss with a bump of 5 steps in
+# the middle; the median of any 3 consecutive values inside the bump is the bump's value.
+
+def _bump(base: float, bump: float, vocab: int | None = None, phases=("pretrain",)) -> list[dict]:
+    recs = make_records(n_steps=60, phases=phases)
+    if vocab is not None:
+        recs[0]["data"] = {"vocab_size": vocab}
+    for j, r in enumerate(_steps(recs)):
+        r["lm_loss"] = r["loss"] = bump if 28 <= j < 33 else base
+    return recs
+
+
+@pytest.mark.parametrize("bump, fires", [(1.52, True), (1.48, False)])  # x1.5 the best so far
+def test_loss_divergence_transient_climb(tmp_path, bump, fires):
+    found = _found(tmp_path, _bump(1.0, bump), "loss_divergence")
+    if fires:
+        (f,) = found
+        assert f.severity == "warning" and f.layer is None
+        assert f.evidence["peak_over_best"] == pytest.approx(bump)
+    else:
+        assert found == []
+
+
+def test_loss_divergence_transient_needs_a_tenth_of_a_nat(tmp_path):
+    assert _found(tmp_path, _bump(0.1, 0.19), "loss_divergence", "small") == []   # 1.9x but +0.09
+    assert len(_found(tmp_path, _bump(0.1, 0.21), "loss_divergence", "big")) == 1  # 2.1x and +0.11
+
+
+@pytest.mark.parametrize("top, fires", [(1.52 * math.log(1000), True), (1.48 * math.log(1000), False)])
+def test_loss_divergence_above_a_uniform_guess_in_the_first_phase(tmp_path, top, fires):
+    # the loss starts at the bump (already thrown off), then falls to 3: no lower value before it
+    recs = make_records(n_steps=60, phases=("pretrain",))
+    recs[0]["data"] = {"vocab_size": 1000}
+    for j, r in enumerate(_steps(recs)):
+        r["lm_loss"] = r["loss"] = top if j < 10 else 3.0
+    found = _found(tmp_path, recs, "loss_divergence")
+    if fires:
+        (f,) = found
+        assert f.severity == "warning"
+        assert f.evidence["top_over_uniform"] == pytest.approx(top / math.log(1000), rel=1e-5)
+    else:
+        assert found == []
+
+
+def test_loss_divergence_uniform_bound_skips_later_phases(tmp_path):
+    recs = make_records(n_steps=120, phases=("pretrain", "instruct"))
+    recs[0]["data"] = {"vocab_size": 1000}
+    for j, r in enumerate(_steps(recs)):
+        first = r["phase"] == "pretrain"
+        r["lm_loss"] = r["loss"] = (5.0 if first else (2.0 * math.log(1000) if j < 70 else 1.0))
+    assert _found(tmp_path, recs, "loss_divergence") == []
+
+
+# ---- loss_not_converging: stopped far above the bar, still falling -----------------------------------
+# One phase of 20 logged steps: a steady fall, then the late window (last 8) at a in its first half
+# and b in its second: relative fall (a - b) / a, level b / 0.40.
+
+@pytest.mark.parametrize("a, b, fires", [
+    (1.0, 0.94, True),     # 6% fall at 2.35x the bar
+    (1.0, 0.96, False),    # 4%: flat (loss_plateau's case)
+    (0.84, 0.78, False),   # 7% fall but 1.95x the bar: not far above it
+    (0.88, 0.82, True),    # 6.8% fall at 2.05x
+])
+def test_loss_not_converging_far_above_and_still_falling(tmp_path, a, b, fires):
+    found = [f for f in _found(tmp_path, _plateau(a, b), "loss_not_converging") if "second_half_median" in f.evidence]
+    if fires:
+        (f,) = found
+        assert f.severity == "warning" and f.layer is None
+        assert f.evidence["relative_fall"] == pytest.approx((a - b) / a, rel=1e-5)
+    else:
+        assert found == []

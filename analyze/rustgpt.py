@@ -447,9 +447,8 @@ def parse_epoch_line(line: str) -> dict | None:
             if seen.get(label) == vals:
                 continue  # a TRM prints its one shared layer twice
             seen.setdefault(label, vals)
-            layer = dict.fromkeys(schema.LAYER_FIELDS)
-            layer.update(layer=len(layers), label=label, heads_mean=vals[0], threshold_mean=vals[1])
-            layers.append(layer)
+            layers.append(schema.layer_row(layer=len(layers), label=label, heads_mean=vals[0],
+                                           threshold_mean=vals[1]))
             continue
         key, sep, value = part.partition(":")
         key = key.strip()
@@ -671,40 +670,38 @@ def _assemble(steps, phases, config, summary, stack, before, after, finished, ex
     if any(r.get("grad_norms_source") for r in steps):
         semantics["grad_norms"] = ("mean over the epoch's batches that logged per-layer norms "
                                    "(grad_norms_source, grad_norms_batches); clipping state unknown")
-    run_start = {
-        "event": schema.RUN_START,
-        "schema_version": schema.SCHEMA_VERSION,
-        "run_id": f"rustgpt-{Path(name).stem}",
-        "time": t0,
-        "config": {**config, **({"summary": summary} if summary else {}), **({"layer_stack": stack} if stack else {})},
-        "model": {
+    run_start = schema.record(
+        schema.RUN_START,
+        schema_version=schema.SCHEMA_VERSION,
+        run_id=f"rustgpt-{Path(name).stem}",
+        time=t0,
+        config={**config, **({"summary": summary} if summary else {}), **({"layer_stack": stack} if stack else {})},
+        model={
             "n_layers": len(labels),
             "n_heads": n_heads if not heads_assumed else ASSUMED_N_HEADS,
             "d_model": summary.get("Embedding Dimension"),
             "router": "adaptive" if labels else None,
             "params": summary.get("Total Parameters"),
         },
-        "world_size": 1,
-        "source": SOURCE,
-        "semantics": semantics,
-        "import": {
+        world_size=1,
+        source=SOURCE,
+        semantics=semantics,
+        extra={"import": {
             "file": Path(name).name, "encoding": encoding, "lines": n_lines, "noise_lines": n_noise,
             "phases": phases, "notes": notes,
             "samples_before_training": before,
-        },
-    }
+        }},
+    )
     out = [run_start]
     for rec in steps:
-        step = {
-            "event": schema.STEP, "step": rec["step"], "epoch": rec["epoch"], "phase": rec["phase"],
-            "time": rec["time"], "loss": rec["loss"], "lm_loss": None, "lr": rec["lr"],
-            "grad_norm": rec["grad_norm"], "grad_norm_clipped": None,
-            "grad_norms": rec.pop("grad_norms", None), "aux": rec.pop("aux", {}), "layers": rec["layers"],
-        }
-        for k, v in rec.items():
-            if k not in step:
-                step[k] = v
-        out.append(step)
+        # the rest of the parsed line follows in its order: optional contract fields (elapsed) and
+        # what the text log adds beyond the contract (model-wide stats, TRM/DynW lines)
+        out.append(schema.record(
+            schema.STEP, step=rec["step"], epoch=rec["epoch"], phase=rec["phase"],
+            time=rec["time"], loss=rec["loss"], lm_loss=None, lr=rec["lr"],
+            grad_norm=rec["grad_norm"], grad_norm_clipped=None,
+            grad_norms=rec.pop("grad_norms", None), aux=rec.pop("aux", {}), layers=rec["layers"],
+            extra=rec))
     last = steps[-1]
     if after:
         samples = []
@@ -712,17 +709,17 @@ def _assemble(steps, phases, config, summary, stack, before, after, finished, ex
             expected, match = match_sample(s["prompt"], s["output"], examples)
             samples.append({"prompt": s["prompt"], "expected": expected, "output": s["output"], "match": match})
         known = [s["match"] for s in samples if s["match"] is not None]
-        out.append({
-            "event": schema.EVAL, "step": last["step"], "phase": last["phase"], "loss": None,
-            "exact_match": (sum(known) / len(known)) if known else None, "samples": samples,
-        })
+        out.append(schema.record(
+            schema.EVAL, step=last["step"], phase=last["phase"], loss=None,
+            exact_match=(sum(known) / len(known)) if known else None, samples=samples,
+        ))
     if finished:
         end_time = last["time"]
-        out.append({
-            "event": schema.RUN_END, "time": end_time, "status": schema.STATUS_COMPLETED,
-            "steps": len(steps),
-            "wall_s": (end_time - t0) if end_time is not None and t0 is not None else None,
-        })
+        out.append(schema.record(
+            schema.RUN_END, time=end_time, status=schema.STATUS_COMPLETED,
+            steps=len(steps),
+            wall_s=(end_time - t0) if end_time is not None and t0 is not None else None,
+        ))
     return out
 
 

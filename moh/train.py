@@ -62,7 +62,6 @@ def _f(t: torch.Tensor | float | None) -> float | None:
 
 
 _LIST_STATS = ("head_load", "heads_hist", "prob_mean")  # per-head / per-count lists
-_FULL_TIER_STATS = ("heads_hist", "prob_mean")  # optional layer keys (telemetry_tier = "full")
 
 
 def _rows(stats: list[dict[str, Any]]) -> list[dict]:
@@ -84,8 +83,7 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
             chunk = values[pos : pos + n]
             pos += n
             row[k] = chunk if k in _LIST_STATS else chunk[0]
-        rows.append({f: row.get(f) for f in schema.LAYER_FIELDS}
-                    | {k: row[k] for k in _FULL_TIER_STATS if k in row})
+        rows.append(schema.layer_row(**row))
     return rows
 
 
@@ -131,19 +129,19 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     cb = (callback if info.is_main else None) or (lambda kind, info: None)
 
     run_id = uuid.uuid4().hex[:12] if resume is None else resume["run_id"]
-    start = {
-        "event": schema.RUN_START, "schema_version": schema.SCHEMA_VERSION, "run_id": run_id,
-        "time": t0, "config": cfg.to_dict(),
-        "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
-                  "router": cfg.router, "params": model.num_params()},
-        "world_size": info.world_size, "source": schema.SOURCE_MOH,
-        "semantics": {**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
-        "backend": info.backend, "device": str(info.device),
-        "data": {"source": corpus.source, "pretrain_examples": len(pre_seqs),
-                 "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
-                 "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
-                 "eval_prompts": len(held)},
-    }
+    start = schema.record(
+        schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=run_id,
+        time=t0, config=cfg.to_dict(),
+        model={"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
+               "router": cfg.router, "params": model.num_params()},
+        world_size=info.world_size, source=schema.SOURCE_MOH,
+        semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
+        backend=info.backend, device=str(info.device),
+        data={"source": corpus.source, "pretrain_examples": len(pre_seqs),
+              "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
+              "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
+              "eval_prompts": len(held)},
+    )
     at = None if resume is None else resume["position"]
     if at is None:
         log.write(start)
@@ -153,9 +151,10 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         if n_cut:
             log.alert(0, "warning", "truncated", f"{n_cut} examples longer than max_len={cfg.max_len} tokens were cut")
     else:
-        log.write({"event": schema.RESUME, "time": t0, "step": at["step"], "run_id": run_id,
-                   "checkpoint": os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
-                   "phase": at.get("phase_name"), "epoch": at["epoch"], "batch": at["batch"]})
+        log.write(schema.record(
+            schema.RESUME, time=t0, step=at["step"], run_id=run_id,
+            checkpoint=os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
+            phase=at.get("phase_name"), epoch=at["epoch"], batch=at["batch"]))
         torn = files[0].torn_bytes if files else 0
         if torn:
             log.alert(at["step"], "warning", "torn_line",
@@ -217,8 +216,8 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         result.steps, result.wall_s = step, time.time() - t0
         ending = result.status != schema.STATUS_COMPLETED  # an exception may be on its way out
         try:  # on a full disk the run_end cannot be written either: keep the first error
-            log.write({"event": schema.RUN_END, "time": time.time(), "status": result.status,
-                       "steps": step, "wall_s": result.wall_s})
+            log.write(schema.record(schema.RUN_END, time=time.time(), status=result.status,
+                                    steps=step, wall_s=result.wall_s))
         except OSError:
             if not ending:
                 raise
@@ -263,8 +262,8 @@ class _Log:
             s.write(record)
 
     def alert(self, step: int, level: str, code: str, message: str) -> None:
-        self.write({"event": schema.ALERT, "step": step, "level": level, "code": code,
-                    "message": message, "time": time.time()})
+        self.write(schema.record(schema.ALERT, step=step, level=level, code=code,
+                                 message=message, time=time.time()))
 
     def sync(self) -> None:
         for s in self.sinks:
@@ -349,20 +348,20 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             result.steps = step  # what run_end reports if the phase ends by an exception
             last = i == total
             if step % cfg.log_every == 0 or last or not finite:
-                rec = {
-                    "event": schema.STEP, "step": step, "epoch": epoch, "phase": phase, "time": time.time(),
-                    "elapsed": time.time() - log.t0,
-                    "loss": _f(loss), "lm_loss": _f(lm_loss), "lr": lr,
-                    "grad_norm": _f(norm), "grad_norm_clipped": _f(clipped) if finite else None,
-                    "grad_norms": {g: _f(v) for g, v in per_group.items()},
-                    "aux": {t: _f(aux[t]) for t in TERMS},
-                    "aux_weighted": {t: (None if aux[t] is None else
-                                         getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    "layers": _rows(distributed.layer_stats_global(routings, valid, full=cfg.telemetry_tier == "full")
-                                    if info.distributed else
-                                    [layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
-                    "tokens": int(n_tok), "skipped": not finite,
-                }
+                rec = schema.record(
+                    schema.STEP, step=step, epoch=epoch, phase=phase, time=time.time(),
+                    elapsed=time.time() - log.t0,
+                    loss=_f(loss), lm_loss=_f(lm_loss), lr=lr,
+                    grad_norm=_f(norm), grad_norm_clipped=_f(clipped) if finite else None,
+                    grad_norms={g: _f(v) for g, v in per_group.items()},
+                    aux={t: _f(aux[t]) for t in TERMS},
+                    aux_weighted={t: (None if aux[t] is None else
+                                      getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
+                    layers=_rows(distributed.layer_stats_global(routings, valid, full=cfg.telemetry_tier == "full")
+                                 if info.distributed else
+                                 [layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
+                    tokens=int(n_tok), skipped=not finite,
+                )
                 log.write(rec)
                 result.last_step[phase] = rec
                 heads = [l["heads_mean"] for l in rec["layers"]]
@@ -383,8 +382,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     _, mine = exact_match(model, distributed.shard(held, info), tok, cfg.eval_max_new_tokens)
     samples = [s for part in distributed.gather_objects(mine, info) for s in part]
     em = sum(s["match"] for s in samples) / len(samples) if samples else None
-    rec = {"event": schema.EVAL, "step": step, "phase": phase, "loss": ev_loss, "exact_match": em,
-           "samples": samples, "time": time.time()}
+    rec = schema.record(schema.EVAL, step=step, phase=phase, loss=ev_loss, exact_match=em,
+                        samples=samples, time=time.time())
     log.write(rec)
     result.evals.append(rec)
     cb("eval", rec)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .base import Finding, HEAD_COLLAPSE_TOL, evidence, short, where
+from .base import HEAD_COLLAPSE_TOL, Finding, evidence, short
 from .context import Context
 from .registry import routing_rule
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from moh import schema
 
-from .base import Finding, MIN_STEPS, evidence, finite, in_phase, short
+from .base import MIN_STEPS, Finding, evidence, in_phase, short
 from .context import Context, phases
 from .registry import rule
 

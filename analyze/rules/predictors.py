@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moh import schema
+
 from .base import Finding, MIN_STEPS, ZERO_ATOL, evidence, finite, short, where
 from .context import Context
 from .registry import routing_rule
@@ -18,8 +20,6 @@ PRED_GROWTH_RATIO = 3.0      # final / initial predictor norm
 PRED_RATE_SHARE = 0.2
 PRED_SMOOTH_SHARE = 0.05     # levels are means over 5% of the run (noise of one logged step)
 AUX_SHARE_MAX = 0.3          # weighted aux >= 30% of the total loss competes with the LM loss
-AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight"}
 
 
 @routing_rule
@@ -111,7 +111,7 @@ def vacuous_aux(ctx: Context) -> list[Finding]:
         if len(v) < MIN_STEPS or not np.all(np.abs(v) <= ZERO_ATOL):
             continue
         term = c.split(".", 1)[1]
-        weight = ctx.config.get(AUX_WEIGHT_KEYS.get(term, f"{term}_weight"))
+        weight = ctx.config.get(schema.AUX_WEIGHT_KEYS.get(term, f"{term}_weight"))
         off = isinstance(weight, (int, float)) and weight == 0
         out.append(Finding(
             "vacuous_aux", "info" if off else "warning", None,

@@ -108,11 +108,11 @@ def missing_stat(ctx: Context) -> list[Finding]:
     if ctx.source == schema.SOURCE_MOH and ctx.router == "adaptive":
         s = ctx.steps
         for g in ROUTING_GRAD_GROUPS:
-            col = f"grad.{g}"
+            col = schema.grad_column(g)
             if col not in s.columns or not s[col].notna().any():
                 out.append(Finding(
                     "missing_stat", "error", None,
-                    f"grad_norms.{g} is absent: nothing shows whether the {g} receives a gradient",
+                    f"{col} is absent: nothing shows whether the {g} receives a gradient",
                     evidence(stat=col), f"log the gradient norm of the {g} parameters on every step"))
     if not ctx.run.head_load.shape[0] and ctx.source == schema.SOURCE_MOH and ctx.router in ("adaptive", "moh"):
         out.append(Finding("missing_stat", "error", None, "head_load is absent or null on every step",

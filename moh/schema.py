@@ -65,7 +65,8 @@ GRAD_GROUPS = ("embedding", "attention", "ffn", "router", "complexity", "thresho
 ROUTING_GRAD_GROUPS = ("router", "complexity", "threshold")
 # Auxiliary loss terms (`aux`, `aux_weighted`) and the config key of each term's weight.
 AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight"}
+                   "complexity": "complexity_weight", "budget": "budget_weight",
+                   "entropy": "entropy_weight"}
 AUX_TERMS = tuple(AUX_WEIGHT_KEYS)
 
 

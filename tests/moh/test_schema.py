@@ -105,7 +105,7 @@ def test_derived_names_match_the_definitions():
     assert schema.grad_column("router") == "grad.router"
     assert schema.aux_column("z", weighted=True) == "aux_weighted.z"
     assert set(schema.ROUTING_GRAD_GROUPS) < set(schema.GRAD_GROUPS)
-    assert schema.AUX_TERMS == ("load_balance", "z", "complexity", "budget")
+    assert schema.AUX_TERMS == ("load_balance", "z", "complexity", "budget", "entropy")
 
 
 _PROBE = r'''

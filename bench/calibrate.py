@@ -1,7 +1,8 @@
 """Calibration population: healthy runs of every router, reported, every rule's margin tabled.
 
     .venv/bin/python bench/calibrate.py [--cache runs/calibrate] [--train-only] [--retrain moh]
-                                        [--json bench/results/calibrate.json] [--full]
+                                        [--no-train] [--json bench/results/calibrate.json] [--full]
+                                        [--write-docs]
 
 A rule threshold is only as good as the healthy runs it leaves alone and the broken runs it
 catches. This trains the healthy population that `moh report` must pass (issue 11):
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-train", action="store_true",
                     help="report the runs already in the cache, train nothing (missing runs are listed)")
     ap.add_argument("--full", action="store_true", help="also table every rule statistic on every run")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="put the tables into docs/findings.md between its calibrate markers")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "calibrate.json",
                     help="where the per-run reports and margins are written")
     args = ap.parse_args(argv)
@@ -166,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from calibrate_report import report_population  # noqa: E402  (torch-free half)
 
-    return report_population(runs, full=args.full, json_out=args.json)
+    return report_population(runs, full=args.full, json_out=args.json,
+                             docs=ROOT / "docs" / "findings.md" if args.write_docs else None)
 
 
 if __name__ == "__main__":

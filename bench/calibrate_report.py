@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -147,7 +149,26 @@ def render(results: dict, members: dict, full: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_population(runs: dict, *, full: bool = False, json_out: Path | None = None) -> int:
+DOCS_BEGIN = "<!-- calibrate:begin (bench/calibrate.py --write-docs replaces this part) -->"
+DOCS_END = "<!-- calibrate:end -->"
+
+
+def write_docs(path: Path, text: str) -> None:
+    """Replace the text between the calibrate markers of `path` (docs/findings.md)."""
+    doc = path.read_text(encoding="utf-8")
+    a, b = doc.index(DOCS_BEGIN) + len(DOCS_BEGIN), doc.index(DOCS_END)
+    path.write_text(doc[:a] + "\n" + text + doc[b:], encoding="utf-8")
+
+
+def _members_table(runs: dict) -> str:
+    lines = ["| run | `moh train` flags |", "|---|---|"]
+    for m in runs:
+        lines.append(f"| {m.name} | `{m.command}` |")
+    return "\n".join(lines) + "\n"
+
+
+def report_population(runs: dict, *, full: bool = False, json_out: Path | None = None,
+                      docs: Path | None = None) -> int:
     """runs: Member -> run.jsonl path. Prints the tables; exit 1 when a healthy run is not clean
     (verdict fail or a warning/error finding other than IGNORED_FOR_HEALTHY) or a broken run
     misses every one of its expected codes."""
@@ -157,7 +178,8 @@ def report_population(runs: dict, *, full: bool = False, json_out: Path | None =
     for m, path in runs.items():
         results[m.name] = report_run(path)
         members[m.name] = (m.router, m.corpus, m.broken)
-    print(render(results, members, full=full))
+    text = render(results, members, full=full)
+    print(text)
     problems = []
     for name, res in results.items():
         broken = members[name][2]
@@ -169,6 +191,14 @@ def report_population(runs: dict, *, full: bool = False, json_out: Path | None =
             problems.append(f"healthy run {name}: verdict {res['verdict']}, findings {', '.join(res['unexpected']) or 'none'}")
     for p in problems:
         print(f"calibrate: {p}")
+    if docs is not None:
+        load = os.getloadavg()
+        stamp = (f"Reported {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {len(runs)} cached runs "
+                 f"(load average {load[0]:.1f} while reporting); "
+                 + ("every healthy run clean, every broken run caught." if not problems else
+                    "problems: " + "; ".join(problems)))
+        write_docs(docs, stamp + "\n\n### Population\n\n" + _members_table(runs) + "\n" +
+                   text.replace("## ", "### "))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         stats = build_tables(results, members)

@@ -31,6 +31,8 @@ class Context:
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
                            and self.steps[s].notna().any()]
         self.margins: list[Margin] = []
+        self._live: pd.DataFrame | None = None
+        self._live_phases: list | None = None
 
     def margin(self, code: str, statistic: str, value: float, threshold: float, fires: str, *,
                layer: int | None = None, phase: str | None = None, joint: bool = False) -> None:
@@ -85,11 +87,17 @@ class Context:
             return 1.0
 
     def live_steps(self) -> pd.DataFrame:
-        """Step rows not skipped for non-finite values."""
-        s = self.steps
-        if "skipped" in s.columns:
-            return s[~s["skipped"].fillna(0).astype(bool)]
-        return s
+        """Step rows not skipped for non-finite values (computed once: several rules read them)."""
+        if self._live is None:
+            s = self.steps
+            self._live = s[~s["skipped"].fillna(0).astype(bool)] if "skipped" in s.columns else s
+        return self._live
+
+    def live_phases(self) -> list[tuple[str | None, pd.DataFrame]]:
+        """`phases` of the live steps, split once for the loss and gradient rules."""
+        if self._live_phases is None:
+            self._live_phases = phases(self, self.live_steps())
+        return self._live_phases
 
     def layer_col(self, li: int, name: str) -> np.ndarray:
         """Column `name` of layer `li` as float64, "step" as stored (computed once, read-only:

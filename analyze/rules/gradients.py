@@ -12,7 +12,7 @@ from moh import schema
 
 from ..criteria import default_target
 from .base import MIN_STEPS, ROUTING_GRAD_GROUPS, ZERO_ATOL, Finding, evidence, in_phase, short
-from .context import Context, phases
+from .context import Context
 from .loss import loss_column
 from .registry import rule, routing_rule
 from .trend import kendall_tau, theil_sen_slope
@@ -82,7 +82,7 @@ def grad_explosion(ctx: Context) -> list[Finding]:
     if "grad_norm" not in ctx.steps.columns:
         return out
     cap = " (post-clip: the true norm can only be larger)" if ctx.post_clip else ""
-    for ph, f in phases(ctx, ctx.live_steps()):
+    for ph, f in ctx.live_phases():
         g = f["grad_norm"].to_numpy(float)
         st = f["step"].to_numpy()
         ok = np.isfinite(g)
@@ -134,7 +134,7 @@ def grad_norm_rising(ctx: Context) -> list[Finding]:
     col = loss_column(ctx)
     if "grad_norm" not in ctx.steps.columns or col is None:
         return out
-    for ph, f in phases(ctx, ctx.live_steps()):
+    for ph, f in ctx.live_phases():
         g, loss = f["grad_norm"].to_numpy(float), f[col].to_numpy(float)
         st = f["step"].to_numpy()
         ok = np.isfinite(g) & np.isfinite(loss)
@@ -186,7 +186,7 @@ def clip_saturation(ctx: Context) -> list[Finding]:
     # "pinned": judged on the second half of each phase -- norms above the clip in the first
     # steps after initialisation (or a phase start) are normal and the clip is there for them
     worst, worst_ph, worst_ratio = 0.0, None, 0.0
-    for ph, f in phases(ctx, s):
+    for ph, f in ctx.live_phases():
         gg = f["grad_norm"].to_numpy(float)
         gg = gg[np.isfinite(gg)]
         gg = gg[len(gg) // 2:]

@@ -12,7 +12,7 @@ import pandas as pd
 from moh import schema
 
 from .base import MIN_STEPS, Finding, evidence, in_phase, short
-from .context import Context, phases
+from .context import Context
 from .registry import rule
 
 LOSS_MIN_REL_DROP = 0.10     # a phase that lowers its loss by < 10% has not learned
@@ -43,7 +43,7 @@ def loss_column(ctx: Context) -> str | None:
 
 def _finite_phase_series(ctx: Context, col: str):
     """(phase, steps, values) of `col` per phase, non-finite values dropped, short phases skipped."""
-    for ph, f in phases(ctx, ctx.live_steps()):
+    for ph, f in ctx.live_phases():
         v = f[col].to_numpy(float)
         st = f["step"].to_numpy()
         ok = np.isfinite(v)

@@ -3,6 +3,8 @@ growth, aux losses that dominate or do nothing."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from moh import schema
@@ -22,10 +24,23 @@ PRED_SMOOTH_SHARE = 0.05     # levels are means over 5% of the run (noise of one
 AUX_SHARE_MAX = 0.3          # weighted aux >= 30% of the total loss competes with the LM loss
 
 
+def _phase_segments(ctx: Context, st: np.ndarray) -> list[tuple[str | None, int, int]]:
+    """(phase, start, stop) of the contiguous stretches of a series' steps in one phase."""
+    steps = ctx.steps
+    if "phase" not in steps.columns or not len(st) or not len(steps):
+        return [(None, 0, len(st))]
+    s_step = steps["step"].to_numpy()
+    names = steps["phase"].astype(str).to_numpy()
+    idx = np.clip(np.searchsorted(s_step, st), 0, len(s_step) - 1)
+    ph = names[idx]
+    cuts = np.flatnonzero(ph[1:] != ph[:-1]) + 1
+    return [(str(ph[a]), int(a), int(b)) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(st)])]
+
+
 @routing_rule
 def predictor_growth(ctx: Context) -> list[Finding]:
     """Predictor weight norm growing without bound: >= 3x its start and, over the last quarter of
-    the run, still growing at a sizeable fraction of its overall rate (not levelled off)."""
+    a phase, still growing at a sizeable fraction of its average rate over the run."""
     out = []
     for li, st, v in ctx.series("pred_norm"):
         st, v = finite(st, v)
@@ -34,25 +49,39 @@ def predictor_growth(ctx: Context) -> list[Finding]:
             continue
         i0 = 0 if v[0] > PRED_NORM_TINY else n // 10
         w = max(1, int(n * PRED_SMOOTH_SHARE))
-        q3 = max(i0, (3 * n) // 4)
-        base, mid, last = (float(v[i0:i0 + w].mean()), float(v[q3:q3 + w].mean()), float(v[n - w:].mean()))
-        if base <= PRED_NORM_TINY or n - w - q3 <= 0:
+        base, last = float(v[i0:i0 + w].mean()), float(v[n - w:].mean())
+        if base <= PRED_NORM_TINY or n - w - i0 <= 0:
             continue
         ratio = last / base
         overall = (last - base) / (n - w - i0)
-        recent = (last - mid) / (n - w - q3)
-        share = recent / overall if overall > 0 else 0.0
+        # each phase's last quarter: a phase restarts the learning-rate schedule, so a norm that
+        # levels off within each phase can still step up between them (the engine's instruction
+        # phase); growth without bound keeps climbing at the end of a phase
+        share, where_ = -math.inf, None
+        for ph, a, b in _phase_segments(ctx, st):
+            m = b - max(a, i0)
+            wp = max(1, int(m * PRED_SMOOTH_SHARE))
+            q = b - m + (3 * m) // 4
+            if m < MIN_STEPS or b - wp - q <= 0:
+                continue
+            mid, end = float(v[q:q + wp].mean()), float(v[b - wp:b].mean())
+            sh = ((end - mid) / (b - wp - q)) / overall if overall > 0 else 0.0
+            if sh > share:
+                share, where_ = sh, (ph, q, b - 1, mid, end)
+        if where_ is None:
+            continue
+        ph, q, e, mid, end = where_
         ctx.margin("predictor_growth", "final / initial predictor norm", ratio, PRED_GROWTH_RATIO, ">=", layer=li,
                    joint=True)
-        ctx.margin("predictor_growth", "last quarter's growth rate / overall rate", share, PRED_RATE_SHARE,
+        ctx.margin("predictor_growth", "a phase's last-quarter growth rate / run's rate", share, PRED_RATE_SHARE,
                    ">=", layer=li, joint=True)
         if ratio >= PRED_GROWTH_RATIO and share >= PRED_RATE_SHARE:
             out.append(Finding(
                 "predictor_growth", "warning", li,
                 f"predictor weight norm ({where(li)}) grew {short(ratio)}x, {short(base)} -> {short(last)}, "
-                f"and has not levelled off: over the last quarter of the run it still grew at "
-                f"{short(100 * share)}% of its average rate ({short(mid)} -> {short(last)})",
-                evidence(st[[i0, q3, n - 1]], [base, mid, last], ratio=ratio, recent_rate_share=share),
+                f"and has not levelled off: over the last quarter of {('phase ' + ph) if ph else 'the run'} it "
+                f"still grew at {short(100 * share)}% of its average rate over the run ({short(mid)} -> {short(end)})",
+                evidence(st[[i0, q, e]], [base, mid, end], ratio=ratio, recent_rate_share=share, phase=ph),
                 "bound the predictors: weight decay or a norm cap on them, a lower router LR "
                 "multiplier, or a loss that does not reward ever-sharper sigmoids"))
     return out

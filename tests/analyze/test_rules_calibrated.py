@@ -122,7 +122,7 @@ def test_loss_plateau_thresholds_are_the_documented_ones():
 
 
 # ---- predictor_growth ------------------------------------------------------------------------------
-# 100 logged steps; levels are means over 5 steps (windows 0-4, 75-79, 95-99) of a curve linear
+# 100 logged steps in one phase; levels are means over 5 steps (windows 0-4, 75-79, 95-99) of a curve linear
 # on [0, 80] (slope s1) and on [80, 99] (slope s2): base = 1 + 2 s1, mid = 1 + 77 s1,
 # last = 1 + 80 s1 + 17 s2. Rates: overall (last - base) / 95, recent (last - mid) / 20, so
 # share = 95 (3 s1 + 17 s2) / (20 (78 s1 + 17 s2)), i.e. s2 = s1 (1560 share - 285) / (1615 - 340 share).
@@ -133,7 +133,7 @@ def _s2(s1: float, share: float) -> float:
 
 def _pred(s1: float, share: float, layer: int = 1) -> list[dict]:
     s2 = _s2(s1, share)
-    recs = make_records(n_steps=100)
+    recs = make_records(n_steps=100, phases=("pretrain",))
     for i, r in enumerate(_steps(recs)):
         v = 1 + s1 * i if i <= 80 else 1 + s1 * 80 + s2 * (i - 80)
         for lay in r["layers"]:
@@ -158,6 +158,28 @@ def test_predictor_growth_needs_three_fold_growth(tmp_path):
     # share 0.5 (still growing): s2 = 495/1445 s1, last/base = (1 + 85.8235 s1) / (1 + 2 s1)
     assert len(_found(tmp_path, _pred(0.026374, 0.5), "predictor_growth", "a")) == 1   # ratio 3.1
     assert _found(tmp_path, _pred(0.023743, 0.5), "predictor_growth", "b") == []       # ratio 2.9
+
+
+def test_predictor_growth_judges_the_end_of_each_phase(tmp_path):
+    # the engine's shape: pre-training rises 0.25 -> 2 and levels off; instruction tuning (a new
+    # LR schedule) steps it up to 2.2 early and levels off again. Over the whole run's last
+    # quarter it still grows (the step up), but at the end of each phase it does not.
+    recs = make_records(n_steps=200)   # 100 pre-training, 100 instruction steps
+    for i, r in enumerate(_steps(recs)):
+        if i < 100:
+            v = 0.25 + 1.75 * min(1.0, i / 50)
+        else:
+            v = 2.0 + 0.2 * min(1.0, (i - 100) / 20)
+        for lay in r["layers"]:
+            lay["pred_norm"] = v
+    assert _found(tmp_path, recs, "predictor_growth", "levelled") == []
+    # the same run, still climbing through the last quarter of instruction tuning: fires there
+    for i, r in enumerate(_steps(recs)):
+        for lay in r["layers"]:
+            lay["pred_norm"] = 0.25 + 1.75 * min(1.0, i / 50) if i < 100 else 2.0 + 0.02 * (i - 100)
+    found = _found(tmp_path, recs, "predictor_growth", "climbing")
+    assert [(f.severity, f.layer, f.evidence["phase"]) for f in found] == [("warning", 0, "instruct"),
+                                                                         ("warning", 1, "instruct")]
 
 
 def test_predictor_growth_keeps_the_reference_log_and_spares_the_healthy_sample():

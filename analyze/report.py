@@ -12,7 +12,6 @@ verdict, and is shown as such.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -25,13 +24,13 @@ from rich.text import Text
 
 from .criteria import Criterion, Result, criteria_set, evaluate, load_criteria, verdict
 from .findings import Finding, find_all
+from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
            "format_value", "md_escape", "json_safe", "printable", "SafeText"]
 
-FORMATS = ("table", "md", "json")
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "warn": "bold yellow", "missing": "dim", "n/a": "dim"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _STATUS_RANK = {"fail": 0, "warn": 1, "missing": 2, "pass": 3}
@@ -325,15 +324,9 @@ def render_md(rep: Report) -> str:
 
 
 def render_json(rep: Report) -> str:
-    return json.dumps(rep.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return to_json(rep.to_dict())
 
 
 def render(rep: Report, fmt: str) -> Group | str:
     """The renderer for `fmt` ("table" returns rich renderables; the others text)."""
-    if fmt == "table":
-        return render_table(rep)
-    if fmt == "md":
-        return render_md(rep)
-    if fmt == "json":
-        return render_json(rep)
-    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    return render_as(fmt, rep, {"table": render_table, "md": render_md, "json": render_json})

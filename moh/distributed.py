@@ -32,9 +32,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import data
+from .config import DEVICES
 from .routing import Routing
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class DistError(RuntimeError):
@@ -207,10 +208,8 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def shard(items: list, info: DistInfo) -> list:
-    """Contiguous slice `rank` of `world_size` (sizes differ by at most one)."""
-    base, extra = divmod(len(items), info.world_size)
-    start = info.rank * base + min(info.rank, extra)
-    return items[start : start + base + (info.rank < extra)]
+    """This rank's contiguous slice of `items` (data.shard; sizes differ by at most one)."""
+    return data.shard(items, info.rank, info.world_size)
 
 
 # --- routing statistics -------------------------------------------------------------------------

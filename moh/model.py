@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .data import IGNORE_INDEX
 from .routing import Routing, make_router
 
-IGNORE_INDEX = -100
 
 
 class CausalSelfAttention(nn.Module):

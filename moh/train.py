@@ -26,6 +26,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, schema
+from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
@@ -199,7 +200,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
             ckpt.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
                               "step": step, "vocab_size": tok.vocab_size},
                              os.path.join(out_dir, CHECKPOINT))
-            _atomic_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
+            _write_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
             save(None, len(phases), 0, 0, 0, step, finished=True)
         distributed.barrier(info)  # no rank leaves before rank 0's files are written
     except _Stop as e:
@@ -275,13 +276,9 @@ class _Log:
             s.close()
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: str, text: str) -> None:
+    with replacing(path, durable=True) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], held: list,
@@ -397,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load, parse_override
     from .config import given as from_file
     from .data import DataError
+    from .launch import exit_for
 
     ap = argparse.ArgumentParser(prog="python -m moh.train", description=main.__doc__)
     ap.add_argument("--config")
@@ -415,17 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load(a.config, **given)
         res = train(cfg, a.out, overwrite=a.overwrite, resume=resume)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except ckpt.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    except (ConfigError, ckpt.CheckpointError, DataError) as e:
+        code, message = exit_for(e)
+        print(message, file=sys.stderr)
+        return code
     except ckpt.Interrupted as e:
         if distributed.env_rank() == 0:  # every rank stopped after the same step; one message
             print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
         return 128 + e.signum
-    except (DataError, FileExistsError) as e:
+    except FileExistsError as e:  # run.jsonl in --out without --overwrite
         print(f"data error: {e}", file=sys.stderr)
         return 3
     except Exception as e:

@@ -12,18 +12,20 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from analyze.atomic import OutputError, make_dirs, remove_dirs
+from moh.atomic import temp_beside
 from analyze.run import Run
 from .style import DPI, MissingDataError, PlotWarning, RC
 from .families import FAMILIES
 
 
 def temp_name(path: Path) -> str:
+    """The prefix of `moh.atomic.temp_beside`'s temp files for `path`."""
     return f".{path.name}."
 
 
 def save_temp(fig: Figure, path: Path, fmt: str) -> Path:
     """Draw into a temp file next to `path`; `write_figures` renames all of them at the end."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=".tmp")
+    fd, tmp = temp_beside(path)  # named temp_name(path) + "*.tmp": write_figures finds strays by it
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=fmt, dpi=DPI)

@@ -15,6 +15,7 @@ from .registry import routing_rule
 HEAD_WINDOW_FRACTION = 0.2   # collapse / load rules judge the final fifth of the run
 HEAD_COLLAPSE_FRACTION = 0.9
 DEAD_HEAD_SHARE = 0.1        # dead: share of the load < 1/(10 H) (ROUTING.md)
+_WINDOW = f"over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run"  # what the load rules judge
 LOAD_CV_MAX = 0.5            # coefficient of variation of head loads; Switch-style balance
                              # keeps it well below, one head taking half the load exceeds it
 
@@ -123,15 +124,14 @@ def dead_heads(ctx: Context) -> list[Finding]:
         ctx.margin("dead_heads", "least-used head's load share x H", float(share.min() * H), DEAD_HEAD_SHARE,
                    "<", layer=li)
         dead = np.nonzero(share < DEAD_HEAD_SHARE / H)[0]
-        if len(dead):
-            out.append(Finding(
-                "dead_heads", "warning", li,
-                f"layer {li}: head(s) {', '.join(map(str, dead))} get {short(100 * share[dead].max())}% "
-                f"or less of the load over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run "
-                f"(dead below {short(100 * DEAD_HEAD_SHARE / H)}%)",
-                evidence(values=v, heads=dead, share=share),
-                "raise the load-balance weight, or re-initialise / re-route those heads; check the "
-                "router's initialisation is not already one-sided"))
+        if not len(dead):
+            continue
+        heads, most = ", ".join(map(str, dead)), short(100 * share[dead].max())
+        message = (f"layer {li}: head(s) {heads} get {most}% or less of the load {_WINDOW} "
+                   f"(dead below {short(100 * DEAD_HEAD_SHARE / H)}%)")
+        out.append(Finding("dead_heads", "warning", li, message, evidence(values=v, heads=dead, share=share),
+                           "raise the load-balance weight, or re-initialise / re-route those heads; "
+                           "check the router's initialisation is not already one-sided"))
     return out
 
 
@@ -150,8 +150,7 @@ def load_imbalance(ctx: Context) -> list[Finding]:
             out.append(Finding(
                 "load_imbalance", "warning", li,
                 f"layer {li}: head loads uneven (coefficient of variation {short(cv)} > {LOAD_CV_MAX}; "
-                f"busiest head {short(viol + 1)}x the mean) over the final {short(100 * HEAD_WINDOW_FRACTION)}% "
-                f"of the run",
+                f"busiest head {short(viol + 1)}x the mean) {_WINDOW}",
                 evidence(values=v, cv=cv, max_violation=viol),
                 "raise the load-balance loss weight (usual 0.01) or check it is computed from the "
                 "selected heads' fractions and mean router probabilities"))

@@ -102,7 +102,8 @@ def grad_explosion(ctx: Context) -> list[Finding]:
             ctx.margin("grad_explosion", "tail / calmest median grad norm", tail / calm,
                        GRAD_GROWTH_FACTOR, ">=", phase=ph)
         above = (g > GRAD_TARGET) & np.isfinite(ratio)
-        ctx.margin("grad_explosion", f"largest step / previous-{GRAD_SPIKE_WINDOW} median (norm > {GRAD_TARGET:g})",
+        ctx.margin("grad_explosion",
+                   f"largest step / previous-{GRAD_SPIKE_WINDOW} median (norm > {GRAD_TARGET:g})",
                    float(ratio[above].max()) if above.any() else 0.0, GRAD_SPIKE_FACTOR, ">=", phase=ph)
         if growth:
             out.append(Finding(
@@ -157,7 +158,8 @@ def grad_norm_rising(ctx: Context) -> list[Finding]:
                                         ("relative loss drop, 2nd half", loss_drop, GRAD_RISE_LOSS_DROP, "<"),
                                         ("grad norm at the end (median, last third)", end, GRAD_TARGET, ">")):
             ctx.margin("grad_norm_rising", stat, value, thr, fires, phase=ph, joint=True)
-        if tau >= GRAD_RISE_TAU and rise >= GRAD_RISE_MIN and loss_drop < GRAD_RISE_LOSS_DROP and end > GRAD_TARGET:
+        if (tau >= GRAD_RISE_TAU and rise >= GRAD_RISE_MIN and loss_drop < GRAD_RISE_LOSS_DROP
+                and end > GRAD_TARGET):
             out.append(Finding(
                 "grad_norm_rising", "warning", None,
                 f"the {ctx.grad_what()}{in_phase(ph)} rose from {short(start)} to {short(end)} over the "

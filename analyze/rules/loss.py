@@ -95,7 +95,8 @@ def loss_not_converging(ctx: Context) -> list[Finding]:
                 "loss_not_converging", "warning", None,
                 f"{col}{in_phase(ph)} ended at {short(b)}, {short(b / LOSS_TARGET)}x the target "
                 f"{short(LOSS_TARGET)}, and was still falling over the last {len(win)} logged steps "
-                f"({short(a)} -> {short(b)}, {short(100 * (a - b) / a)}% lower): the phase stopped before it converged",
+                f"({short(a)} -> {short(b)}, {short(100 * (a - b) / a)}% lower): the phase stopped before "
+                f"it converged",
                 evidence(wst[[0, -1]], win[[0, -1]], phase=ph, first_half_median=a, second_half_median=b,
                          relative_fall=(a - b) / a, target=LOSS_TARGET),
                 "train this phase for more epochs (or with a higher learning rate)"))

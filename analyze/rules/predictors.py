@@ -80,7 +80,8 @@ def predictor_growth(ctx: Context) -> list[Finding]:
                 "predictor_growth", "warning", li,
                 f"predictor weight norm ({where(li)}) grew {short(ratio)}x, {short(base)} -> {short(last)}, "
                 f"and has not levelled off: over the last quarter of {('phase ' + ph) if ph else 'the run'} it "
-                f"still grew at {short(100 * share)}% of its average rate over the run ({short(mid)} -> {short(end)})",
+                f"still grew at {short(100 * share)}% of its average rate over the run "
+                f"({short(mid)} -> {short(end)})",
                 evidence(st[[i0, q, e]], [base, mid, end], ratio=ratio, recent_rate_share=share, phase=ph),
                 "bound the predictors: weight decay or a norm cap on them, a lower router LR "
                 "multiplier, or a loss that does not reward ever-sharper sigmoids"))

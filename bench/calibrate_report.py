@@ -34,6 +34,11 @@ def _num(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _cell(text: str) -> str:
+    """Text inside a Markdown table cell: a literal | (|mean - target|) must not split the cell."""
+    return text.replace("|", "\\|")
+
+
 def report_run(path: Path) -> dict:
     run = load_run(path)
     rep = build_report(run)
@@ -123,7 +128,7 @@ def render(results: dict, members: dict, full: bool = False) -> str:
             return "n/a" if not v else (_num(min(v)) if _num(min(v)) == _num(max(v)) else f"{_num(min(v))} – {_num(max(v))}")
         worst = row["worst_healthy"]
         w = "—" if worst is None else f"{_num(worst[1])} ({worst[0]})"
-        lines.append(f"| `{code}` | {stat} | {row['fires']} {_num(row['threshold'])} | {rng('adaptive')} | "
+        lines.append(f"| `{code}` | {_cell(stat)} | {row['fires']} {_num(row['threshold'])} | {rng('adaptive')} | "
                      f"{rng('moh')} | {rng('dense')} | {w} | {', '.join(row['broken_crossing']) or '—'} |")
     lines += ["", "## Rules as a whole: clearance on healthy runs, firing on broken runs", "",
               "| rule | healthy runs clear | smallest healthy clearance (run) | broken runs it fires on |",
@@ -143,7 +148,7 @@ def render(results: dict, members: dict, full: bool = False) -> str:
                   "| rule | statistic | threshold | run | layer | phase | value | margin |", "|---|---|---|---|---|---|---|---|"]
         for (code, stat), row in sorted(stats.items()):
             for name, v in row["per_run"].items():
-                lines.append(f"| `{code}` | {stat} | {row['fires']} {_num(row['threshold'])} | {name} | "
+                lines.append(f"| `{code}` | {_cell(stat)} | {row['fires']} {_num(row['threshold'])} | {name} | "
                              f"{'' if v['layer'] is None else v['layer']} | {v['phase'] or ''} | "
                              f"{_num(v['value'])} | {_num(v['margin'])} |")
     return "\n".join(lines) + "\n"
@@ -202,9 +207,13 @@ def report_population(runs: dict, *, full: bool = False, json_out: Path | None =
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         stats = build_tables(results, members)
-        doc = {"runs": results, "members": members,
-               "statistics": [{**{k: v for k, v in row.items() if k != "healthy"},
+        # per run, each rule statistic at its worst layer/phase (every layer and phase: --full)
+        slim = {name: {**{k: v for k, v in res.items() if k != "margins"},
+                       "margins": list(_worst_per_stat(res["margins"]).values())}
+                for name, res in results.items()}
+        doc = {"runs": slim, "members": members,
+               "statistics": [{**{k: v for k, v in row.items() if k not in ("healthy", "per_run")},
                                "healthy": dict(row["healthy"])} for row in stats.values()],
                "problems": problems}
-        json_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        json_out.write_text(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
     return 1 if problems else 0

@@ -263,7 +263,8 @@ def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_f
         _err(f"error: {e}")
         raise typer.Exit(2)
     ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
-    return [report.build_report(_load(path, strict, input_format, quiet=quiet), specs, baseline=ref)
+    return [report.build_report(_load(path, strict, input_format, quiet=quiet), specs, baseline=ref,
+                                criteria_file=None if criteria is None else str(criteria))
             for path in paths]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from analyze.report import _METRIC_HEADERS, Report, _metrics_title, _run_line, metric_rows, printable, table_rows
+from analyze.report import _METRIC_HEADERS, Report, _criteria_line, _metrics_title, _run_line, metric_rows, printable, table_rows
 
 WIDTH = 80
 INDENT = "      "
@@ -31,6 +31,8 @@ def verdict_line(rep: Report) -> str:
 def report_text(rep: Report, width: int = WIDTH) -> str:
     lines = _wrap(f"moh report {rep.run.name}", width, rest="  ") + _wrap(str(rep.run.path), width, "  ", "  ")
     lines += _wrap(_run_line(rep), width, "  ", "  ")
+    if _criteria_line(rep):
+        lines += _wrap(_criteria_line(rep), width, "  ", "  ")
     lines += ["", "Expected vs actual"]
     for row in table_rows(rep.results):
         crit = row.criterion + (f" ({row.phase})" if row.phase else "")

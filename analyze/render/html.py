@@ -16,7 +16,7 @@ import re
 from typing import Any, Iterable
 
 from analyze.plots import FAMILIES
-from analyze.report import (_METRIC_HEADERS, Report, _metrics_title, _run_line, _verdict_line, format_value,
+from analyze.report import (_METRIC_HEADERS, Report, _criteria_line, _metrics_title, _run_line, _verdict_line, format_value,
                              metric_rows, printable, table_rows)
 from .svg import figure_of, figure_svg
 
@@ -181,6 +181,7 @@ def report_html(rep: Report) -> str:
     """The page of one run's report."""
     body = [f"<h1>moh report: {esc(rep.run.name)}</h1>",
             f"<div class=\"path\">{esc(rep.run.path)}</div>", f"<p>{esc(_run_line(rep))}</p>",
+            f"<p class=\"path\">{esc(_criteria_line(rep))}</p>",
             _verdict(rep.verdict, _verdict_line(rep)), "<h2>Expected vs actual</h2>", _criteria_table(rep)]
     if metric_rows(rep):
         body += [f"<h2>{esc(_metrics_title(rep))}</h2>",

@@ -59,7 +59,8 @@ def target_of(spec) -> dict | None:
 def report_doc(rep) -> dict:
     from analyze.report import format_value
 
-    specs = {c.name: c for c in rep.specs}
+    # the variant that judged this run: a criterion's by_router target where the router has one
+    specs = {c.name: c.for_router(rep.run.router) for c in rep.specs}
     criteria = [{
         "name": r.name, "label": r.label, "layer": r.layer, "phase": r.phase, "metric": r.metric,
         "window": r.window, "status": r.status, "applicable": r.applicable,
@@ -70,6 +71,7 @@ def report_doc(rep) -> dict:
         "report_version": REPORT_VERSION, "kind": "report", "verdict": rep.verdict,
         "run": rep.run_info(),
         "summary": {"criteria": rep.counts, "findings": rep.finding_counts},
+        "criteria_set": rep.criteria_set,
         "criteria": criteria,
         "findings": [f.to_dict() for f in rep.findings],
         "metrics": rep.metrics,
@@ -88,7 +90,11 @@ def compare_doc(cmp) -> dict:
             out |= {"target": target_of(specs.get(r.name)), "target_text": r.target}
         return out
 
-    specs = {c.name: c for rep in cmp.reports for c in rep.specs}
+    # a criterion's target as the first run that has it was judged (rows show one target)
+    specs: dict = {}
+    for rep in cmp.reports:
+        for c in rep.specs:
+            specs.setdefault(c.name, c.for_router(rep.run.router))
     return json_safe({
         "report_version": REPORT_VERSION, "kind": "comparison", "verdict": cmp.verdict,
         "runs": [{"name": rep.run.name, "path": str(rep.run.path), "router": rep.run.router,

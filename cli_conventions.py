@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Any, Sequence
 
 import typer
@@ -120,6 +120,6 @@ def refuse_existing(paths: Sequence[Path], overwrite: bool, err) -> None:
 
 
 def choice(name: str, values: Sequence[str]) -> type[Enum]:
-    """A str Enum of `values`: Typer shows it as `[a|b|c]` in help and rejects anything else
+    """A str Enum of `values`: Typer shows it as `<a|b|c>` in help and rejects anything else
     with a usage error (one line, exit 2). Commands read the chosen `.value`."""
     return Enum(name, {v: v for v in values}, type=str)

@@ -39,49 +39,6 @@ def _err(message: str) -> None:
 # ---- train (moh/) --------------------------------------------------------------------------
 
 
-class _TrainProgress:
-    """Rich progress bar on stderr fed by the training loop's callback (phase, epoch, loss, heads)."""
-
-    def __init__(self, quiet: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.quiet = quiet
-        self.progress = None if quiet else Progress(
-            TextColumn("[bold]{task.fields[phase]:<8}[/] epoch {task.fields[epoch]:>3}"),
-            BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  heads {task.fields[heads]}"), TimeElapsedColumn(),
-            console=self.console, transient=False)
-        self.task = None
-        self.evals: list[dict] = []
-
-    def __call__(self, kind: str, info: dict) -> None:
-        if kind == "eval":
-            self.evals.append(info)
-        if self.progress is None:
-            return
-        if kind == "phase_start":
-            if self.task is None:
-                self.progress.start()
-            else:
-                self.progress.stop_task(self.task)
-            self.task = self.progress.add_task("", total=info["total_steps"], phase=info["phase"],
-                                               epoch=0, loss="-", heads="-")
-        elif kind == "step" and self.task is not None:
-            fields = {"epoch": info["epoch"]}
-            if info.get("loss") is not None:
-                fields |= {"loss": f"{info['loss']:.3f}", "heads": f"{info['heads']:.2f}"}
-            self.progress.update(self.task, completed=info["i"], **fields)
-        elif kind == "eval":
-            em = info["exact_match"]
-            self.progress.console.print(
-                f"[dim]{info['phase']} eval:[/] loss {info['loss']:.3f}  exact match "
-                + ("n/a" if em is None else f"{em:.2f}"))
-        elif kind == "end":
-            self.progress.stop()
-
-
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", readable=False,
@@ -108,6 +65,11 @@ def train(
         help="Continue the run in DIR from its checkpoint.pt (config from the checkpoint; only "
              "threads, log_every, checkpoint_every, nonfinite, eval_* may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; only the run directory on stdout."),
+    alert_every: int = typer.Option(10, "--alert-every", min=0, metavar="N", help=(
+        "Run the early rules (zero router gradient, non-finite, explosion, collapse, pinned stat) every "
+        "N logged steps; alerts go to the log and stderr. 0: off.")),
+    stop_on: Optional[str] = typer.Option(None, "--stop-on", metavar="error|warning",
+                                          help="End the run (status failed, exit 1) on an alert of this level."),
 ) -> None:
     """Train a small LM (pre-training, then instruction tuning) and write <out>/run.jsonl telemetry."""
     import signal
@@ -129,6 +91,12 @@ def train(
         code, message = launch.exit_for(e)
         _err(message)
         raise typer.Exit(code)
+    if stop_on not in (None, "error", "warning"):
+        _err(f"error: --stop-on must be error or warning, not {stop_on!r}")
+        raise typer.Exit(2)
+    if stop_on is not None and (nproc > 1 or not alert_every):
+        _err("error: --stop-on needs the in-process alerts: not with --nproc > 1 or --alert-every 0")
+        raise typer.Exit(2)
 
     if nproc > 1:
         raise typer.Exit(launch.torchrun(cfg, out, nproc, overwrite=overwrite, resume=resume, quiet=quiet,
@@ -144,10 +112,18 @@ def train(
     from moh.checkpoint import CheckpointError, Interrupted
     from moh.data import DataError
 
+    from moh.progress import TrainProgress
+
+    monitor = None
+    if alert_every:
+        from analyze.live.early import EarlyAlerts
+
+        monitor = EarlyAlerts(alert_every, out / "run.jsonl", earlier=out / "run.jsonl" if checkpoint else None)
     previous = signal.signal(signal.SIGTERM, _on_term)
-    progress = _TrainProgress(quiet)
+    progress = TrainProgress(quiet)
     try:
-        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint)
+        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint,
+                           monitor=monitor, stop_on=stop_on)
     except (mconfig.ConfigError, DataError, CheckpointError) as e:
         code, message = launch.exit_for(e)
         _err(message)

@@ -306,6 +306,35 @@ def compare_cmd(
 
     _guarded(body)
 
+# ---- watch (analyze/live/) -------------------------------------------------------------------
+
+
+@app.command("watch")
+def watch_cmd(
+    runs: list[Path] = typer.Argument(..., readable=False, help="Run directories or run.jsonl files, also ones still being written."),
+    criteria: CriteriaOption = None,
+    once: bool = typer.Option(False, "--once", help="Print one snapshot of what the logs hold now and exit."),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between looks at the logs."),
+) -> None:
+    """Follow runs live (progress, loss, heads, findings) until they end; exit 0 pass, 1 fail, 130 Ctrl-C."""
+    def body():
+        from analyze import criteria as crit
+        from analyze.live import watch
+
+        try:
+            specs = crit.load_criteria(criteria)
+        except crit.CriteriaError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(2)
+        try:
+            code = watch.snapshot(runs, specs) if once else watch.follow(runs, specs, interval)
+        except watch.WatchError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(3)
+        raise typer.Exit(code)
+
+    _guarded(body)
+
 # ---- plot (analyze/) ------------------------------------------------------------------------
 
 
@@ -412,7 +441,7 @@ def _import(log: Path, output: Path, input_format: str, data: Optional[Path]) ->
 # ---- entry point ------------------------------------------------------------------------------
 
 # Commands that only read logs and write their output files: nothing is left to do at exit.
-_ANALYSIS_COMMANDS = frozenset({"report", "compare", "plot", "import"})
+_ANALYSIS_COMMANDS = frozenset({"report", "compare", "plot", "import", "watch"})
 
 
 def main() -> None:

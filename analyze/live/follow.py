@@ -25,6 +25,7 @@ def log_path(path: str | os.PathLike) -> Path:
 
 class Follower:
     def __init__(self, path: str | os.PathLike):
+        self.given = Path(path)    # a run directory may not exist yet when the watch starts
         self.path = log_path(path)
         self.offset = 0          # bytes consumed: always just after a newline
         self.restarts = 0        # times the file was replaced and read again from the start
@@ -32,9 +33,10 @@ class Follower:
 
     def poll(self) -> list[bytes]:
         """Complete lines (without newline) added since the last poll; [] when none or no file yet."""
+        self.path = log_path(self.given)
         try:
             fh = open(self.path, "rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return []
         with fh:
             st = os.fstat(fh.fileno())

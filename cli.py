@@ -173,6 +173,18 @@ _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_c
 # Input paths are declared readable=False: click would otherwise answer an unreadable file with a
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
+
+
+def run_logs(value):
+    """Shared callback of every log argument: a run directory (what `moh train` prints) stands
+    for its run.jsonl."""
+    from analyze.runpath import log_path
+
+    if value is None:
+        return None
+    return [log_path(p) for p in value] if isinstance(value, (list, tuple)) else log_path(value)
+
+
 # Options report, compare and plot share, declared once.
 CriteriaOption = Annotated[Optional[Path], typer.Option("--criteria", readable=False, help=_CRITERIA_HELP)]
 FormatOption = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
@@ -267,7 +279,7 @@ def _guarded(fn):
 
 @app.command("report")
 def report_cmd(
-    run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
+    run: Path = typer.Argument(..., readable=False, callback=run_logs, help="Run directory or telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
     criteria: CriteriaOption = None,
     fmt: FormatOption = "table",
     strict: StrictOption = False,
@@ -286,7 +298,7 @@ def report_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
+    runs: list[Path] = typer.Argument(..., readable=False, callback=run_logs, help="Two or more run directories or telemetry logs; the first is the baseline for deltas."),
     criteria: CriteriaOption = None,
     fmt: FormatOption = "table",
     strict: StrictOption = False,
@@ -340,7 +352,7 @@ def watch_cmd(
 
 @app.command("plot")
 def plot(
-    runs: list[Path] = typer.Argument(..., readable=False, help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
+    runs: list[Path] = typer.Argument(..., readable=False, callback=run_logs, help="One or more run directories or telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: str = typer.Option("png", "--format", help="png or svg."),
     x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
@@ -404,7 +416,8 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
 @app.command("import")
 def import_log(
     log: Path = typer.Argument(..., readable=False, help="Reference RustGPT trainer text log (UTF-8 or UTF-16, as captured)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Telemetry file to write (run.jsonl format)."),
+    output: Path = typer.Option(..., "-o", "--output", callback=run_logs,
+                                help="Telemetry file to write (run.jsonl format), or a run directory to write run.jsonl into."),
     input_format: str = typer.Option(
         "auto", "--input-format", help="auto (detect from content) or rustgpt (force the text-log reader)."),
     data: Optional[Path] = typer.Option(

@@ -13,14 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-RUN_FILE = "run.jsonl"
+from ..runpath import log_path
+
 READ_MAX = 4 << 20  # bytes read per poll at most: a huge existing log arrives over a few polls
-
-
-def log_path(path: str | os.PathLike) -> Path:
-    """The log a command means by `path`: the path itself, or a run directory's run.jsonl."""
-    p = Path(path)
-    return p / RUN_FILE if p.is_dir() else p
 
 
 class Follower:

@@ -1,0 +1,180 @@
+"""`moh watch` in a real terminal (tmux): on a log that grows (a writer replaying a sample log,
+and a live `moh train`), it shows the step and heads while the log grows, then the verdict, and
+exits with the report's code. tmux is installed when missing and possible, else these skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_logs"
+MOH = f"{shlex.quote(sys.executable)} -c 'from cli import main; main()'"
+
+
+def _tmux() -> str:
+    found = shutil.which("tmux")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], capture_output=True, timeout=300)
+        found = shutil.which("tmux")
+    if found is None:
+        pytest.skip("tmux is not installed and could not be installed (apt-get install tmux)")
+    return found
+
+
+class Pane:
+    """A detached tmux session running one shell command; its screen as text."""
+
+    def __init__(self, command: str, cwd: Path, width: int = 110, height: int = 45):
+        self.tmux = _tmux()
+        self.name = f"mohwatch-{uuid.uuid4().hex[:8]}"
+        env = f"PYTHONPATH={shlex.quote(str(ROOT))} TERM=xterm-256color"
+        # the exit code stays on screen, and the pane stays open to be read
+        full = f"cd {shlex.quote(str(cwd))} && {env} {command}; echo EXIT=$?; sleep 600"
+        subprocess.run([self.tmux, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
+                        full], check=True)
+
+    def text(self) -> str:
+        return subprocess.run([self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True,
+                              text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([self.tmux, "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match:
+        end = time.time() + timeout
+        while time.time() < end:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} not on screen after {timeout} s:\n{self.text()}")
+
+    def close(self) -> None:
+        subprocess.run([self.tmux, "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture
+def pane_factory():
+    panes = []
+
+    def make(command, cwd):
+        p = Pane(command, cwd)
+        panes.append(p)
+        return p
+
+    yield make
+    for p in panes:
+        p.close()
+
+
+def _replay(src: Path, dst: Path, chunks: int, pause: float, stop_before_end: bool = False) -> threading.Thread:
+    """Append `src`'s lines to `dst` in `chunks` parts, `pause` s apart (a run as it is written)."""
+    lines = src.read_bytes().splitlines(keepends=True)
+    if stop_before_end:
+        lines = lines[:-1]
+    size = -(-len(lines) // chunks)
+
+    def write():
+        for i in range(0, len(lines), size):
+            with open(dst, "ab") as fh:
+                fh.writelines(lines[i:i + size])
+            time.sleep(pause)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def _steps_seen(pane: Pane, until: str, timeout: float = 90.0) -> list[int]:
+    """Step numbers shown on screen, sampled until `until` appears."""
+    seen, end = [], time.time() + timeout
+    while time.time() < end:
+        screen = pane.text()
+        m = re.search(r"step (\d+)/(\d+)", screen)
+        if m:
+            seen.append(int(m.group(1)))
+        if re.search(until, screen):
+            return seen
+        time.sleep(0.15)
+    raise AssertionError(f"{until!r} never appeared:\n{pane.text()}")
+
+
+@pytest.mark.parametrize("name,verdict,code", [("healthy_adaptive.jsonl", "PASS", 0),
+                                               ("broken_no_gradient.jsonl", "FAIL", 1)])
+def test_watch_follows_a_replayed_log_to_its_verdict(tmp_path, pane_factory, name, verdict, code):
+    run = tmp_path / "demo"
+    run.mkdir()
+    pane = pane_factory(f"{MOH} watch demo --interval 0.2", tmp_path)
+    pane.wait_for("waiting for the log")
+    writer = _replay(SAMPLES / name, run / "run.jsonl", chunks=12, pause=0.6)
+    seen = _steps_seen(pane, r"EXIT=\d+")
+    writer.join()
+    screen = pane.text()
+    assert f"EXIT={code}" in screen
+    assert f"VERDICT {verdict}" in screen
+    assert "step 968/968" in screen and "heads" in screen
+    growing = sorted(set(s for s in seen if s < 968))
+    assert len(growing) >= 3, seen  # several intermediate steps were on screen while it grew
+    assert seen == sorted(seen)
+    if code:
+        assert "router_grad_zero" in screen
+
+
+def test_watch_ctrl_c_leaves_cleanly(tmp_path, pane_factory):
+    log = tmp_path / "run.jsonl"
+    _replay(SAMPLES / "healthy_adaptive.jsonl", log, chunks=1, pause=0, stop_before_end=True).join()
+    pane = pane_factory(f"{MOH} watch run.jsonl --interval 0.2", tmp_path)
+    pane.wait_for(r"step 968/968")
+    assert "EXIT=" not in pane.text()  # no run_end: it keeps following
+    pane.keys("C-c")
+    pane.wait_for(r"EXIT=130")
+    assert "Traceback" not in pane.text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault,code", [([], 0), (["--set", "straight_through=false"], 1)])
+def test_watch_follows_a_live_moh_train(tmp_path, pane_factory, fault, code):
+    """A real training run, watched from its start to its end; the exit code is `moh report`'s
+    on the finished log. The tiny model cannot meet the loss and exact-match targets, so those
+    criteria are switched off for both (the same file for watch and report)."""
+    crit = tmp_path / "crit.toml"
+    crit.write_text("[criteria.loss]\nenabled = false\n[criteria.output_quality]\nenabled = false\n"
+                    "[criteria.learning]\nenabled = false\n")
+    run = tmp_path / "live"
+    pane = pane_factory(f"{MOH} watch live --criteria crit.toml --interval 0.2", tmp_path)
+    pane.wait_for("waiting for the log")
+    train = subprocess.Popen(
+        [sys.executable, "-c", "from cli import main; main()", "train", "--set", "n_layers=1", "--set", "d_model=32",
+         "--set", "n_heads=4", "--set", "d_ff=64", "--set", "eval_prompts=4", "--set", "eval_max_new_tokens=6",
+         "--log-every", "1", "--threads", "1", "--pretrain-epochs", "20", "--instruct-epochs", "4",
+         "--alert-every", "0", "--out", str(run), *fault],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = _steps_seen(pane, r"EXIT=\d+", timeout=240)
+        assert train.wait(timeout=60) == 0
+    finally:
+        train.kill()
+        train.wait()
+    screen = pane.text()
+    report = subprocess.run([sys.executable, "-c", "from cli import main; main()", "report", str(run),
+                             "--criteria", str(crit)], cwd=ROOT, capture_output=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert report.returncode == code
+    assert f"EXIT={code}" in screen
+    assert ("VERDICT PASS" if code == 0 else "VERDICT FAIL") in screen
+    total = json.loads((run / "run.jsonl").read_text().splitlines()[-1])["steps"]
+    assert f"step {total}/{total}" in screen  # the planned total is the real one
+    assert len(set(s for s in seen if s < total)) >= 3, seen
+    assert re.search(r"layer\s+heads", screen)

@@ -187,3 +187,37 @@ def test_watch_follows_a_live_moh_train(tmp_path, pane_factory, fault, code):
     assert re.search(r"layer\s+heads", screen)
     if code:
         assert any("findings so far (early rules)" in sc and "router_grad_zero" in sc for sc in running)
+
+
+@pytest.mark.slow
+def test_watch_follows_a_killed_and_resumed_moh_train(tmp_path, pane_factory):
+    """SIGKILL mid-run (no run_end: the watch keeps following), then `moh train --resume`
+    appends a resume record and the rest: the watch shows the resume and ends on the verdict."""
+    run = tmp_path / "live"
+    pane = pane_factory(f"{MOH} watch live --interval 0.2", tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = ["--log-every", "1", "--threads", "1", "--alert-every", "0"]
+    train = subprocess.Popen(
+        [sys.executable, "-c", "from cli import main; main()", "train", "--set", "n_layers=1", "--set", "d_model=32",
+         "--set", "n_heads=4", "--set", "d_ff=64", "--set", "eval_prompts=4", "--set", "eval_max_new_tokens=6",
+         "--set", "straight_through=false", "--set", "checkpoint_every=5", "--pretrain-epochs", "30",
+         "--instruct-epochs", "2", *common, "--out", str(run)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pane.wait_for(r"step (2\d|[3-9]\d|\d{3,})/\d+", timeout=120)  # past a few checkpoints
+        train.kill()  # SIGKILL: no run_end, maybe a torn last line
+        train.wait()
+    finally:
+        train.kill()
+    time.sleep(1.0)
+    assert "EXIT=" not in pane.text() and "running" in pane.text()
+    resumed = subprocess.run([sys.executable, "-c", "from cli import main; main()", "train", "--resume", str(run),
+                              *common], cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    pane.wait_for(r"EXIT=\d+", timeout=60)
+    screen = pane.text()
+    total = json.loads((run / "run.jsonl").read_text().splitlines()[-1])["steps"]
+    assert f"step {total}/{total}" in screen
+    assert "EXIT=1" in screen and "VERDICT FAIL" in screen and "router_grad_zero" in screen
+    recs = [json.loads(l) for l in (run / "run.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "resume" for r in recs) == 1

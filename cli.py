@@ -191,10 +191,32 @@ FormatOption = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
 StrictOption = Annotated[bool, typer.Option(
     "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes.")]
 InputFormatOption = Annotated[str, typer.Option("--input-format", help="auto (sniff the content), jsonl or rustgpt.")]
+_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
+                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
+BaselineOption = Annotated[Optional[Path], typer.Option("--baseline", readable=False, help=_BASELINE_HELP)]
 
 
-def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
-    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
+def _load(path: Path, strict: bool, input_format: str, what: str = ""):
+    """A loaded Run with its notes on stderr, or typer.Exit(3) with one line saying why not."""
+    from analyze import loader
+
+    try:
+        run = loader.load_run(path, strict=strict, input_format=input_format)
+    except loader.LoadError as e:
+        _err(f"error: {what}{e}")
+        raise typer.Exit(3)
+    for note in run.notes:
+        _err(f"note: {what}{note}")
+    if not len(run.steps):
+        _err(f"error: {what}{path}: no step records, nothing to judge")
+        raise typer.Exit(3)
+    return run
+
+
+def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str,
+              baseline: Optional[Path] = None) -> list:
+    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code.
+    `baseline`: a known-good reference run; each report adds its baseline_deviation findings."""
     from analyze import criteria as crit
     from analyze import loader, report
 
@@ -209,20 +231,8 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    reports = []
-    for path in paths:
-        try:
-            run = loader.load_run(path, strict=strict, input_format=input_format)
-        except loader.LoadError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(3)
-        for note in run.notes:
-            _err(f"note: {note}")
-        if not len(run.steps):
-            _err(f"error: {path}: no step records, nothing to judge")
-            raise typer.Exit(3)
-        reports.append(report.build_report(run, specs))
-    return reports
+    ref = None if baseline is None else _load(baseline, strict, input_format, what="baseline: ")
+    return [report.build_report(_load(path, strict, input_format), specs, baseline=ref) for path in paths]
 
 
 def _emit(payload) -> None:
@@ -284,12 +294,13 @@ def report_cmd(
     fmt: FormatOption = "table",
     strict: StrictOption = False,
     input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
     def body():
         from analyze import report
 
-        (rep,) = _analysis([run], criteria, fmt, strict, input_format)
+        (rep,) = _analysis([run], criteria, fmt, strict, input_format, baseline)
         _emit(report.render(rep, fmt))
         raise typer.Exit(0 if rep.verdict == "pass" else 1)
 
@@ -303,6 +314,7 @@ def compare_cmd(
     fmt: FormatOption = "table",
     strict: StrictOption = False,
     input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
     def body():
@@ -311,7 +323,7 @@ def compare_cmd(
         if len(runs) < 2:
             _err("error: compare needs at least two runs")
             raise typer.Exit(2)
-        reports = _analysis(runs, criteria, fmt, strict, input_format)
+        reports = _analysis(runs, criteria, fmt, strict, input_format, baseline)
         cmp = compare.build_comparison(reports)
         _emit(compare.render(cmp, fmt))
         raise typer.Exit(0 if cmp.verdict == "pass" else 1)
@@ -360,13 +372,15 @@ def plot(
     strict: StrictOption = False,
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+    findings: bool = typer.Option(
+        False, "--findings", help="Mark each finding (moh report's) at the steps it rests on, on the figure of its series."),
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs))
+    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs, findings))
 
 
 def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
-          jobs: int | None = None) -> None:
+          jobs: int | None = None, findings: bool = False) -> None:
     import warnings
 
     from analyze import loader, plots
@@ -393,11 +407,16 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         for note in run.notes:
             _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
+    marks = None
+    if findings:
+        from analyze.findings import find_all
+
+        marks = [(f.to_dict(), run) for run in loaded for f in find_all(run)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
             written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step",
-                                          jobs=jobs)
+                                          jobs=jobs, marks=marks)
         except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
             _err(f"error: {e}")
             raise typer.Exit(3)

@@ -168,6 +168,9 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any]):
         raise ConfigError(f"{k}: cannot change on --resume (checkpoint has {old!r}, got {v!r}); "
                           f"changeable: {', '.join(RESUMABLE_KEYS)}")
     known = {k: v for k, v in saved.items() if k in KEYS}  # keys dropped since: ignored
+    # written before moh_gates existed: that engine used the paper's gate equations, and a
+    # resumed run must not switch arithmetic halfway (the default is now "released")
+    known.setdefault("moh_gates", "paper")
     return from_dict({**known, **{k: v for k, v in given.items() if v is not None}})
 
 

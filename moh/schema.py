@@ -65,7 +65,8 @@ GRAD_GROUPS = ("embedding", "attention", "ffn", "router", "complexity", "thresho
 ROUTING_GRAD_GROUPS = ("router", "complexity", "threshold")
 # Auxiliary loss terms (`aux`, `aux_weighted`) and the config key of each term's weight.
 AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight"}
+                   "complexity": "complexity_weight", "budget": "budget_weight",
+                   "entropy": "entropy_weight"}
 AUX_TERMS = tuple(AUX_WEIGHT_KEYS)
 
 
@@ -128,7 +129,17 @@ LAYER = (
     _opt("heads_hist", "nums", nullable=True,
          description="H+1 fractions of tokens using 0..H heads (\"full\" tier); read by no rule or "
                      "figure yet: the loader notes that it leaves it out"),
+    # Does the allocation track difficulty (issue 11; older logs lack them: readers say n/a):
+    # Spearman rank correlation over the logged step's target tokens of each token's complexity /
+    # hard head count with its LM loss (moh/alignment.py). Null for routers without a per-token
+    # budget (dense, moh) and where undefined (a constant series: every token the same count).
+    _opt("complexity_loss_corr", "num", minimum=-1, maximum=1,
+         description="Spearman(token complexity, token LM loss) over the step's target tokens"),
+    _opt("heads_loss_corr", "num", minimum=-1, maximum=1,
+         description="Spearman(token hard head count, token LM loss) over the step's target tokens"),
 )
+# The loss-alignment fields above, by name (the engine fills them on logged steps).
+ALIGNMENT_STATS = ("complexity_loss_corr", "heads_loss_corr")
 SAMPLE = (_f("prompt", "str"), _f("expected", "str"), _f("output", "str"), _f("match", "bool"))
 
 RUN_START = "run_start"

@@ -26,12 +26,13 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, schema
+from .alignment import loss_alignment
 from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
-from .model import LM
+from .model import IGNORE_INDEX, LM
 from .optim import AdamW, clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
 from .routing import layer_stats
 from .telemetry import JsonlSink, Monitor, NullSink, Sink
@@ -84,8 +85,22 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
             chunk = values[pos : pos + n]
             pos += n
             row[k] = chunk if k in _LIST_STATS else chunk[0]
+            if k in schema.ALIGNMENT_STATS and row[k] != row[k]:
+                row[k] = None  # NaN: a rank correlation undefined on this step (moh/alignment.py)
         rows.append(schema.layer_row(**row))
     return rows
+
+
+def _layer_stats(routings: list, valid: torch.Tensor, has_target: torch.Tensor, token_loss: torch.Tensor | None,
+                 full: bool, info: distributed.DistInfo) -> list[dict[str, Any]]:
+    """Every layer's routing statistics and loss alignment (the whole job's under torchrun)."""
+    if info.distributed:
+        stats = distributed.layer_stats_global(routings, valid, full=full)
+        corr = loss_alignment(routings, has_target, token_loss, gather=distributed.gather_columns)
+    else:
+        stats = [layer_stats(r, valid, full=full) for r in routings]
+        corr = loss_alignment(routings, has_target, token_loss)
+    return [s | c for s, c in zip(stats, corr)]
 
 
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
@@ -339,7 +354,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             set_lr(opt, lr)
             idx, targets = idx.to(info.device), targets.to(info.device)
             valid = idx != tok.pad_id  # (B, T) real tokens (routing stats, aux losses)
-            _, loss_sum, routings = net(idx, targets)
+            logged = step % cfg.log_every == 0 or i + 1 == total  # as below, before non-finite
+            token_loss, loss_sum, routings = net(idx, targets, token_losses=logged)
             n_tok = (targets != -100).sum()
             if reduce is not None:  # the job's token-loss sum and target count (all ranks)
                 loss_sum, n_tok = reduce(torch.stack([loss_sum, n_tok.to(loss_sum.dtype)])).unbind()
@@ -379,9 +395,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     aux={t: _f(aux[t]) for t in TERMS},
                     aux_weighted={t: (None if aux[t] is None else
                                       getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    layers=_rows(distributed.layer_stats_global(routings, valid, full=cfg.telemetry_tier == "full")
-                                 if info.distributed else
-                                 [layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
+                    layers=_rows(_layer_stats(routings, valid, targets != IGNORE_INDEX, token_loss,
+                                              cfg.telemetry_tier == "full", info)),
                     tokens=int(n_tok), skipped=not finite,
                 )
                 log.write(rec)

@@ -47,7 +47,8 @@ _STEP_S = 0.25  # simulated seconds per logged step
 
 # Aux weights under the engine's config names (schema.AUX_WEIGHT_KEYS), so findings can read them.
 AUX_WEIGHT_KEYS = schema.AUX_WEIGHT_KEYS
-_HEALTHY_AUX_WEIGHTS = {"load_balance": 0.01, "z": 1e-3, "complexity": 0.1, "budget": 0.5}
+# entropy weight 0 as in the engine's defaults: the term is logged raw but does not train
+_HEALTHY_AUX_WEIGHTS = {"load_balance": 0.01, "z": 1e-3, "complexity": 0.1, "budget": 0.5, "entropy": 0.0}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Synthetic:
     loss_flat: bool = False            # loss never falls
     loss_diverge: bool = False         # loss falls, then climbs back over the last 30%
     nonfinite: bool = False            # a few NaN losses / inf grad norms, skipped, with alerts
+    complexity_uninformative: bool = False  # adaptive layers also log the loss alignment stats
+                                       # (schema.ALIGNMENT_STATS), near 0: allocation ignores difficulty
     head_collapse: str | None = None   # "min": every token uses k_min heads; "max": all H heads
     dead_heads: int | tuple = 0        # count (last heads) or head indices with load ~0
     load_imbalance: bool = False       # one head takes most of the load
@@ -209,10 +212,12 @@ class _Sim:
             "z": 1.0 + 3.0 * np.exp(-2 * u) * np.exp(rng.normal(0, 0.05, m)),
             "complexity": 0.002 + 0.02 * np.exp(-3 * u) * np.exp(rng.normal(0, 0.1, m)),
             "budget": 0.0005 + 0.01 * np.exp(-5 * u) * np.exp(rng.normal(0, 0.1, m)),
+            # no random draw: the other series keep the values they had before this term existed
+            "entropy": 1.2 + 0.8 * np.exp(-3 * u),
         }
         weights = dict(_HEALTHY_AUX_WEIGHTS)
         if cfg.aux_dominates:
-            weights = {"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0}
+            weights = {"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0}
         for t in cfg.vacuous_aux:
             aux[t] = np.zeros(m)
         applicable = {t: not dense and (cfg.router == "adaptive" or t in ("load_balance", "z"))
@@ -298,6 +303,10 @@ class _Sim:
         for s in cfg.silent_zero:
             stats[s] = np.zeros((m, L))
         out["layers"] = {s: (stats[s] if cfg.applies(s) and s not in cfg.missing else None) for s in schema.LAYER_STATS}
+        if cfg.complexity_uninformative:  # Spearman of complexity / heads with token loss, ~0
+            adaptive = cfg.router == "adaptive"
+            out["layers"]["complexity_loss_corr"] = (0.05 + noise(0.05)).clip(-1, 1) if adaptive else None
+            out["layers"]["heads_loss_corr"] = (0.02 + noise(0.05)).clip(-1, 1) if adaptive else None
         # --- head load: fraction of tokens selecting each head, (m, L, H), sums to heads_mean
         if dense or "head_load" in cfg.missing:
             out["head_load"] = None
@@ -340,7 +349,7 @@ def _knobs(cfg: Synthetic) -> dict:
 # ---- records -------------------------------------------------------------------------------
 
 def _config(cfg: Synthetic) -> dict:
-    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0} if cfg.aux_dominates
+    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0} if cfg.aux_dominates
                else _HEALTHY_AUX_WEIGHTS)
     conf = {
         "seed": cfg.seed, "router": cfg.router, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
@@ -445,6 +454,11 @@ def _step_template(cfg: Synthetic, c: dict, phase: str) -> _Template:
             else:
                 arr = c["layers"][s]
                 T.val(None if arr is None else arr[:, li], "d" if s in ("heads_min", "heads_max") else "g")
+        if cfg.complexity_uninformative:
+            for s in schema.ALIGNMENT_STATS:
+                arr = c["layers"][s]
+                T.lit(f',"{s}":')
+                T.val(None if arr is None else arr[:, li], "g")
         T.lit("}")
     T.lit('],"skipped":')  # last, so the per-row literal true/false is a suffix
     return T

@@ -14,6 +14,7 @@ import csv
 import functools
 import io
 import itertools
+import math
 import operator
 import re
 import struct
@@ -24,6 +25,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from moh import schema
+
 from .reference import _LAYER_STATS, _N_STATS, _STEP_DICTS, _STEP_STRUCTURED, ReferenceBuilder
 
 _GET_STATS = operator.itemgetter(*_LAYER_STATS)
@@ -33,6 +36,14 @@ _GET_LOAD = operator.itemgetter("head_load")
 # fast paths; any other key (label, prob_mean, heads_hist, unknown ones) goes field by field.
 _FAST_LAYER_KEYS = frozenset(("layer", "head_load") + _LAYER_STATS)
 _N_LAYER_FIELDS = len(_FAST_LAYER_KEYS)
+# A log written before the optional numeric stats (schema.ALIGNMENT_STATS) lacks them: it takes
+# the fast paths too, those columns NaN (as the per-layer path reads an absent key).
+_REQUIRED_STATS = tuple(st for st in _LAYER_STATS if st in schema.LAYER_STATS)
+_OPTIONAL_STATS = _LAYER_STATS[len(_REQUIRED_STATS):]
+assert _LAYER_STATS[: len(_REQUIRED_STATS)] == _REQUIRED_STATS, "optional layer columns come last"
+_GET_REQUIRED_STATS = operator.itemgetter(*_REQUIRED_STATS)
+_NO_OPTIONAL = (math.nan,) * len(_OPTIONAL_STATS)
+_N_LAYER_FIELDS_REQUIRED = _N_LAYER_FIELDS - len(_OPTIONAL_STATS)
 _chain = itertools.chain.from_iterable
 
 
@@ -161,7 +172,8 @@ class _Template:
                 paths += [("d", k, sub) for sub in v]
             elif k == "layers" and t is list:
                 for i, lay in enumerate(v):
-                    if type(lay) is not dict or len(lay) != _N_LAYER_FIELDS or not _LAYER_KEYS.issuperset(lay):
+                    if type(lay) is not dict or len(lay) not in (_N_LAYER_FIELDS, _N_LAYER_FIELDS_REQUIRED) \
+                            or len(lay) != len(v[0]) or not _LAYER_KEYS.issuperset(lay):
                         return None
                     for lk, lv in lay.items():
                         if lk == "head_load":
@@ -201,7 +213,8 @@ class _Template:
         self.scal += [(col[("d", k, sub)], 0.0) for k, subs in plan.dicts for sub in subs]
         self.n_layers = n_layers
         self.idx_cols = [col[("l", i, "layer")] for i in range(n_layers)]
-        self.stat_cols = [col[("l", i, st)] for i in range(n_layers) for st in _LAYER_STATS]
+        # -1: a stat this layout lacks (an older log), read from a NaN column
+        self.stat_cols = [col.get(("l", i, st), -1) for i in range(n_layers) for st in _LAYER_STATS]
         self.load_cols = [col[("h", i, h)] for i in range(n_layers) for h in range(lens[i])]
         self.lens = np.array(lens, np.uint16)
         return self
@@ -306,7 +319,8 @@ class Builder(ReferenceBuilder):
         if t.n_layers:
             self.lr_row.frombytes(np.repeat(np.arange(row0, row0 + n, dtype=np.int32), t.n_layers).tobytes())
             self.lr_layer.frombytes(ids.astype(np.int16).tobytes())
-            self.lr_stats.frombytes(m[:, t.stat_cols].astype(np.float32).tobytes())
+            src = np.hstack([m, np.full((n, 1), np.nan)]) if -1 in t.stat_cols else m
+            self.lr_stats.frombytes(src[:, t.stat_cols].astype(np.float32).tobytes())
             self.hl_len.frombytes(np.tile(t.lens, n).tobytes())
             self.hl_val.frombytes(m[:, t.load_cols].astype(np.float32).tobytes())
         self.n_steps += n
@@ -337,13 +351,20 @@ class Builder(ReferenceBuilder):
         """All layers complete and well typed: append them with C-level calls only. False: not done."""
         if not layers:
             return True
+        n_keys = _N_LAYER_FIELDS
         try:
-            stat_rows = list(map(_GET_STATS, layers))
             idx = list(map(_GET_LAYER, layers))
             loads = list(map(_GET_LOAD, layers))
+            try:
+                stat_rows = list(map(_GET_STATS, layers))
+            except KeyError:  # written before the optional stats: those read as NaN
+                stat_rows = [r + _NO_OPTIONAL for r in map(_GET_REQUIRED_STATS, layers)]
+                n_keys = _N_LAYER_FIELDS_REQUIRED
         except (KeyError, TypeError):
             return False
-        if self.lr_label is not None or self.hl_prob is not None or max(map(len, layers)) != _N_LAYER_FIELDS:
+        n_fields = list(map(len, layers))
+        if self.lr_label is not None or self.hl_prob is not None or min(n_fields) != n_keys \
+                or max(n_fields) != n_keys:
             return False  # optional keys (label, prob_mean) or unknown ones: per-layer path
         try:
             stats = _packer(len(stat_rows) * _N_STATS).pack(*_chain(stat_rows))

@@ -16,6 +16,7 @@ from moh.atomic import temp_beside
 from analyze.run import Run
 from .style import DPI, MissingDataError, PlotWarning, RC
 from .families import FAMILIES
+from .markers import mark
 
 
 def temp_name(path: Path) -> str:
@@ -59,9 +60,10 @@ def prepare_output_dir(out_dir: Path) -> Path:
 
 
 def render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: int | None,
-            clear: bool = True) -> tuple[Path | None, Path | None, list[str]]:
+            clear: bool = True, marks: list | None = None) -> tuple[Path | None, Path | None, list[str]]:
     """Draw one family into a temp file; returns (path, temp file; both None when skipped, warnings).
-    `clear`: free the figure's artists at once (a worker process about to exit need not)."""
+    `clear`: free the figure's artists at once (a worker process about to exit need not).
+    `marks`: (finding dict, run) pairs drawn on the figure of their series (markers.py)."""
     with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context(RC):
         warnings.simplefilter("always", PlotWarning)
         try:
@@ -74,6 +76,8 @@ def render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: int
             path = tmp = None
         else:
             fig = axes[0].figure
+            if marks:
+                mark(axes, name, marks, runs, x)
             try:
                 path = out / f"{name}.{fmt}"
                 tmp = save_temp(fig, path, fmt)

@@ -89,6 +89,7 @@ def vacuous_aux(ctx: Context) -> list[Finding]:
         if not c.startswith("aux."):
             continue
         v = s[c].to_numpy(float)
+        st = s["step"].to_numpy()[np.isfinite(v)]  # the steps the evidence rests on
         v = v[np.isfinite(v)]
         if len(v) < MIN_STEPS or not np.all(np.abs(v) <= ZERO_ATOL):
             continue
@@ -99,7 +100,7 @@ def vacuous_aux(ctx: Context) -> list[Finding]:
             "vacuous_aux", "info" if off else "warning", None,
             f"aux term {term} is 0 on all {len(v)} logged steps"
             + (" (its weight is 0: switched off)" if off else ": it contributes nothing to training"),
-            evidence(values=v[:3], term=term, weight=weight),
+            evidence(st, v, term=term, weight=weight),
             "if the term should act, check its inputs (e.g. a complexity loss against weights "
             "rescaled to the complexity target is 0 by construction); otherwise drop it"))
     return out

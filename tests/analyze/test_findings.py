@@ -59,6 +59,7 @@ TRIGGERS = {
     "dead_heads": dict(dead_heads=2),
     "load_imbalance": dict(load_imbalance=True),
     "predictor_growth": dict(predictor_growth=True),
+    "complexity_uninformative": dict(complexity_uninformative=True),
     "aux_dominates": dict(aux_dominates=True),
     "vacuous_aux": dict(vacuous_aux=["complexity"]),
 }

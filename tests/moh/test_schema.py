@@ -105,7 +105,7 @@ def test_derived_names_match_the_definitions():
     assert schema.grad_column("router") == "grad.router"
     assert schema.aux_column("z", weighted=True) == "aux_weighted.z"
     assert set(schema.ROUTING_GRAD_GROUPS) < set(schema.GRAD_GROUPS)
-    assert schema.AUX_TERMS == ("load_balance", "z", "complexity", "budget")
+    assert schema.AUX_TERMS == ("load_balance", "z", "complexity", "budget", "entropy")
 
 
 _PROBE = r'''
@@ -115,7 +115,7 @@ from moh import schema, schema_json
 from analyze.loader import load_run
 
 layer = lambda i, v: schema.layer_row(layer=i, heads_mean=2.0, heads_min=1.0, heads_max=3.0, heads_std=0.5,
-                                      head_load=[0.5, 0.5], entropy=0.6, heads_loss_corr=v)
+                                      head_load=[0.5, 0.5], entropy=0.6, probe_stat=v)
 recs = [schema.record(schema.RUN_START, schema_version=1, run_id="x", time=0.0, config={},
                       model={"n_layers": 2, "n_heads": 2, "d_model": 8, "router": "moh", "params": 1},
                       world_size=1)]
@@ -129,8 +129,8 @@ path.write_text("".join(schema.encode_record(r) + "\n" for r in recs))
 run = load_run(path)
 lay = run.layers.sort_values(["step", "layer"])
 print(json.dumps({"columns": list(run.layers.columns),
-                  "values": [round(float(v), 6) for v in lay["heads_loss_corr"]],
-                  "json_schema": schema_json.build()["$defs"]["layer"]["properties"].get("heads_loss_corr"),
+                  "values": [round(float(v), 6) for v in lay["probe_stat"]],
+                  "json_schema": schema_json.build()["$defs"]["layer"]["properties"].get("probe_stat"),
                   "torch": "torch" in sys.modules}))
 '''
 
@@ -147,15 +147,15 @@ def test_one_layer_definition_drives_loader_columns_and_json_schema(tmp_path):
     anchor = '_f("entropy", "num"), _f("pred_norm", "num"),'
     assert src.count(anchor) == 1
     (tree / "moh" / "schema.py").write_text(src.replace(
-        anchor, anchor + '\n    _opt("heads_loss_corr", "num", description="corr(heads, loss) over tokens"),'))
+        anchor, anchor + '\n    _opt("probe_stat", "num", description="a probe statistic"),'))
     (tree / "probe.py").write_text(_PROBE)
     out = subprocess.run([sys.executable, "probe.py", str(tmp_path / "run.jsonl")], cwd=tree,
                          capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
-    assert "heads_loss_corr" in got["columns"]
+    assert "probe_stat" in got["columns"]
     assert got["values"] == [0.1, -0.1, 0.2, -0.2, 0.3, -0.3]
-    assert got["json_schema"] == {"$ref": "#/$defs/num_or_null", "description": "corr(heads, loss) over tokens"}
+    assert got["json_schema"] == {"$ref": "#/$defs/num_or_null", "description": "a probe statistic"}
     assert got["torch"] is False  # the contract and the analysis import no torch
 
 
@@ -169,4 +169,4 @@ def test_without_the_definition_the_field_is_not_a_column(tmp_path):
     (tree / "probe.py").write_text(_PROBE)
     out = subprocess.run([sys.executable, "probe.py", str(tmp_path / "run.jsonl")], cwd=tree,
                          capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
-    assert out.returncode != 0 and "unknown fields ['heads_loss_corr']" in out.stderr
+    assert out.returncode != 0 and "unknown fields ['probe_stat']" in out.stderr

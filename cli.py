@@ -5,7 +5,7 @@ Exit codes (documented in README.md and docs/reliability.md):
   1  report criteria failed; training failed (non-finite stop)
   2  usage or configuration error
   3  unreadable or unusable input, or an output that cannot be written (full disk, no permission)
-  130, 143  training interrupted by SIGINT / SIGTERM
+  130, 143  training interrupted by SIGINT / SIGTERM; 130 a watch left with Ctrl-C
 Payload goes to stdout; progress, warnings and errors go to stderr.
 Library code never calls sys.exit: domain errors become exit codes here only. Every failure is one
 line on stderr naming the file (and line), never a traceback (MOH_DEBUG=1 shows one), and a

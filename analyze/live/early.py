@@ -15,6 +15,7 @@ cli.py (which imports both) passes it in. See docs/architecture.md.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from moh import schema
@@ -42,12 +43,18 @@ class EarlyAlerts:
     repeated."""
 
     def __init__(self, every: int = 10, path: str | os.PathLike = "run.jsonl",
-                 earlier: str | os.PathLike | None = None):
+                 earlier: str | os.PathLike | None = None, max_share: float = 0.05):
         """`earlier`: the log a resumed run appends to, read now (before the run appends): its
-        records are evidence too, and what they already show is not alerted again."""
+        records are evidence too, and what they already show is not alerted again.
+        `max_share`: a check is skipped while the training time since the last one is short
+        enough that the checks would take more than this share of the run (each check re-reads
+        every record, so on a long run they get dearer; 1.0: never skip)."""
         if every < 1:
             raise ValueError(f"every must be at least 1, not {every}")
-        self.every, self.path = every, Path(path)
+        if not 0 < max_share <= 1:
+            raise ValueError(f"max_share must be in (0, 1], not {max_share}")
+        self.every, self.path, self.max_share = every, Path(path), max_share
+        self._next_at = 0.0  # monotonic time before which a check is skipped
         self.records: list[dict] = []
         self.n_steps = 0
         self._checked_at = 0
@@ -74,9 +81,17 @@ class EarlyAlerts:
         pass
 
     def check(self, step: int) -> list[tuple[str, str, str]]:
-        if self.n_steps - self._checked_at < self.every:
+        if self.n_steps - self._checked_at < self.every or time.monotonic() < self._next_at:
             return []
         self._checked_at = self.n_steps
+        began = time.monotonic()
+        try:
+            return self._check()
+        finally:
+            done = time.monotonic()
+            self._next_at = done + (done - began) * (1 / self.max_share - 1)
+
+    def _check(self) -> list[tuple[str, str, str]]:
         new = []
         for f in early_findings(load_records(self.records, self.path)):
             rank = _SEVERITY_RANK[f.severity]

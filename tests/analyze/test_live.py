@@ -205,7 +205,7 @@ def _records(name: str) -> list[dict]:
 
 
 def test_early_alerts_fire_once_every_n_steps():
-    mon = EarlyAlerts(every=10)
+    mon = EarlyAlerts(every=10, max_share=1.0)
     fired = []
     for rec in _records("broken_no_gradient.jsonl"):
         mon.write(rec)
@@ -221,7 +221,7 @@ def test_early_alerts_fire_once_every_n_steps():
 
 
 def test_early_alerts_silent_on_a_healthy_run():
-    mon = EarlyAlerts(every=5)
+    mon = EarlyAlerts(every=5, max_share=1.0)
     for rec in _records("healthy_adaptive.jsonl"):
         mon.write(rec)
         if rec["event"] == "step":
@@ -229,7 +229,7 @@ def test_early_alerts_silent_on_a_healthy_run():
 
 
 def test_early_alerts_do_not_repeat_the_engines_alert_or_what_a_resumed_log_showed(tmp_path):
-    mon = EarlyAlerts(every=1)
+    mon = EarlyAlerts(every=1, max_share=1.0)
     mon.write({"event": "alert", "step": 3, "level": "error", "code": "router_grad_zero", "message": "x"})
     recs = _records("broken_no_gradient.jsonl")
     for rec in recs[:30]:
@@ -237,14 +237,32 @@ def test_early_alerts_do_not_repeat_the_engines_alert_or_what_a_resumed_log_show
     assert "router_grad_zero" not in [c for _, c, _ in mon.check(0)]  # the engine said it already
     log = tmp_path / "run.jsonl"
     log.write_bytes(b"".join(_lines("broken_no_gradient.jsonl")[:30]))
-    again = EarlyAlerts(every=1, earlier=log)
+    again = EarlyAlerts(every=1, earlier=log, max_share=1.0)
     for rec in recs[30:40]:
         again.write(rec)
     assert again.check(0) == []
-    fresh = EarlyAlerts(every=1)
+    fresh = EarlyAlerts(every=1, max_share=1.0)
     for rec in recs[:40]:
         fresh.write(rec)
     assert "router_grad_zero" in [c for _, c, _ in fresh.check(0)]
+
+
+def test_early_alerts_keep_their_share_of_the_time():
+    mon = EarlyAlerts(every=1, max_share=0.05)
+    recs = _records("broken_no_gradient.jsonl")
+    for rec in recs[:30]:
+        mon.write(rec)
+    assert [c for _, c, _ in mon.check(0)]  # the first check always runs
+    cost_wait = mon._next_at - __import__("time").monotonic()
+    assert cost_wait > 0  # 19x the check's own cost must pass before the next
+    for rec in recs[30:32]:
+        mon.write(rec)
+    checked = mon._checked_at
+    mon.check(0)
+    assert mon._checked_at == checked  # skipped: too soon
+    mon._next_at = 0.0
+    mon.check(0)
+    assert mon._checked_at == mon.n_steps
 
 
 def test_early_rule_set():

@@ -74,7 +74,7 @@ class TrainProgress:
             self.progress.start()
         else:
             self.progress.stop_task(self.task)
-        self.task = self.progress.add_task("", total=info["total_steps"], phase=info["phase"], epoch=0,
+        self.task = self.progress.add_task("", total=info["total_steps"], phase=info["phase"], epoch=1,
                                            epochs=info["epochs"], loss="-", heads="-")
 
     def _step(self, info: dict) -> None:

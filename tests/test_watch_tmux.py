@@ -221,3 +221,15 @@ def test_watch_follows_a_killed_and_resumed_moh_train(tmp_path, pane_factory):
     assert "EXIT=1" in screen and "VERDICT FAIL" in screen and "router_grad_zero" in screen
     recs = [json.loads(l) for l in (run / "run.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "resume" for r in recs) == 1
+
+
+def test_train_progress_bar_on_a_terminal_shows_epoch_total_and_eta(tmp_path, pane_factory):
+    pane = pane_factory(f"{MOH} train --set n_layers=1 --set d_model=32 --set n_heads=4 --set d_ff=64 "
+                        f"--set eval_prompts=4 --set eval_max_new_tokens=6 --log-every 1 --threads 1 "
+                        f"--pretrain-epochs 20 --instruct-epochs 2 --alert-every 0 --out run", tmp_path)
+    m = pane.wait_for(r"pretrain\s+epoch\s+(\d+)/20 .*ETA", timeout=120)
+    assert 1 <= int(m.group(1)) <= 20
+    pane.wait_for(r"EXIT=0", timeout=180)
+    screen = pane.text()
+    assert re.search(r"instruct\s+epoch\s+2/2 .*\b(\d+)/\1\b", screen), screen  # the bar ends full
+    assert "pretrain eval: loss" in screen

@@ -435,8 +435,7 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
 @app.command("import")
 def import_log(
     log: Path = typer.Argument(..., readable=False, help="Reference RustGPT trainer text log (UTF-8 or UTF-16, as captured)."),
-    output: Path = typer.Option(..., "-o", "--output", callback=run_logs,
-                                help="Telemetry file to write (run.jsonl format), or a run directory to write run.jsonl into."),
+    output: Path = typer.Option(..., "-o", "--output", help="Telemetry file to write (run.jsonl format)."),
     input_format: str = typer.Option(
         "auto", "--input-format", help="auto (detect from content) or rustgpt (force the text-log reader)."),
     data: Optional[Path] = typer.Option(

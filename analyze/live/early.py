@@ -20,7 +20,7 @@ from pathlib import Path
 
 from moh import schema
 
-from ..load import load_records
+from ..load import load_bytes
 from ..rules import RULES, Finding
 from ..rules.context import Context
 from .records import read_records
@@ -55,7 +55,7 @@ class EarlyAlerts:
             raise ValueError(f"max_share must be in (0, 1], not {max_share}")
         self.every, self.path, self.max_share = every, Path(path), max_share
         self._next_at = 0.0  # monotonic time before which a check is skipped
-        self.records: list[dict] = []
+        self.text = bytearray()  # the records as log lines: the loader's bulk path reads them back
         self.n_steps = 0
         self._checked_at = 0
         self._fired: dict[tuple[str, int | None], int] = {}
@@ -64,12 +64,12 @@ class EarlyAlerts:
                 self.write(rec)
             self._checked_at = self.n_steps
             if self.n_steps:
-                for f in early_findings(load_records(self.records, self.path)):
+                for f in early_findings(load_bytes(self.text, self.path)):
                     key = (f.code, f.layer)
                     self._fired[key] = max(self._fired.get(key, -1), _SEVERITY_RANK[f.severity])
 
     def write(self, record: dict) -> None:
-        self.records.append(record)
+        self.text += schema.encode_record(record).encode("utf-8") + b"\n"
         kind = record.get("event")
         if kind == schema.STEP:
             self.n_steps += 1
@@ -93,7 +93,7 @@ class EarlyAlerts:
 
     def _check(self) -> list[tuple[str, str, str]]:
         new = []
-        for f in early_findings(load_records(self.records, self.path)):
+        for f in early_findings(load_bytes(self.text, self.path)):
             rank = _SEVERITY_RANK[f.severity]
             key = (f.code, f.layer)
             if rank < _SEVERITY_RANK["warning"] or rank <= self._fired.get(key, -1):

@@ -290,7 +290,13 @@ class _Log:
         if self.monitor is None:
             return None
         stop = None
-        for level, code, message in self.monitor.check(step):
+        try:
+            alerts = self.monitor.check(step)
+        except Exception as e:  # noqa: BLE001 -- a fault in the checks must not end the training
+            self.monitor = None
+            alerts = [("warning", "alerts_off", f"the early-rule checks failed and are off for the rest "
+                                                f"of the run ({type(e).__name__}: {e})")]
+        for level, code, message in alerts:
             self.alert(step, level, code, message)
             cb("alert", {"step": step, "level": level, "code": code, "message": message})
             if self.stop_on is not None and _STOP_LEVELS.index(self.stop_on) >= (

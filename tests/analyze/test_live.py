@@ -272,3 +272,14 @@ def test_early_rule_set():
     assert codes <= {"router_grad_zero", "nonfinite", "grad_explosion", "head_collapse", "constant_stat"}
     assert codes == full & {"router_grad_zero", "nonfinite", "grad_explosion", "head_collapse", "constant_stat"}
     assert codes  # the unstable sample has an early sign
+
+
+def test_live_modules_never_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, analyze.live.watch, analyze.live.early, analyze.live.view, analyze.runpath, moh.plan; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+

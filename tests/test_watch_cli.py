@@ -55,3 +55,14 @@ def test_watch_errors_are_one_line(tmp_path):
     crit.write_text("not toml [")
     p = watch(SAMPLES / "healthy_adaptive.jsonl", "--once", "--criteria", crit)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_text_log_is_refused_in_one_line(tmp_path):
+    text = tmp_path / "train.log"
+    text.write_text("".join(f"Epoch {i}: Loss = 3.{i}\n" for i in range(8)))
+    for args in ([text, "--once"], [text, "--interval", "0.1"]):
+        p = watch(*args)
+        assert p.returncode == 3, p.stderr
+        assert p.stderr.strip().splitlines() == [
+            f"error: {text}: not a JSONL telemetry log (moh watch follows run.jsonl; "
+            "moh report and moh import read reference trainer text logs)"]

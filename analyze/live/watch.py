@@ -25,9 +25,15 @@ class WatchError(Exception):
     """A run that cannot be watched (no log, no step); the message is one line."""
 
 
+NOT_JSONL_LINES = 5  # this many lines and not one record: not a telemetry log
+
+
 def _drain(run: LiveRun) -> None:
     while run.update():
         pass
+    if run.bad[0] >= NOT_JSONL_LINES and run.start is None and not run.n_steps:
+        raise WatchError(f"{run.path}: not a JSONL telemetry log (moh watch follows run.jsonl; "
+                         f"moh report and moh import read reference trainer text logs)")
 
 
 def _exit_code(runs: list[LiveRun]) -> int:

@@ -64,7 +64,7 @@ def train(
         None, "--resume", metavar="DIR", readable=False,
         help="Continue the run in DIR from its checkpoint.pt (config from the checkpoint; only "
              "threads, log_every, checkpoint_every, nonfinite, eval_* may change)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; only the run directory on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (alerts still go to stderr); only the run directory on stdout."),
     alert_every: int = typer.Option(10, "--alert-every", min=0, metavar="N", help=(
         "Run the early rules (zero router gradient, non-finite, explosion, collapse, pinned stat) every "
         "N logged steps; alerts go to the log and stderr. 0: off.")),

@@ -130,6 +130,9 @@ def test_watch_follows_a_replayed_log_to_its_verdict(tmp_path, pane_factory, nam
     assert "step 968/968" in screen and "heads" in screen
     growing = sorted(set(s for s in seen if s < 968))
     assert len(growing) >= 3, seen  # several intermediate steps were on screen while it grew
+    # heads while it grew: the mean's line and a row of the per-layer table (layer, heads, min..max)
+    assert any(re.search(r"heads\s+\d\.\d", sc) and re.search(r"\n[│ ]+1\s+\d[\d.]*\s+\d+\.\.\d+", sc)
+               for sc in running), running[-1]
     assert seen == sorted(seen)
     if code:
         assert "router_grad_zero" in screen
@@ -184,6 +187,8 @@ def test_watch_follows_a_live_moh_train(tmp_path, pane_factory, fault, code):
     total = json.loads((run / "run.jsonl").read_text().splitlines()[-1])["steps"]
     assert f"step {total}/{total}" in screen  # the planned total is the real one
     assert len(set(s for s in seen if s < total)) >= 3, seen
+    assert any(re.search(r"heads\s+\d\.\d", sc) and re.search(r"\n[│ ]+0\s+\d[\d.]*\s+\d+\.\.\d+", sc)
+               for sc in running), running[-1]
     assert re.search(r"layer\s+heads", screen)
     if code:
         assert any("findings so far (early rules)" in sc and "router_grad_zero" in sc for sc in running)

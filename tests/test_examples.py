@@ -77,3 +77,17 @@ def test_plot_and_compare_work_on_the_logs(logs, tmp_path):
     r = _cli("compare", *map(str, logs.values()), "--format", "json")
     assert r.returncode in (0, 1), r.stderr
     assert len(json.loads(r.stdout)["runs"]) == 3
+
+
+def test_hf_mixtral_example_runs_and_is_judged_without_errors(tmp_path):
+    pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not installed")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_mixtral.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode in (0, 1), r.stderr
+    assert time.perf_counter() - t < 60
+    found = _findings(tmp_path / "run.jsonl")
+    assert [k for k in found if k[1] == "error"] == []
+    recs = [json.loads(line) for line in open(tmp_path / "run.jsonl")]
+    assert recs[0]["routing"]["n_units"] == 4
+    assert recs[-2]["loss"] < recs[1]["loss"] - 1.0  # it learned

@@ -46,7 +46,8 @@ def _batches(n, ctx=32, batch=16):
     out = []
     for _ in range(n):
         starts = torch.randint(0, len(data) - ctx - 1, (batch,), generator=g)
-        out.append((torch.stack([data[s:s + ctx] for s in starts]), torch.stack([data[s + 1:s + ctx + 1] for s in starts])))
+        x = torch.stack([data[s:s + ctx] for s in starts])
+        out.append((x, torch.stack([data[s + 1:s + ctx + 1] for s in starts])))
     return len(chars), out
 
 

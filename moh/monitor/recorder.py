@@ -167,6 +167,9 @@ class Recorder:
         params = None if self.model is None else sum(p.numel() for p in self.model.parameters())
         routing = {"unit": self.unit, "kind": self.kind, "n_units": self.n_units}
         routing |= {k: v for k, v in (("top_k", self.top_k), ("n_shared", self.n_shared)) if v is not None}
+        # `model` needs n_layers, n_heads and d_model >= 1. Before any routing (a run that ended
+        # or alerted first) they are unknown: 1 there, and routing.n_units says null; the loader
+        # and rules read the units from the routing block and the step records.
         self.sink.write(schema.record(
             schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=self.run_id, time=self.t0,
             config=self.config,

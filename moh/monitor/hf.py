@@ -5,8 +5,8 @@ not by dimensions), with transformers 5 (`pip install -e '.[hf]'`; tested with 5
 family's decoder layer holds a `...SparseMoeBlock` whose `gate` is the router, a
 `...TopKRouter` returning (logits, top-k weights, top-k expert indices); transformers 4.x had an
 nn.Linear there and is not supported (attach raises). The hook on the gate records, per layer,
-the experts each token was sent to (`selected`) and the router's softmax probabilities (`probs`). Qwen2-MoE's always-on shared expert is not routed and is not
-among the recorded units; its `shared_expert_gate` counts as a router parameter.
+the experts each token was sent to (`selected`) and the router's softmax probabilities (`probs`).
+Qwen2-MoE's always-on shared expert is not routed and is not among the recorded units; its `shared_expert_gate` counts as a router parameter.
 
 Every position of the batch is counted (padding too: the router sees flattened hidden states
 with no attention mask).

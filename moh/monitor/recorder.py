@@ -101,6 +101,7 @@ class Recorder:
         self._sums: dict[int, layer_sums.Sums] = {}  # layer -> this step's sums so far
         self._layers: set[int] = set()
         self._hooks: list = []
+        self._held: list[dict] = []  # records waiting for run_start (see _write)
         self._started = False
         self._closed = False
         self._last_step: int | None = None
@@ -156,8 +157,17 @@ class Recorder:
 
     # --- records ----------------------------------------------------------------------------
 
-    def _write(self, rec: dict) -> None:
+    def _write(self, rec: dict, *, final: bool = False) -> None:
+        """Write `rec`, after run_start. An eval or alert that comes before any routing was seen
+        waits in memory (run_start must say how many units there are: the rules judge loads
+        against it) until the first step record or the end of the run."""
+        if not final and self.n_units is None and rec["event"] != schema.STEP:
+            self._held.append(rec)
+            return
         self._start()
+        held, self._held = self._held, []
+        for r in held:
+            self.sink.write(r)
         self.sink.write(rec)
 
     def _start(self) -> None:
@@ -167,9 +177,8 @@ class Recorder:
         params = None if self.model is None else sum(p.numel() for p in self.model.parameters())
         routing = {"unit": self.unit, "kind": self.kind, "n_units": self.n_units}
         routing |= {k: v for k, v in (("top_k", self.top_k), ("n_shared", self.n_shared)) if v is not None}
-        # `model` needs n_layers, n_heads and d_model >= 1. Before any routing (a run that ended
-        # or alerted first) they are unknown: 1 there, and routing.n_units says null; the loader
-        # and rules read the units from the routing block and the step records.
+        # `model` needs n_layers, n_heads and d_model >= 1. A run that ends (or logs a step)
+        # before any routing was seen has none to report: 1 there, and routing.n_units is null.
         self.sink.write(schema.record(
             schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=self.run_id, time=self.t0,
             config=self.config,
@@ -255,7 +264,7 @@ class Recorder:
             h.remove()
         try:
             self._write(schema.record(schema.RUN_END, time=time.time(), status=status,
-                                      steps=self._last_step or 0, wall_s=time.time() - self.t0))
+                                      steps=self._last_step or 0, wall_s=time.time() - self.t0), final=True)
         finally:
             self.sink.close()
 

@@ -220,3 +220,24 @@ def test_distributed_rank_zero_writes_the_job_statistics(tmp_path):
     row = recs[1]["layers"][0]  # counts 1, 2, 1 over both ranks
     assert row["heads_mean"] == pytest.approx(4 / 3) and (row["heads_min"], row["heads_max"]) == (1.0, 2.0)
     assert row["head_load"] == pytest.approx([2 / 3, 2 / 3])
+
+
+def test_an_alert_before_any_routing_waits_for_the_unit_count(tmp_path):
+    with Recorder(tmp_path) as rec:
+        rec.alert(0, "info", "start", "before the first forward")
+        assert not (tmp_path / "run.jsonl").read_text()  # run_start cannot say n_units yet
+        rec.routing(0, selected=_mask([[1, 0, 0, 0]]))
+        rec.step(1, loss=1.0)
+    recs = _records(tmp_path / "run.jsonl")
+    assert [r["event"] for r in recs] == ["run_start", "alert", "step", "run_end"]
+    assert recs[0]["model"]["n_heads"] == 4 and recs[0]["routing"]["n_units"] == 4
+
+
+def test_a_run_that_ends_before_any_routing_still_has_start_and_end(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Recorder(tmp_path) as rec:
+            rec.alert(0, "warning", "early", "about to fail")
+            raise RuntimeError("data missing")
+    recs = _records(tmp_path / "run.jsonl")
+    assert [r["event"] for r in recs] == ["run_start", "alert", "run_end"]
+    assert recs[0]["routing"]["n_units"] is None and recs[-1]["status"] == "failed"

@@ -67,6 +67,10 @@ def test_accumulated_forwards_give_the_known_statistics(tmp_path):
     assert (row["threshold_min"], row["threshold_max"]) == pytest.approx((0.3, 0.7))
     assert row["complexity_mean"] is None and row["entropy"] is None  # not given: null, never 0
     assert rec._sums == {}  # nothing kept after the step
+    with Recorder(tmp_path / "masked", unit="head") as rec2:  # `valid`: padding is not counted
+        rec2.routing(0, selected=_mask([[1, 1, 0], [1, 1, 1]]), valid=torch.tensor([True, False]))
+        masked = rec2.step(1, loss=2.0)["layers"][0]
+    assert masked["heads_mean"] == 2.0 and masked["head_load"] == [1.0, 1.0, 0.0]
     recs = _records(tmp_path / "run.jsonl")
     assert [r["event"] for r in recs] == ["run_start", "step", "run_end"]
     assert recs[0]["routing"] == {"unit": "head", "kind": "custom", "n_units": 3}

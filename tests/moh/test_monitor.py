@@ -245,3 +245,24 @@ def test_a_run_that_ends_before_any_routing_still_has_start_and_end(tmp_path):
     recs = _records(tmp_path / "run.jsonl")
     assert [r["event"] for r in recs] == ["run_start", "alert", "run_end"]
     assert recs[0]["routing"]["n_units"] is None and recs[-1]["status"] == "failed"
+
+
+def test_every_record_validates_against_the_json_schema(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+    validator = jsonschema.Draft202012Validator(
+        json.loads(resources.files("moh").joinpath("telemetry.schema.json").read_text("utf-8")))
+    torch.manual_seed(0)
+    model = Toy()
+    with Recorder(tmp_path, model=model, top_k=1, full=True) as rec:
+        rec.watch(model, layer=0, extract=lambda m, i, o: m.last)
+        for step in (1, 2):
+            model(torch.randint(0, 10, (2, 3))).backward()
+            rec.step(step, loss=float("inf") if step == 2 else 1.0, aux={"load_balance": 1.0})
+        rec.eval(2, loss=0.5)
+        rec.alert(2, "error", "x", "y")
+    recs = _records(tmp_path / "run.jsonl")
+    for r in recs:
+        validator.validate(r)
+        assert schema.missing_fields(r) == []
+    assert recs[2]["loss"] == "Infinity" and len(recs[1]["layers"][0]["heads_hist"]) == 3

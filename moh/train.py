@@ -103,6 +103,15 @@ def _layer_stats(routings: list, valid: torch.Tensor, has_target: torch.Tensor, 
     return [s | c for s, c in zip(stats, corr)]
 
 
+def _routing_info(cfg: Config) -> dict:
+    """run_start's `routing` block: the engine routes attention heads."""
+    if cfg.router == "moh":
+        kind = "shared_topk" if cfg.moh_shared else "topk"
+        return schema.routing_info(unit=schema.UNIT_HEAD, kind=kind, n_units=cfg.n_heads,
+                                   top_k=cfg.moh_topk, n_shared=cfg.moh_shared)
+    return schema.routing_info(unit=schema.UNIT_HEAD, kind=cfg.router, n_units=cfg.n_heads)
+
+
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
           callback: Callback | None = None, overwrite: bool = False, corpus: Corpus | None = None,
           resume: dict | None = None, monitor: Monitor | None = None, stop_on: str | None = None) -> Result:
@@ -163,6 +172,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
               "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
               "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
               "eval_prompts": len(held)},
+        routing=_routing_info(cfg),
     )
     at = None if resume is None else resume["position"]
     if at is None:

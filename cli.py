@@ -5,7 +5,7 @@ Exit codes (documented in README.md and docs/reliability.md):
   1  report criteria failed; training failed (non-finite stop)
   2  usage or configuration error
   3  unreadable or unusable input, or an output that cannot be written (full disk, no permission)
-  130, 143  training interrupted by SIGINT / SIGTERM
+  130, 143  training interrupted by SIGINT / SIGTERM; 130 a watch left with Ctrl-C
 Payload goes to stdout; progress, warnings and errors go to stderr.
 Library code never calls sys.exit: domain errors become exit codes here only. Every failure is one
 line on stderr naming the file (and line), never a traceback (MOH_DEBUG=1 shows one), and a
@@ -50,49 +50,6 @@ def _err(message: str) -> None:
 # ---- train (moh/) --------------------------------------------------------------------------
 
 
-class _TrainProgress:
-    """Rich progress bar on stderr fed by the training loop's callback (phase, epoch, loss, heads)."""
-
-    def __init__(self, quiet: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.quiet = quiet
-        self.progress = None if quiet else Progress(
-            TextColumn("[bold]{task.fields[phase]:<8}[/] epoch {task.fields[epoch]:>3}"),
-            BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  heads {task.fields[heads]}"), TimeElapsedColumn(),
-            console=self.console, transient=False)
-        self.task = None
-        self.evals: list[dict] = []
-
-    def __call__(self, kind: str, info: dict) -> None:
-        if kind == "eval":
-            self.evals.append(info)
-        if self.progress is None:
-            return
-        if kind == "phase_start":
-            if self.task is None:
-                self.progress.start()
-            else:
-                self.progress.stop_task(self.task)
-            self.task = self.progress.add_task("", total=info["total_steps"], phase=info["phase"],
-                                               epoch=0, loss="-", heads="-")
-        elif kind == "step" and self.task is not None:
-            fields = {"epoch": info["epoch"]}
-            if info.get("loss") is not None:
-                fields |= {"loss": f"{info['loss']:.3f}", "heads": f"{info['heads']:.2f}"}
-            self.progress.update(self.task, completed=info["i"], **fields)
-        elif kind == "eval":
-            em = info["exact_match"]
-            self.progress.console.print(
-                f"[dim]{info['phase']} eval:[/] loss {info['loss']:.3f}  exact match "
-                + ("n/a" if em is None else f"{em:.2f}"))
-        elif kind == "end":
-            self.progress.stop()
-
-
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", readable=False,
@@ -119,7 +76,12 @@ def train(
         None, "--resume", metavar="DIR", readable=False,
         help="Continue the run in DIR from its checkpoint.pt (config from the checkpoint; only "
              "threads, log_every, checkpoint_every, nonfinite, eval_* may change)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; only the run directory on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (alerts still go to stderr); only the run directory on stdout."),
+    alert_every: int = typer.Option(10, "--alert-every", min=0, metavar="N", help=(
+        "Run the early rules (zero router gradient, non-finite, explosion, collapse, pinned stat) every "
+        "N logged steps; alerts go to the log and stderr. 0: off.")),
+    stop_on: Optional[str] = typer.Option(None, "--stop-on", metavar="error|warning",
+                                          help="End the run (status failed, exit 1) on an alert of this level."),
 ) -> None:
     """Train a small LM (pre-training, then instruction tuning) and write <out>/run.jsonl telemetry."""
     import signal
@@ -141,6 +103,12 @@ def train(
         code, message = launch.exit_for(e)
         _err(message)
         raise typer.Exit(code)
+    if stop_on not in (None, "error", "warning"):
+        _err(f"error: --stop-on must be error or warning, not {stop_on!r}")
+        raise typer.Exit(2)
+    if stop_on is not None and (nproc > 1 or not alert_every):
+        _err("error: --stop-on needs the in-process alerts: not with --nproc > 1 or --alert-every 0")
+        raise typer.Exit(2)
 
     if nproc > 1:
         raise typer.Exit(launch.torchrun(cfg, out, nproc, overwrite=overwrite, resume=resume, quiet=quiet,
@@ -156,10 +124,18 @@ def train(
     from moh.checkpoint import CheckpointError, Interrupted
     from moh.data import DataError
 
+    from moh.progress import TrainProgress
+
+    monitor = None
+    if alert_every:
+        from analyze.live.early import EarlyAlerts
+
+        monitor = EarlyAlerts(alert_every, out / "run.jsonl", earlier=out / "run.jsonl" if checkpoint else None)
     previous = signal.signal(signal.SIGTERM, _on_term)
-    progress = _TrainProgress(quiet)
+    progress = TrainProgress(quiet)
     try:
-        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint)
+        res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint,
+                           monitor=monitor, stop_on=stop_on)
     except (mconfig.ConfigError, DataError, CheckpointError) as e:
         code, message = launch.exit_for(e)
         _err(message)
@@ -217,6 +193,18 @@ XAxis, ImportFormat = choice("XAxis", ("step", "time")), choice("ImportFormat", 
 _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_criteria.toml)."
 # Input paths are declared readable=False: click would otherwise answer an unreadable file with a
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
+
+
+
+def run_logs(value):
+    """Shared callback of every log argument: a run directory (what `moh train` prints) stands
+    for its run.jsonl."""
+    from analyze.runpath import log_path
+
+    if value is None:
+        return None
+    return [log_path(p) for p in value] if isinstance(value, (list, tuple)) else log_path(value)
+
 
 # Options report, compare and plot share, declared once.
 CriteriaOption = Annotated[Optional[Path], typer.Option("--criteria", readable=False, help=_CRITERIA_HELP)]
@@ -347,7 +335,7 @@ def _guarded(fn):
 
 @app.command("report")
 def report_cmd(
-    run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
+    run: Path = typer.Argument(..., readable=False, callback=run_logs, help="Run directory or telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
     criteria: CriteriaOption = None,
     fmt: FormatOption = ReportFormat.table,
     output: ReportOutputOption = None,
@@ -371,7 +359,8 @@ def report_cmd(
 
 @app.command("compare", cls=PlainHelp)
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", help="Two or more telemetry logs; the first is the baseline for deltas."),
+    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", callback=run_logs,
+                                      help="Two or more run directories or telemetry logs; the first is the baseline for deltas."),
     criteria: CriteriaOption = None,
     fmt: FormatOption = ReportFormat.table,
     output: ReportOutputOption = None,
@@ -396,12 +385,44 @@ def compare_cmd(
 
     _guarded(body)
 
+# ---- watch (analyze/live/) -------------------------------------------------------------------
+
+
+@app.command("watch", cls=PlainHelp)
+def watch_cmd(
+    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN",
+                                      help="Run directories or run.jsonl files, also ones still being written."),
+    criteria: CriteriaOption = None,
+    once: bool = typer.Option(False, "--once", help="Print one snapshot of what the logs hold now and exit."),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between looks at the logs."),
+    quiet: QuietOption = False,  # noqa: ARG001 -- watch writes no notes; -q is accepted like everywhere
+) -> None:
+    """Follow runs live (progress, loss, heads, findings) until they end; exit 0 pass, 1 fail, 130 Ctrl-C."""
+    def body():
+        from analyze import criteria as crit
+        from analyze.live import watch
+
+        try:
+            specs = crit.load_criteria(criteria)
+        except crit.CriteriaError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(2)
+        try:
+            code = watch.snapshot(runs, specs) if once else watch.follow(runs, specs, interval)
+        except watch.WatchError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(3)
+        raise typer.Exit(code)
+
+    _guarded(body)
+
 # ---- plot (analyze/) ------------------------------------------------------------------------
 
 
 @app.command("plot", cls=PlainHelp)
 def plot(
-    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", help="One or more telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
+    runs: list[Path] = typer.Argument(..., readable=False, metavar="RUN", callback=run_logs,
+                                      help="One or more run directories or telemetry logs (run.jsonl, .gz, or a reference text log); several overlay."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: PlotFormat = typer.Option(PlotFormat.png, "--format", help="Figure file format."),
     x: XAxis = typer.Option(XAxis.step, "--x", help="x axis: step, or time (elapsed since run start)."),
@@ -504,7 +525,7 @@ def _import(log: Path, output: Path, data: Optional[Path], overwrite: bool = Fal
 # ---- entry point ------------------------------------------------------------------------------
 
 # Commands that only read logs and write their output files: nothing is left to do at exit.
-_ANALYSIS_COMMANDS = frozenset({"report", "compare", "plot", "import"})
+_ANALYSIS_COMMANDS = frozenset({"report", "compare", "plot", "import", "watch"})
 
 
 def main() -> None:

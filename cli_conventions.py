@@ -73,7 +73,9 @@ class PlainHelp(TyperCommand):
 
     def format_help(self, ctx, formatter) -> None:
         super().format_help(ctx, formatter)
-        formatter.buffer[:] = [re.sub(r" <list\[\w+\]>", "", piece) for piece in formatter.buffer]
+        # blanked to the same width: the help column stays aligned with its wrapped lines
+        formatter.buffer[:] = [re.sub(r" <list\[\w+\]>", lambda m: " " * len(m.group()), piece)
+                               for piece in formatter.buffer]
 
 
 def _flag_given_a_value(group: TyperGroup, args: list[str]) -> str | None:

@@ -20,6 +20,8 @@ from importlib import resources
 
 import torch
 
+from .plan import batches_per_epoch
+
 EOS = "</s>"
 IGNORE_INDEX = -100  # targets at padding and at each example's last position
 
@@ -291,7 +293,7 @@ def make_batches(
     # n // batch_size contiguous groups whose sizes differ by at most one, the larger ones
     # last: a partial batch is never formed, nothing is dropped, the grouping does not depend
     # on world_size (so every world size sees the same global batches) and no rank is empty.
-    n_groups = max(1, len(order) // batch_size)
+    n_groups = batches_per_epoch(len(order), batch_size)
     base, extra = divmod(len(order), n_groups)
     groups, start = [], 0
     for g in range(n_groups):

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import data
+from . import data, layer_sums
 from .config import DEVICES
 from .routing import Routing
 
@@ -249,75 +249,5 @@ def layer_stats_global(routings: list[Routing], valid: torch.Tensor,
     optional heads_hist (summed histograms / token count) and prob_mean (summed probabilities
     / token count), as `routing.layer_stats(full=True)`.
     """
-    v = valid.reshape(-1)
-    sums, extremes, layout = [], [], []
-    for r in routings:
-        hard = r.hard.reshape(-1, r.hard.shape[-1])[v].to(torch.float64)  # (N, H)
-        counts = hard.sum(-1)
-        entry: dict[str, Any] = {"H": hard.shape[-1]}
-        part = [counts.new_tensor([counts.numel()]), counts.sum().view(1), (counts * counts).sum().view(1),
-                hard.sum(0)]
-        ext = [_ext(counts)]
-        for name, t in (("threshold", r.tau), ("complexity", r.complexity)):
-            entry[name] = t is not None
-            if t is not None:
-                t = t.detach().reshape(-1)[v].to(torch.float64)
-                part.append(t.sum().view(1))
-                ext.append(_ext(t))
-        entry["entropy"] = r.probs is not None
-        if r.probs is not None:
-            p = r.probs.detach().reshape(-1, r.probs.shape[-1])[v].to(torch.float64)
-            part.append((-(p * p.clamp_min(1e-12).log()).sum(-1)).sum().view(1))
-        entry["full"] = full
-        if full:
-            H = entry["H"]
-            part.append(torch.bincount(counts.long(), minlength=H + 1)[: H + 1].to(torch.float64))
-            entry["Hp"] = 0 if r.probs is None else p.shape[-1]
-            if r.probs is not None:
-                part.append(p.sum(0))
-        entry["pred_norm"] = r.pred_norm
-        sums.append(torch.cat(part))
-        extremes.append(torch.cat(ext))
-        layout.append(entry)
-    flat_s = sum_(torch.cat(sums))
-    flat_e = max_(torch.cat(extremes))
-    out, ps, pe = [], 0, 0
-    for entry in layout:
-        H = entry["H"]
-        n, c_sum, c_sq = flat_s[ps], flat_s[ps + 1], flat_s[ps + 2]
-        load = flat_s[ps + 3 : ps + 3 + H]
-        ps += 3 + H
-        nz = n.clamp_min(1.0)
-        mean = c_sum / nz
-        row: dict[str, torch.Tensor | None] = {
-            "heads_mean": mean, "heads_min": -flat_e[pe], "heads_max": flat_e[pe + 1],
-            "heads_std": (c_sq / nz - mean * mean).clamp_min(0.0).sqrt(), "head_load": load / nz,
-        }
-        pe += 2
-        for name in ("threshold", "complexity"):
-            if entry[name]:
-                row |= {f"{name}_mean": flat_s[ps] / nz, f"{name}_min": -flat_e[pe], f"{name}_max": flat_e[pe + 1]}
-                ps, pe = ps + 1, pe + 2
-            else:
-                row |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
-        if entry["entropy"]:
-            row["entropy"] = flat_s[ps] / nz
-            ps += 1
-        else:
-            row["entropy"] = None
-        if entry["full"]:
-            row["heads_hist"] = flat_s[ps : ps + H + 1] / nz
-            ps += H + 1
-            Hp = entry["Hp"]
-            row["prob_mean"] = flat_s[ps : ps + Hp] / nz if Hp else None
-            ps += Hp
-        row["pred_norm"] = entry["pred_norm"]  # from the (synchronised) weights: same on every rank
-        out.append(row)
-    return out
-
-
-def _ext(x: torch.Tensor) -> torch.Tensor:
-    """[-min, max] of x (+-inf bounds for an empty x), for one MAX all-reduce."""
-    if x.numel() == 0:
-        return x.new_tensor([-float("inf"), -float("inf")])
-    return torch.stack([-x.min(), x.max()])
+    sums = layer_sums.reduce([layer_sums.partial(r, valid, full) for r in routings], sum_, max_)
+    return [layer_sums.finish(s) for s in sums]

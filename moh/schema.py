@@ -140,6 +140,20 @@ LAYER = (
 )
 # The loss-alignment fields above, by name (the engine fills them on logged steps).
 ALIGNMENT_STATS = ("complexity_loss_corr", "heads_loss_corr")
+# What a run routes (run_start's `routing`; issue 12): attention heads or experts, by which
+# scheme. Logs written before it lack the block; readers then take the engine's `model.router`.
+UNIT_HEAD = "head"
+UNIT_EXPERT = "expert"
+UNITS = (UNIT_HEAD, UNIT_EXPERT)
+ROUTING_KINDS = ("adaptive", "topk", "shared_topk", "dense", "custom")
+ROUTING = (
+    _f("unit", "enum", keys=UNITS, description="what is routed: attention heads or experts"),
+    _f("kind", "enum", keys=ROUTING_KINDS, description="the routing scheme"),
+    _f("n_units", "int", minimum=1, nullable=True,
+       description="heads or experts per layer (null: none seen before the run ended)"),
+    _opt("top_k", "int", minimum=1, description="units chosen per token (topk, shared_topk)"),
+    _opt("n_shared", "int", description="always-on units (shared_topk)"),
+)
 SAMPLE = (_f("prompt", "str"), _f("expected", "str"), _f("output", "str"), _f("match", "bool"))
 
 RUN_START = "run_start"
@@ -158,6 +172,7 @@ RECORDS: dict[str, tuple[Field, ...]] = {
         _opt("semantics", "object", description="what the numbers mean: DEFAULT_SEMANTICS' keys"),
         _opt("backend", "str", nullable=True), _opt("device", "str", nullable=True),
         _opt("data", "object", keys=DATA),
+        _opt("routing", "object", keys=ROUTING, description="what is routed and how (issue 12)"),
     ),
     STEP: (
         _f("event", "const", const=STEP), _f("step", "int"), _f("epoch", "int"),
@@ -277,6 +292,23 @@ def layer_row(**fields: Any) -> dict:
     row = {f: fields.get(f) for f in LAYER_FIELDS}
     row.update((k, v) for k, v in fields.items() if k not in row)
     return row
+
+
+_KNOWN_ROUTING = frozenset(f.name for f in ROUTING)
+
+
+def routing_info(**fields: Any) -> dict:
+    """run_start's `routing` block; unknown or missing fields and a unit or kind outside
+    UNITS / ROUTING_KINDS raise ValueError."""
+    unknown = [k for k in fields if k not in _KNOWN_ROUTING]
+    missing = [f.name for f in ROUTING if f.required and f.name not in fields]
+    if unknown or missing:
+        raise ValueError(f"routing block: unknown fields {unknown}, missing fields {missing}")
+    if fields["unit"] not in UNITS:
+        raise ValueError(f"routing unit must be one of {UNITS}, not {fields['unit']!r}")
+    if fields["kind"] not in ROUTING_KINDS:
+        raise ValueError(f"routing kind must be one of {ROUTING_KINDS}, not {fields['kind']!r}")
+    return dict(fields)
 
 
 def missing_fields(record: dict) -> list[str]:

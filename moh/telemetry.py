@@ -5,6 +5,9 @@ whether telemetry is on. Records are plain dicts whose names come from `moh.sche
 - `JsonlSink`: appends one line per record to `<out>/run.jsonl`, flushed as written, so a
   crashed or killed run leaves every record up to that moment readable.
 - `TeeSink`: forwards each record to several sinks (e.g. the file and a progress display).
+
+A `Monitor` is a sink the loop also asks, after each logged step, for alerts to write: how
+`moh train` runs the report's early rules while training without moh/ importing analyze/.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ RUN_LOG = "run.jsonl"
 class Sink(Protocol):
     def write(self, record: dict) -> None: ...
     def close(self) -> None: ...
+
+
+class Monitor(Sink, Protocol):
+    def check(self, step: int) -> list[tuple[str, str, str]]:
+        """New alerts after the step record of `step`: (level, code, message) each."""
+        ...
 
 
 class NullSink:

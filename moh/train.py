@@ -35,7 +35,7 @@ from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
 from .model import IGNORE_INDEX, LM
 from .optim import AdamW, clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
 from .routing import layer_stats
-from .telemetry import JsonlSink, NullSink, Sink
+from .telemetry import JsonlSink, Monitor, NullSink, Sink
 from .tokenizer import Tokenizer
 
 CHECKPOINT = "model.pt"
@@ -103,9 +103,18 @@ def _layer_stats(routings: list, valid: torch.Tensor, has_target: torch.Tensor, 
     return [s | c for s, c in zip(stats, corr)]
 
 
+def _routing_info(cfg: Config) -> dict:
+    """run_start's `routing` block: the engine routes attention heads."""
+    if cfg.router == "moh":
+        kind = "shared_topk" if cfg.moh_shared else "topk"
+        return schema.routing_info(unit=schema.UNIT_HEAD, kind=kind, n_units=cfg.n_heads,
+                                   top_k=cfg.moh_topk, n_shared=cfg.moh_shared)
+    return schema.routing_info(unit=schema.UNIT_HEAD, kind=cfg.router, n_units=cfg.n_heads)
+
+
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
           callback: Callback | None = None, overwrite: bool = False, corpus: Corpus | None = None,
-          resume: dict | None = None) -> Result:
+          resume: dict | None = None, monitor: Monitor | None = None, stop_on: str | None = None) -> Result:
     """Train per `cfg`; write run.jsonl, config.toml and model.pt into `out_dir` (None = no files).
 
     Checkpoints (moh/checkpoint.py) go to `out_dir`/checkpoint.pt every `cfg.checkpoint_every`
@@ -118,7 +127,13 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     Raises config/data errors before anything is written; on KeyboardInterrupt or any other
     exception a `run_end` record (interrupted/failed) is written and the exception re-raised.
     A non-finite step under `nonfinite="stop"` returns a Result with status "failed".
+
+    `monitor` (rank 0 only) sees every record and, after each logged step, returns alerts, which
+    are written as `alert` records and passed to `callback("alert", ...)`; an alert at level
+    `stop_on` ("error" or "warning") or above ends the run like a non-finite stop (failed).
     """
+    if stop_on is not None and stop_on not in _STOP_LEVELS:
+        raise ValueError(f"stop_on must be one of {', '.join(_STOP_LEVELS)}, not {stop_on!r}")
     t0 = time.time()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     random.seed(cfg.seed)
@@ -141,7 +156,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     files: list[Sink] = []
     if out_dir is not None and info.is_main:
         files.append(JsonlSink(out_dir, overwrite=overwrite, append=resume is not None))
-    log = _Log(files, sink if info.is_main else None, t0)
+    log = _Log(files, sink if info.is_main else None, t0, monitor if info.is_main else None, stop_on)
     cb = (callback if info.is_main else None) or (lambda kind, info: None)
 
     run_id = uuid.uuid4().hex[:12] if resume is None else resume["run_id"]
@@ -157,6 +172,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
               "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
               "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
               "eval_prompts": len(held)},
+        routing=_routing_info(cfg),
     )
     at = None if resume is None else resume["position"]
     if at is None:
@@ -266,12 +282,37 @@ def _dist_setup(cfg: Config) -> distributed.DistInfo:
     return info
 
 
-class _Log:
-    """Rank-0 writer: the run's files plus an optional extra sink."""
+_STOP_LEVELS = ("error", "warning")  # stop_on: this level or a more severe one ends the run
 
-    def __init__(self, files: list[Sink], extra: Sink | None, t0: float):
-        self.sinks = files + ([extra] if extra is not None else [])
+
+class _Log:
+    """Rank-0 writer: the run's files plus an optional extra sink and monitor."""
+
+    def __init__(self, files: list[Sink], extra: Sink | None, t0: float, monitor: Monitor | None = None,
+                 stop_on: str | None = None):
+        self.sinks = files + ([extra] if extra is not None else []) + ([monitor] if monitor is not None else [])
         self.t0 = t0
+        self.monitor, self.stop_on = monitor, stop_on
+
+    def check(self, step: int, cb: Callback) -> str | None:
+        """The monitor's new alerts after a logged step, written and reported; the message to
+        stop with when one reaches `stop_on`."""
+        if self.monitor is None:
+            return None
+        stop = None
+        try:
+            alerts = self.monitor.check(step)
+        except Exception as e:  # noqa: BLE001 -- a fault in the checks must not end the training
+            self.monitor = None
+            alerts = [("warning", "alerts_off", f"the early-rule checks failed and are off for the rest "
+                                                f"of the run ({type(e).__name__}: {e})")]
+        for level, code, message in alerts:
+            self.alert(step, level, code, message)
+            cb("alert", {"step": step, "level": level, "code": code, "message": message})
+            if self.stop_on is not None and _STOP_LEVELS.index(self.stop_on) >= (
+                    _STOP_LEVELS.index(level) if level in _STOP_LEVELS else len(_STOP_LEVELS)):
+                stop = stop or f"{code} at step {step}: {message}; stopping (--stop-on {self.stop_on})"
+        return stop
 
     def write(self, record: dict) -> None:
         for s in self.sinks:
@@ -378,9 +419,11 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 result.last_step[phase] = rec
                 heads = [l["heads_mean"] for l in rec["layers"]]
                 cb("step", {"phase": phase, "epoch": epoch, "step": step, "i": i, "total": total,
-                            "loss": rec["loss"], "heads": sum(heads) / len(heads)})
+                            "epochs": epochs, "loss": rec["loss"], "heads": sum(heads) / len(heads)})
+                if failed is None:
+                    failed = log.check(step, cb)
             else:
-                cb("step", {"phase": phase, "epoch": epoch, "step": step, "i": i, "total": total})
+                cb("step", {"phase": phase, "epoch": epoch, "step": step, "i": i, "total": total, "epochs": epochs})
             if failed is not None:
                 raise _Stop(failed)
             requested = stop is not None and stop.agreed(info.device) is not None

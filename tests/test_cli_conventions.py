@@ -19,7 +19,7 @@ from tests.faults import good_log, rust_log
 ROOT = Path(__file__).resolve().parents[1]
 MOH = [sys.executable, "-c", "from cli import main; main()"]
 HEALTHY = ROOT / "sample_logs" / "healthy_adaptive.jsonl"
-COMMANDS = ("train", "report", "compare", "plot", "import")
+COMMANDS = ("train", "report", "compare", "plot", "import", "watch")
 
 
 def moh(*args, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:

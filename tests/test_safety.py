@@ -21,7 +21,8 @@ _UNSAFE = [
     (re.compile(r"\bimport\s+(c?pickle|marshal|shelve|dill|cloudpickle)\b|\bfrom\s+(c?pickle|marshal|shelve)\b"),
      "unpickling module"),
     (re.compile(r"\bpickle\.loads?\(|read_pickle\(|allow_pickle\s*=\s*True"), "unpickling call"),
-    (re.compile(r"(?<![\w.])(eval|exec)\("), "eval/exec"),
+    # a call of the builtin; `def eval(` (Recorder.eval, an eval record) defines a method, `.eval(` calls one
+    (re.compile(r"(?<![\w.])(?<!def )(eval|exec)\("), "eval/exec"),
     (re.compile(r"\byaml\.(unsafe_)?load\("), "yaml.load"),
     (re.compile(r"\bshell\s*=\s*True"), "shell=True"),
 ]

@@ -23,10 +23,10 @@ The package, one idea per module:
     scan        the line scanner: bulk runs to the fast path, every other line to the reference path
     parallel    the parallel driver: line-aligned chunks parsed in forked processes, then merged
     frames      frame assembly: columns -> the Run's DataFrames, with notes
-    api         load_run / load_records
+    api         load_run / load_records / load_bytes
 """
 
-from .api import INPUT_FORMATS, load_records, load_run
+from .api import INPUT_FORMATS, load_bytes, load_records, load_run
 from .source import LoadError, sniff_format
 
-__all__ = ["INPUT_FORMATS", "LoadError", "load_records", "load_run", "sniff_format"]
+__all__ = ["INPUT_FORMATS", "LoadError", "load_bytes", "load_records", "load_run", "sniff_format"]

@@ -38,6 +38,18 @@ def load_records(records: Iterable[dict], path: str | os.PathLike, *, strict: bo
     return builder.finish()
 
 
+def load_bytes(data: bytes, path: str | os.PathLike, *, strict: bool = False) -> Run:
+    """Build a `Run` from the text of a JSONL log held in memory (what a live view has read so
+    far), through the same scanner and bulk path as `load_run`; `path` names it in notes."""
+    p = Path(path)
+    builder = Builder(p, strict)
+    try:
+        _scan([bytes(data)], builder, True)
+    except _LineError as e:
+        raise LoadError(f"{p}:{e.line}: {e.reason}") from None
+    return builder.finish()
+
+
 def _auto_workers(size: int) -> int:
     return max(1, min(os.cpu_count() or 1, _MAX_WORKERS, size // _PARALLEL_MIN_BYTES))
 

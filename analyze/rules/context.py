@@ -28,6 +28,12 @@ class Context:
         self._series: dict[str, list] = {}
         self.routing = (not self.dense) and (self.router is not None or bool(self.layer_frames))
         self.final_loads: dict[int, np.ndarray] | None = None
+        # What is routed (run_start's `routing`, issue 12; older logs: the engine's heads).
+        routing = run.meta.get("routing") or {}
+        self.unit = routing.get("unit") or schema.UNIT_HEAD
+        # Every token gets the same number of units by design (the engine's moh router, or a
+        # recorded top-k model): a constant count is not a symptom there.
+        self.fixed_count = self.router == "moh" or routing.get("kind") in ("topk", "shared_topk")
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
                            and self.steps[s].notna().any()]
         self.margins: list[Margin] = []

@@ -28,7 +28,7 @@ def _final(frame: pd.DataFrame) -> pd.DataFrame:
 @routing_rule
 def head_collapse(ctx: Context) -> list[Finding]:
     """Every token at the minimum or the maximum head count: the routing no longer adapts."""
-    if ctx.router == "moh" or not ctx.n_heads:
+    if ctx.fixed_count or not ctx.n_heads:
         return []
     H, kmin = float(ctx.n_heads), ctx.k_min()
     lo_end = 1.0 if ctx.heads_soft else kmin

@@ -13,6 +13,7 @@ from ..run import Run
 from .base import SEVERITIES, Finding
 from .context import Context
 from .margins import Margin
+from .units import in_units
 
 RULES: list[Callable[[Context], list[Finding]]] = []
 
@@ -25,7 +26,7 @@ def rule(fn: Callable[[Context], list[Finding]]) -> Callable[[Context], list[Fin
 def routing_rule(fn: Callable[[Context], list[Finding]]) -> Callable[[Context], list[Finding]]:
     """A rule about routing: silent on a dense run (its routing stats are null by design)."""
     def wrapped(ctx: Context) -> list[Finding]:
-        return fn(ctx) if ctx.routing else []
+        return in_units(fn(ctx), ctx.unit) if ctx.routing else []
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     RULES.append(wrapped)

@@ -130,7 +130,7 @@ def constant_stat(ctx: Context) -> list[Finding]:
     out = []
     H, kmin = ctx.n_heads, ctx.k_min()
     for stat in CONSTANT_STATS:
-        if stat == "heads_mean" and ctx.router == "moh":
+        if stat == "heads_mean" and ctx.fixed_count:
             continue  # shared + top-k: the same count for every token by design
         for li, st, v in ctx.series(stat):
             st, v = finite(st, v)
@@ -158,7 +158,7 @@ def degenerate_range(ctx: Context) -> list[Finding]:
     out = []
     H, kmin = ctx.n_heads, ctx.k_min()
     for base in RANGE_BASES:
-        if base == "heads" and ctx.router == "moh":
+        if base == "heads" and ctx.fixed_count:
             continue
         lo, hi = ctx.series(f"{base}_min"), ctx.series(f"{base}_max")
         his = {li: (st, v) for li, st, v in hi}

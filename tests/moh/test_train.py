@@ -33,6 +33,12 @@ def test_every_record_validates(tmp_path, tiny_cfg, json_schema, router):
     kinds = [r["event"] for r in recs]
     assert kinds[0] == schema.RUN_START and kinds[-1] == schema.RUN_END
     assert kinds.count(schema.EVAL) == 2  # one per phase
+    cfg = tiny_cfg(router=router)
+    want_routing = {"unit": "head", "kind": router, "n_units": cfg.n_heads}
+    if router == "moh":  # the tiny config's moh: shared heads + top-k routed ones
+        want_routing = {"unit": "head", "kind": "shared_topk" if cfg.moh_shared else "topk",
+                        "n_units": cfg.n_heads, "top_k": cfg.moh_topk, "n_shared": cfg.moh_shared}
+    assert recs[0]["routing"] == want_routing
     steps = [r for r in recs if r["event"] == schema.STEP]
     layer = steps[-1]["layers"][0]
     grads = steps[-1]["grad_norms"]

@@ -54,12 +54,17 @@ def report_run(path: Path) -> dict:
     }
 
 
+def _judged(m: dict) -> bool:
+    """A margin the rule could compute (NaN: a non-finite value or threshold, nothing to table)."""
+    return not (m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])))
+
+
 def _worst_per_stat(margins: list[dict]) -> dict[tuple[str, str], dict]:
     """The run's least-clear value per (code, statistic) over its layers and phases."""
     out: dict[tuple[str, str], dict] = {}
     for m in margins:
         key = (m["code"], m["statistic"])
-        if m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])):
+        if not _judged(m):
             continue
         if key not in out or m["margin"] < out[key]["margin"]:
             out[key] = m
@@ -73,7 +78,7 @@ def rule_clearance(margins: list[dict]) -> dict[str, tuple[float, bool]]:
     layers and phases."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for m in margins:
-        if m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])):
+        if not _judged(m):
             continue
         groups[(m["code"], m["layer"], m["phase"])].append(m)
     out: dict[str, tuple[float, bool]] = {}

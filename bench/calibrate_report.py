@@ -22,6 +22,7 @@ from pathlib import Path
 from analyze.findings import measure_all
 from analyze.loader import load_run
 from analyze.report import build_report
+from analyze.rules.base import MIN_STEPS
 
 IGNORED_FOR_HEALTHY = ("complexity_uninformative",)  # issue 11 part B: a true finding today
 
@@ -148,7 +149,7 @@ def render(results: dict, members: dict, full: bool = False) -> str:
         fires = [members[n][2] for n, res in results.items() if members[n][2] and code in res["codes"]]
         lines.append(f"| `{code}` | {n_clear}/{len(healthy)} | "
                      f"{'—' if worst is None else f'{_num(worst[1])} ({worst[0]})'} | {', '.join(fires) or '—'} |")
-    lines += _ignored_per_run(results)
+    lines += _ignored_per_run(results, members)
     if full:
         lines += ["", "## Every rule statistic on every run (worst layer/phase)", "",
                   "| rule | statistic | threshold | run | layer | phase | value | margin |", "|---|---|---|---|---|---|---|---|"]
@@ -160,9 +161,10 @@ def render(results: dict, members: dict, full: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ignored_per_run(results: dict) -> list[str]:
+def _ignored_per_run(results: dict, members: dict) -> list[str]:
     """A rule left out of the healthy verdict (IGNORED_FOR_HEALTHY) still has its values tabled:
-    per run, its statistic on every layer, so the day it must pass shows how far each run is."""
+    per run, its statistic on every layer, so the day it must pass shows how far each run is.
+    Adaptive runs without a value (too few finite ones in the window) are named below it."""
     lines: list[str] = []
     for code in IGNORED_FOR_HEALTHY:
         per_run = {name: sorted(((m["layer"], m["value"], m["crossed"], m["statistic"], m["fires"], m["threshold"])
@@ -182,6 +184,9 @@ def _ignored_per_run(results: dict) -> list[str]:
             by_layer = {t[0]: t[1] for t in vals}
             lines.append(f"| {name} | " + " | ".join(_num(by_layer.get(li)) for li in layers) +
                          f" | {'yes' if any(t[2] for t in vals) else 'no'} |")
+        silent = [n for n in results if n not in per_run and members[n][0] == "adaptive"]
+        if silent:
+            lines += ["", f"No value (fewer than {MIN_STEPS} finite values in the window): {', '.join(silent)}."]
     return lines
 
 

@@ -128,6 +128,31 @@ def test_threshold_is_strict_on_the_exclusive_cumulative_probability(fast, tau, 
     assert int(hard.sum()) == count
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "SelectHeadsST"])
+def test_the_most_probable_head_is_kept_even_at_zero_threshold_and_budget(fast):
+    hard = _select(tau=0.0, kappa=0.0, fast=fast)
+    assert hard.tolist() == [False, False, True, False]  # head 2 (p = 0.5) alone
+
+
+@pytest.mark.parametrize("z_c,z_t,kappa,tau", [
+    (0.0, 0.0, 2.5, 0.55),          # sigmoid 0.5: kappa = 1 + (4 - 1) / 2, tau = 0.3 + 0.5 / 2
+    (math.log(2), 0.0, 3.0, 0.55),  # sigmoid 2/3: kappa = 1 + 3 * 2/3
+    (40.0, 40.0, 4.0, 0.8),         # saturated high: kappa = H, tau = tau_max
+    (-40.0, -40.0, 1.0, 0.3),       # saturated low: kappa = k_min, tau = tau_min
+])
+def test_adaptive_router_maps_its_predictors_to_budget_and_threshold(z_c, z_t, kappa, tau):
+    from moh.routing import AdaptiveRouter
+
+    router = AdaptiveRouter(Config(n_heads=4, d_model=32, k_min=1.0, tau_min=0.3, tau_max=0.8))
+    logits = torch.log(torch.tensor(PROBS))  # softmax gives PROBS back
+    proj = torch.cat([logits, torch.tensor([z_c, z_t])]).view(1, 1, 6)
+    r = router(torch.zeros(1, 1, 32), proj=proj)
+    assert r.probs.view(-1).tolist() == pytest.approx(PROBS, abs=1e-6)
+    assert r.kappa.item() == pytest.approx(kappa, abs=1e-5)
+    assert r.tau.item() == pytest.approx(tau, abs=1e-6)
+    assert r.complexity.item() == pytest.approx((kappa - 1.0) / 3.0, abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # aux terms at closed-form cases
 
@@ -271,6 +296,30 @@ def test_a_training_run_logs_the_pre_clip_norm_and_the_clipped_one(tmp_path, tin
         # the logged total is the pre-clip norm: it agrees with the per-group norms
         groups = [v for v in r["grad_norms"].values() if v is not None]
         assert r["grad_norm"] == pytest.approx(math.sqrt(sum(v * v for v in groups)), rel=1e-4)
+
+
+def test_the_trained_loss_is_the_lm_loss_plus_the_weighted_aux_terms(tiny_cfg):
+    """What a step optimises: loss = lm_loss + sum_t weight_t * aux_t, each weighted term logged."""
+    from moh.telemetry import NullSink
+    from moh.train import train
+
+    class Keep(NullSink):
+        def __init__(self):
+            self.steps = []
+
+        def write(self, record):
+            if record["event"] == "step":
+                self.steps.append(record)
+
+    cfg = tiny_cfg(instruct_epochs=0, eval_prompts=0, lb_weight=0.5, z_weight=0.25, budget_weight=3.0)
+    sink = Keep()
+    train(cfg, None, sink=sink)
+    weights = {"load_balance": 0.5, "z": 0.25, "complexity": cfg.complexity_weight, "budget": 3.0}
+    for r in sink.steps:
+        for t, w in weights.items():
+            assert r["aux_weighted"][t] == pytest.approx(w * r["aux"][t], rel=1e-6)
+        assert r["loss"] == pytest.approx(r["lm_loss"] + sum(r["aux_weighted"].values()), rel=1e-5)
+        assert r["loss"] - r["lm_loss"] > 0.4  # load balance alone is >= 0.5 * ~1: the aux part is there
 
 
 # ------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def main() -> int:
     rows.append(("figures, all six, one by one", fig_total))
     t = time.perf_counter()
     plots.write_figures(run, work / "all")
-    jobs = min(plots._usable_cpus(), len(plots.FAMILIES))
+    jobs = min(plots.usable_cpus(), len(plots.FAMILIES))
     rows.append((f"figures, all six in {jobs} processes", time.perf_counter() - t))
 
     result = {

@@ -1,0 +1,152 @@
+"""Rules on gradient norms: a routing gradient that never arrives, blow-ups, a clip that sets the
+update size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .base import Finding, MIN_STEPS, ROUTING_GRAD_GROUPS, ZERO_ATOL, evidence, in_phase, short, where
+from .context import Context, phases
+from .registry import rule, routing_rule
+
+GRAD_ZERO_RTOL = 1e-8        # routing grad / total grad below float32 noise: no gradient arrives
+GRAD_SPIKE_FACTOR = 10.0     # a step 10x the recent median is a blow-up, not noise
+GRAD_SPIKE_ERROR_FACTOR = 100.0
+GRAD_SPIKE_WINDOW = 20       # "recent": the previous 20 logged steps
+GRAD_TARGET = 2.5            # the success table's bound; spikes that stay below it are harmless
+GRAD_GROWTH_FACTOR = 10.0    # a phase ending 10x above its calmest stretch keeps growing
+CLIP_TOL = 0.01              # "at the clip value": within 1% (epoch means of clipped norms)
+CLIP_SATURATED_FRACTION = 0.5    # clipped on most steps of a phase's second half (early steps
+                                 # after init are expected above the clip): the clip sets the step
+CLIP_INFO_FRACTION = 0.25
+
+
+@routing_rule
+def router_grad_zero(ctx: Context) -> list[Finding]:
+    """Router / predictor gradient ~0: the loss does not reach them (no straight-through path)."""
+    out = []
+    s = ctx.live_steps()
+    total = s["grad_norm"].to_numpy(float) if "grad_norm" in s.columns else np.full(len(s), np.nan)
+    for g in ROUTING_GRAD_GROUPS:
+        col = f"grad.{g}"
+        if col not in s.columns:
+            continue
+        v = s[col].to_numpy(float)
+        ok = np.isfinite(v)
+        if ok.sum() < 1:
+            continue
+        ref = np.where(np.isfinite(total), total, 0.0)
+        zero = ok & (np.abs(v) <= np.maximum(ZERO_ATOL, GRAD_ZERO_RTOL * ref))
+        if not zero.any():
+            continue
+        n, nz = int(ok.sum()), int(zero.sum())
+        sev = "error" if nz == n else "warning"
+        steps = s["step"].to_numpy()[zero]
+        out.append(Finding(
+            "router_grad_zero", sev, None,
+            f"the {g} gradient norm is ~0 on {nz} of {n} logged steps: "
+            + ("the loss never reaches it" if nz == n else "its gradient path is broken on those steps"),
+            evidence(steps, v[zero], group=g, n_zero=nz, n=n),
+            "make the hard selection differentiable with a straight-through surrogate "
+            "(m = hard + soft - stopgrad(soft)); check the parameters are in an optimizer group"))
+    return out
+
+
+@rule
+def grad_explosion(ctx: Context) -> list[Finding]:
+    """The gradient norm blows up: a spike far above its recent level, or sustained growth."""
+    out = []
+    if "grad_norm" not in ctx.steps.columns:
+        return out
+    cap = " (post-clip: the true norm can only be larger)" if ctx.post_clip else ""
+    for ph, f in phases(ctx, ctx.live_steps()):
+        g = f["grad_norm"].to_numpy(float)
+        st = f["step"].to_numpy()
+        ok = np.isfinite(g)
+        g, st = g[ok], st[ok]
+        if len(g) < MIN_STEPS + 1:
+            continue
+        prev = pd.Series(g).rolling(GRAD_SPIKE_WINDOW, min_periods=MIN_STEPS).median().shift(1).to_numpy()
+        ratio = g / np.where(prev > 0, prev, np.nan)
+        spike = (ratio >= GRAD_SPIKE_FACTOR) & (g > GRAD_TARGET)
+        w = max(MIN_STEPS, len(g) // 10)
+        smooth = pd.Series(g).rolling(w, min_periods=w).median().to_numpy()
+        calm = np.nanmin(smooth) if np.isfinite(smooth).any() else np.nan
+        tail = float(np.median(g[-w:]))
+        growth = (len(g) >= 2 * w and math.isfinite(calm) and calm > 0
+                  and tail >= GRAD_GROWTH_FACTOR * calm and tail > GRAD_TARGET)
+        if growth:
+            out.append(Finding(
+                "grad_explosion", "error", None,
+                f"the {ctx.grad_what()}{in_phase(ph)} grew to a median {short(tail)} over its last {w} logged "
+                f"steps, {short(tail / calm)}x its calmest stretch ({short(calm)}){cap}",
+                evidence(st[-w:], g[-w:], phase=ph, calm_median=calm, tail_median=tail),
+                "lower the learning rate (or the router LR multiplier), add or tighten gradient "
+                "clipping, keep the router in float32"))
+        elif spike.any():
+            worst = float(np.nanmax(ratio[spike]))
+            sev = "error" if worst >= GRAD_SPIKE_ERROR_FACTOR else "warning"
+            out.append(Finding(
+                "grad_explosion", sev, None,
+                f"the {ctx.grad_what()}{in_phase(ph)} spiked to {short(float(g[spike].max()))} on "
+                f"{int(spike.sum())} logged steps, up to {short(worst)}x the median of the previous "
+                f"{GRAD_SPIKE_WINDOW}{cap}",
+                evidence(st[spike], g[spike], phase=ph, max_ratio=worst),
+                "look at the batches of those steps; lower the learning rate or clip gradients"))
+    return out
+
+
+@rule
+def clip_saturation(ctx: Context) -> list[Finding]:
+    """The gradient norm sits at or above the clip threshold on most steps (or whole epochs)."""
+    clip = ctx.clip()
+    if clip is None or "grad_norm" not in ctx.steps.columns:
+        return []
+    s = ctx.live_steps()
+    g = s["grad_norm"].to_numpy(float)
+    ok = np.isfinite(g)
+    if ok.sum() < 1:
+        return []
+    at = ok & (g >= clip * (1 - CLIP_TOL))
+    steps = s["step"].to_numpy()
+    # "pinned": judged on the second half of each phase -- norms above the clip in the first
+    # steps after initialisation (or a phase start) are normal and the clip is there for them
+    worst, worst_ph = 0.0, None
+    for ph, f in phases(ctx, s):
+        gg = f["grad_norm"].to_numpy(float)
+        gg = gg[np.isfinite(gg)]
+        gg = gg[len(gg) // 2:]
+        if len(gg) >= MIN_STEPS // 2 + 1:
+            fr = float((gg >= clip * (1 - CLIP_TOL)).mean())
+            if fr > worst:
+                worst, worst_ph = fr, ph
+    n_at = int(at.sum())
+    if not n_at:
+        return []
+    if ctx.post_clip and ctx.epoch_mean:
+        return [Finding(
+            "clip_saturation", "warning", None,
+            f"the {ctx.grad_what()} sat at the clip value {short(clip)} on {n_at} of {int(ok.sum())} "
+            f"logged epochs: (nearly) every batch of those epochs was clipped, so the real norm is "
+            f"unknown and at least {short(clip)}",
+            evidence(steps[at], g[at], clip=clip, fraction=float(at[ok].mean())),
+            "lower the learning rate at that point (e.g. a phase start: warm up again), or log the "
+            "norm before clipping to see how far above the clip it was")]
+    if worst >= CLIP_SATURATED_FRACTION:
+        sev = "warning"
+    elif worst >= CLIP_INFO_FRACTION:
+        sev = "info"
+    else:
+        return []
+    what = "at or above" if not ctx.post_clip else "at"
+    return [Finding(
+        "clip_saturation", sev, None,
+        f"the {ctx.grad_what()} is {what} the clip threshold {short(clip)} on {short(100 * worst)}% of "
+        f"the logged steps of the second half{in_phase(worst_ph)}: the clip, not the learning rate, sets "
+        f"the update size",
+        evidence(steps[at], g[at], clip=clip, fraction=worst, phase=worst_ph),
+        "lower the learning rate or raise the clip threshold; a norm pinned above the clip for "
+        "long usually means the LR is too high")]

@@ -322,6 +322,20 @@ def test_the_trained_loss_is_the_lm_loss_plus_the_weighted_aux_terms(tiny_cfg):
         assert r["loss"] - r["lm_loss"] > 0.4  # load balance alone is >= 0.5 * ~1: the aux part is there
 
 
+@pytest.mark.parametrize("step,lr", [
+    (0, 0.1),     # warmup 9: (0 + 1) / (9 + 1) of the peak
+    (4, 0.5),
+    (8, 0.9),
+    (9, 1.0),     # warmup over: the cosine starts at the peak
+    (54, 0.55),   # half-way through the cosine's 90-step span: 0.1 + 0.9 * (1 + cos(pi/2)) / 2
+    (99, 0.1),    # last step: the floor, min_lr_ratio x peak
+])
+def test_learning_rate_schedule_known_points(step, lr):
+    from moh.optim import lr_at
+
+    assert lr_at(step, 100, 1.0, 9, 0.1) == pytest.approx(lr, abs=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------
 # the straight-through surrogate's gradient against finite differences
 

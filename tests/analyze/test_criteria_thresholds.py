@@ -129,3 +129,20 @@ def test_statistics_logged_zero_versus_one_real_value(tmp_path, entropy, status)
         r["layers"][0]["entropy"] = entropy if i == 90 else 0.0
     got, _ = results(tmp_path, recs, "statistics_logged")
     assert got == {(0, None): status, (1, None): "pass"}
+
+
+# ---- the "last" window is the last 50 logged steps of the phase --------------------------------
+
+def test_last_window_averages_exactly_the_last_fifty_steps(tmp_path):
+    # 60 pretrain steps: 10 at 30.0, 45 at 0.30, the last 5 at 0.45. Mean of the last 50 = 0.315
+    # (pass); of the last 51 = 0.897 (a 30.0 gets in: fail); of the last 7 or fewer >= 0.407 (fail).
+    recs = make_records(n_steps=120, n_layers=2, n_heads=8, seed=5)
+    pre = [r for r in steps_of(recs) if r["phase"] == "pretrain"]
+    assert len(pre) == 60
+    for i, r in enumerate(pre):
+        r["lm_loss"] = 30.0 if i < 10 else 0.45 if i >= 55 else 0.30
+    for r in steps_of(recs):
+        if r["phase"] == "instruct":
+            r["lm_loss"] = 0.2
+    got, _ = results(tmp_path, recs, "loss")
+    assert got == {(None, "pretrain"): "pass", (None, "instruct"): "pass"}

@@ -33,6 +33,8 @@ ROUTING_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_routing_fast.py
 LOSSES_T = (KNOWN, "tests/moh/test_routing.py", LEARN)
 OPTIM_T = (KNOWN, "tests/moh/test_optim.py", LEARN)
 TRAIN_T = (KNOWN, LEARN, "tests/moh/test_train.py")
+# the quick kill-and-resume test: it now always lands its kill between two checkpoints
+RESUME_T = ("tests/moh/test_reliability.py::test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted",)
 
 
 def _m(id, kind, file, original, replacement, breaks, tests, equivalent=""):
@@ -172,6 +174,13 @@ ENGINE = [
        "loss = lm_loss if aux_total is None else lm_loss + aux_total",
        "loss = lm_loss",
        "the auxiliary losses are logged but never trained on", TRAIN_T),
+    _m("resume_skips_a_batch", "resume", "moh/train.py",
+       "skip = start_batch if epoch == start_epoch else 0", "skip = start_batch + 1 if epoch == start_epoch else 0",
+       "a resumed run skips one batch after the checkpoint (silently off the uninterrupted curve)", RESUME_T),
+    _m("checkpoint_position_late", "resume", "moh/train.py",
+       "nxt = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)",
+       "nxt = (epoch, b + 2) if b + 2 < len(batches) else (epoch + 1, 0)",
+       "checkpoints record a position one batch past the step they hold", RESUME_T),
     _m("no_optimizer_step", "optimizer", "moh/train.py",
        "                opt.step()\n", "                pass\n",
        "the optimizer never steps: the weights never change", TRAIN_T),
@@ -298,4 +307,18 @@ RUST = [
        "model-wide complexity/pred_norm are not declared: criteria and findings cannot use them", RUST_T),
 ]
 
-MUTANTS: list[Mutant] = ENGINE + FINDINGS + CRITERIA + RUST
+EQUIVALENT = [
+    _m("mean_k_clamp_1e-7", "equivalent", "moh/losses.py",
+       "mean_k = f.sum().clamp_min(1e-6)", "mean_k = f.sum().clamp_min(1e-7)",
+       "the load-balance denominator's guard moves", LOSSES_T,
+       equivalent="f.sum() is the mean head count per token, >= 1 whenever a token exists (every token "
+                  "keeps at least one head, moh keeps k >= 1 routed ones); with no token f = 0 and the "
+                  "term is 0 either way"),
+    _m("token_count_clamp_0.5", "equivalent", "moh/losses.py",
+       "n = flat[0].clamp_min(1.0)", "n = flat[0].clamp_min(0.5)",
+       "the token-count guard moves", LOSSES_T,
+       equivalent="the count of real tokens is an integer: it is 0 (then every sum divided by it is 0 "
+                  "as well) or >= 1 (the guard does nothing)"),
+]
+
+MUTANTS: list[Mutant] = ENGINE + FINDINGS + CRITERIA + RUST + EQUIVALENT

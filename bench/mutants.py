@@ -33,8 +33,9 @@ ROUTING_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_routing_fast.py
 LOSSES_T = (KNOWN, "tests/moh/test_routing.py", LEARN)
 OPTIM_T = (KNOWN, "tests/moh/test_optim.py", LEARN)
 TRAIN_T = (KNOWN, LEARN, "tests/moh/test_train.py")
-# the quick kill-and-resume test: it now always lands its kill between two checkpoints
-RESUME_T = ("tests/moh/test_reliability.py::test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted",)
+# the fast reliability tests: a kill that always lands between two checkpoints, and SIGINT/SIGTERM
+# mid-epoch (the signal's checkpoint), each resumed against the uninterrupted run
+RESUME_T = ("tests/moh/test_reliability.py",)
 
 
 def _m(id, kind, file, original, replacement, breaks, tests, equivalent=""):

@@ -41,8 +41,10 @@ _STEP_S = 0.25  # simulated seconds per logged step
 
 # Aux weights as the engine's config names them (moh/config.py), so findings can read them.
 AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight"}
-_HEALTHY_AUX_WEIGHTS = {"load_balance": 0.01, "z": 1e-3, "complexity": 0.1, "budget": 0.5}
+                   "complexity": "complexity_weight", "budget": "budget_weight",
+                   "entropy": "entropy_weight"}
+# entropy weight 0 as in the engine's defaults: the term is logged raw but does not train
+_HEALTHY_AUX_WEIGHTS = {"load_balance": 0.01, "z": 1e-3, "complexity": 0.1, "budget": 0.5, "entropy": 0.0}
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,12 @@ class _Sim:
             "z": 1.0 + 3.0 * np.exp(-2 * u) * np.exp(rng.normal(0, 0.05, m)),
             "complexity": 0.002 + 0.02 * np.exp(-3 * u) * np.exp(rng.normal(0, 0.1, m)),
             "budget": 0.0005 + 0.01 * np.exp(-5 * u) * np.exp(rng.normal(0, 0.1, m)),
+            # no random draw: the other series keep the values they had before this term existed
+            "entropy": 1.2 + 0.8 * np.exp(-3 * u),
         }
         weights = dict(_HEALTHY_AUX_WEIGHTS)
         if cfg.aux_dominates:
-            weights = {"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0}
+            weights = {"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0}
         for t in cfg.vacuous_aux:
             aux[t] = np.zeros(m)
         applicable = {t: not dense and (cfg.router == "adaptive" or t in ("load_balance", "z"))
@@ -335,7 +339,8 @@ def _knobs(cfg: Synthetic) -> dict:
 # ---- records -------------------------------------------------------------------------------
 
 def _config(cfg: Synthetic) -> dict:
-    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0} if cfg.aux_dominates
+    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0}
+               if cfg.aux_dominates
                else _HEALTHY_AUX_WEIGHTS)
     conf = {
         "seed": cfg.seed, "router": cfg.router, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,

@@ -22,6 +22,7 @@ ROUTERS = ("dense", "moh", "adaptive")
 NONFINITE_POLICIES = ("skip", "stop")
 TELEMETRY_TIERS = ("basic", "full")  # full: + per-layer heads_hist and prob_mean (bench/bench_telemetry.py)
 DEVICES = ("auto", "cpu", "cuda")
+MOH_GATES = ("released", "paper")  # gate arithmetic of the moh router, see docs/routing.md
 
 
 class ConfigError(ValueError):
@@ -58,12 +59,21 @@ class Config:
     straight_through: bool = True
     moh_shared: int = 2  # moh: shared heads always on, 0..n_heads-1
     moh_topk: int = 2  # moh: routed heads chosen per token, 1..n_heads-moh_shared
+    # moh: "released" = the gate arithmetic of the MoH authors' code (top-k gates renormalised
+    # and x k, shared x moh_shared, type weights x 2; balance loss H_r sum f P, = k balanced);
+    # "paper" = the paper's equations (unscaled softmax gates; balance loss = 1 balanced)
+    moh_gates: str = "released"
 
     # --- auxiliary losses (weights; 0 turns a term off) ---------------------------------
-    lb_weight: float = 0.01  # load balance, Switch form (=1 when balanced); usual 0.01
+    # load balance; usual 0.01. Scale: moh_gates="released" -> H_r sum f_i P_i (= k when
+    # balanced, the MoH code's), otherwise the Switch form (= 1 when balanced)
+    lb_weight: float = 0.01
     z_weight: float = 1e-3  # router z-loss mean(logsumexp(logits)^2); usual 1e-3
     complexity_weight: float = 0.1  # adaptive: complexity predictor -> heads actually used
     budget_weight: float = 2.0  # adaptive: steer mean hard head count to target_heads, 0..10
+    # adaptive: router entropy mean(-sum pi log pi) (Huang et al. use 1e-4); 0 = off, the
+    # measured default (docs/routing.md, "Entropy term")
+    entropy_weight: float = 0.0
     target_heads: float = 3.5  # adaptive: wanted mean heads per token, 1..n_heads
 
     # --- optimisation ---------------------------------------------------------------------
@@ -136,7 +146,8 @@ class Config:
         need(0 <= self.moh_shared < self.n_heads, "moh_shared", f"must be in [0, n_heads={self.n_heads})")
         need(1 <= self.moh_topk <= self.n_heads - self.moh_shared, "moh_topk",
              f"must be in [1, n_heads - moh_shared = {self.n_heads - self.moh_shared}]")
-        for name in ("lb_weight", "z_weight", "complexity_weight", "budget_weight"):
+        need(self.moh_gates in MOH_GATES, "moh_gates", f"must be one of {', '.join(MOH_GATES)}")
+        for name in ("lb_weight", "z_weight", "complexity_weight", "budget_weight", "entropy_weight"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(1.0 <= self.target_heads <= self.n_heads, "target_heads", f"must be in [1, n_heads={self.n_heads}]")
         need(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")

@@ -2,16 +2,21 @@
 
 | term          | formula (per layer)                                   | applies to     |
 |---------------|-------------------------------------------------------|----------------|
-| load_balance  | (H_b / mean_k) * sum_i f_i P_i   (= 1 when balanced)   | moh, adaptive  |
+| load_balance  | (H_b / mean_k) * sum_i f_i P_i   (= 1 when balanced)   | moh "paper", adaptive |
+|               | H_b * sum_i f_i P_i              (= k when balanced)   | moh "released" |
 | z             | mean(logsumexp(logits)^2)                             | moh, adaptive  |
 | complexity    | mean((stopgrad(hard count) - kappa)^2) / H^2          | adaptive       |
 | budget        | ((mean count - target_heads) / H)^2                   | adaptive       |
+| entropy       | mean(-sum_i pi_i log pi_i)       (nats, <= log H)      | adaptive       |
 
 f_i: fraction of tokens whose hard mask selects head i; P_i: mean router probability; mean_k:
-mean hard heads per token over the balanced heads (moh: the routed ones). The complexity term
-teaches the predictor the number of heads the hard mask actually used. The budget term's count
-is the straight-through count: its value is the hard count, its gradient the surrogate's, so
-it steers the count that is measured. A term that does not apply is None, never 0.
+mean hard heads per token over the balanced heads (moh: the routed ones). The released MoH code
+omits the 1/mean_k, so under moh_gates = "released" the same lb_weight pushes k times harder than
+the Switch form, as in the authors' runs. The complexity term teaches the predictor the number of
+heads the hard mask actually used. The budget term's count is the straight-through count: its
+value is the hard count, its gradient the surrogate's, so it steers the count that is measured.
+The entropy term (Huang et al.'s "dynamic loss"), minimised, sharpens the router so that top-p
+keeps fewer heads. A term that does not apply is None, never 0.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import torch
 from .config import Config
 from .routing import Routing
 
-TERMS = ("load_balance", "z", "complexity", "budget")  # == schema.AUX_TERMS
+TERMS = ("load_balance", "z", "complexity", "budget", "entropy")  # == schema.AUX_TERMS
 WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-               "complexity": "complexity_weight", "budget": "budget_weight"}
+               "complexity": "complexity_weight", "budget": "budget_weight",
+               "entropy": "entropy_weight"}
 
 
 def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -57,8 +63,11 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
         adaptive = r.kappa is not None
         if adaptive:
             used = r.hard.sum(-1).to(r.kappa.dtype)  # (B, T) hard count, no gradient
+            # off (weight 0): logged only, no path into the backward pass
+            p = r.probs if cfg.entropy_weight else r.probs.detach()
+            ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
             parts += [_masked_sum((used - r.kappa) ** 2, w).view(1),
-                      _masked_sum(r.count.float(), w).view(1)]
+                      _masked_sum(r.count.float(), w).view(1), _masked_sum(ent, w).view(1)]
         layout.append((hard_b.shape[-1], adaptive))
     flat = torch.cat(parts)
     if reduce is not None:
@@ -71,7 +80,8 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
         P = flat[pos + Hb : pos + 2 * Hb] / n  # (Hb,) mean probability per head
         pos += 2 * Hb
         mean_k = f.sum().clamp_min(1e-6)  # heads per token among the balanced ones
-        per_term["load_balance"].append(Hb / mean_k * (f * P).sum())
+        balance = Hb * (f * P).sum()
+        per_term["load_balance"].append(balance / mean_k if r.balance_per_k else balance)
         per_term["z"].append(flat[pos] / n)
         pos += 1
         if adaptive:
@@ -79,7 +89,8 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
             per_term["complexity"].append(flat[pos] / n / H**2)
             mean_count = flat[pos + 1] / n
             per_term["budget"].append(((mean_count - cfg.target_heads) / H) ** 2)
-            pos += 2
+            per_term["entropy"].append(flat[pos + 2] / n)
+            pos += 3
     return {t: (torch.stack(v).mean() if v else None) for t, v in per_term.items()}
 
 

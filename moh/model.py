@@ -4,8 +4,11 @@ Token + learned position embeddings, pre-norm blocks (LayerNorm -> causal self-a
 residual, LayerNorm -> MLP -> residual), final LayerNorm, output head tied to the token
 embedding. Shapes: B batch, T time, C d_model, H heads, D = C / H head dim, V vocabulary.
 
-Every head is computed and its output multiplied by the router's gate (as in the MoH
-reference code): no compute is saved, the point is to measure what routing learns.
+Every head is computed and its output multiplied by the router's gate, as the MoH authors'
+released code also does: no compute is saved, the point is to measure what routing learns.
+What the gates are is the router's business: the `moh` router's follow the released code's
+arithmetic by default (moh_gates = "released") or the paper's equations ("paper"); every
+deviation from a source is listed in docs/routing.md.
 """
 
 from __future__ import annotations

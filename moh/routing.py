@@ -8,9 +8,13 @@ Every router maps the block's normed input x (B, T, C) to a `Routing`:
 
 Routers:
 - `dense`: every head, gate 1 (the baseline).
-- `moh` (Jin et al. 2024): `moh_shared` heads always on with gates a1 * softmax(W_s x), the
-  rest routed top-k with gates a2 * softmax(W_r x) (0 outside the top-k), [a1, a2] =
-  softmax(W_h x) (two-stage head-type balancing).
+- `moh` (Jin et al. 2024): `moh_shared` (Hs) heads always on, the other Hr routed top-k,
+  [a1, a2] = softmax(W_h x) weighting the two types (two-stage head-type balancing).
+  `moh_gates = "paper"`: shared a1 * softmax(W_s x), routed a2 * softmax(W_r x) (0 outside the
+  top-k). `"released"` (the authors' code, the default): shared 2 a1 * Hs * softmax(W_s x)
+  (1 without W_s when Hs = 1), routed 2 a2 * k * p_i / sum_topk p (renormalised over the top-k);
+  without shared heads no type weights. So a near-uniform router gives gates near 1 on the
+  chosen heads, and the block keeps the dense model's scale (docs/routing.md).
 - `adaptive` (ROUTING.md, "fully adaptive"): router probabilities pi (float32), complexity
   c in [0, 1] -> budget kappa = k_min + (H - k_min) c, threshold tau in [tau_min, tau_max];
   heads are taken in descending pi while the EXCLUSIVE cumulative probability is < tau and the
@@ -45,6 +49,9 @@ class Routing:
     complexity: torch.Tensor | None = None  # (B, T) complexity c in [0, 1] (adaptive)
     kappa: torch.Tensor | None = None  # (B, T) head budget (adaptive)
     balance_heads: slice | None = None  # which heads the load-balance term covers (moh: routed)
+    # load balance divided by the mean head count (Switch form, = 1 when balanced); False for
+    # the released MoH arithmetic, H_b sum f_i P_i (= k when balanced)
+    balance_per_k: bool = True
     pred_norm: torch.Tensor | None = None  # () mean L2 norm of predictor weight vectors
 
 
@@ -66,38 +73,47 @@ class MoHRouter(nn.Module):
         super().__init__()
         self.n_heads, self.n_shared, self.k = cfg.n_heads, cfg.moh_shared, cfg.moh_topk
         self.n_routed = cfg.n_heads - cfg.moh_shared
+        self.released = cfg.moh_gates == "released"
         C = cfg.d_model
         self.router = nn.Linear(C, self.n_routed, bias=False)  # W_r
-        self.shared = nn.Linear(C, self.n_shared, bias=False) if self.n_shared else None  # W_s
+        # W_s only for two or more shared heads: a softmax over one logit is identically 1 (its
+        # gradient is 0), so a single shared head has gate 1 (times its type weight) in both variants
+        self.shared = nn.Linear(C, self.n_shared, bias=False) if self.n_shared > 1 else None  # W_s
         self.mix = nn.Linear(C, 2, bias=False) if self.n_shared else None  # W_h -> [a1, a2]
 
     def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Weights and biases of the router's projections of x, in the order forward() reads."""
-        if self.n_shared:
-            return [self.router.weight, self.shared.weight, self.mix.weight], [None, None, None]
-        return [self.router.weight], [None]
+        """Weights and biases of the router's projections of x, in the order forward() reads:
+        W_r (Hr columns), W_s (Hs, when present), W_h (2, when shared heads exist)."""
+        ws = [m.weight for m in (self.router, self.shared, self.mix) if m is not None]
+        return ws, [None] * len(ws)
 
     def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
         """`proj`: the float32 projections of x by `proj_params()` when the caller already
         computed them (the attention fuses them into its qkv matmul); None = compute here."""
-        Hr, Hs = self.n_routed, self.n_shared
+        Hr, Hs, k = self.n_routed, self.n_shared, self.k
         if proj is None:  # routers in float32 whatever the model dtype; one matmul for all
             proj = fused_linear(x.float(), *self.proj_params())
-        out = proj
-        logits = out[..., :Hr]  # (B, T, Hr)
+        logits = proj[..., :Hr]  # (B, T, Hr)
         probs = logits.softmax(-1)
-        top = probs.topk(self.k, dim=-1).indices
+        top = probs.topk(k, dim=-1).indices
         chosen = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)  # (B, T, Hr)
         routed_gates = probs * chosen
-        if self.n_shared:
-            a = out[..., Hr + Hs:].softmax(-1)  # (B, T, 2)
-            shared_gates = a[..., :1] * out[..., Hr:Hr + Hs].softmax(-1)  # (B, T, Hs)
-            gates = torch.cat([shared_gates, a[..., 1:] * routed_gates], dim=-1)
-            hard = torch.cat([torch.ones_like(shared_gates, dtype=torch.bool), chosen], dim=-1)
-        else:
+        if self.released:  # renormalised over the top-k, then x k: gates sum to k
+            routed_gates = routed_gates / routed_gates.sum(-1, keepdim=True).clamp_min(
+                torch.finfo(routed_gates.dtype).eps) * k
+        if not Hs:  # no shared heads: no head-type weights in either variant
             gates, hard = routed_gates, chosen
+        else:
+            n_s = Hs if self.shared is not None else 0  # columns of W_s in proj
+            shared_gates = (proj[..., Hr:Hr + n_s].softmax(-1) if n_s
+                            else proj.new_ones(*proj.shape[:-1], 1))  # (B, T, Hs)
+            a = proj[..., Hr + n_s:Hr + n_s + 2].softmax(-1)  # (B, T, 2): [a1, a2]
+            if self.released:  # shared gates sum to Hs; both type weights x 2 (they sum to 2)
+                shared_gates, a = shared_gates * Hs, a * 2
+            gates = torch.cat([a[..., :1] * shared_gates, a[..., 1:] * routed_gates], dim=-1)
+            hard = torch.cat([torch.ones_like(shared_gates, dtype=torch.bool), chosen], dim=-1)
         return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
-                       balance_heads=slice(self.n_shared, self.n_heads))
+                       balance_heads=slice(Hs, self.n_heads), balance_per_k=not self.released)
 
 
 class AdaptiveRouter(nn.Module):

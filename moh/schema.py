@@ -67,7 +67,7 @@ STEP_FIELDS = (
 # Optional step keys: elapsed (s since run start), tokens (tokens in this step, all ranks),
 # tokens_per_s, skipped (bool, non-finite step skipped), aux_weighted {term: weight*value}.
 GRAD_GROUPS = ("embedding", "attention", "ffn", "router", "complexity", "threshold")
-AUX_TERMS = ("load_balance", "z", "complexity", "budget")
+AUX_TERMS = ("load_balance", "z", "complexity", "budget", "entropy")
 LAYER_FIELDS = (
     "layer", "heads_mean", "heads_min", "heads_max", "heads_std", "head_load",
     "threshold_mean", "threshold_min", "threshold_max",

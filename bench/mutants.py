@@ -31,6 +31,7 @@ KNOWN = "tests/moh/test_known_answers.py"
 LEARN = "tests/moh/test_learning.py"
 ROUTING_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_routing_fast.py", LEARN)
 LOSSES_T = (KNOWN, "tests/moh/test_routing.py", LEARN)
+MOH_T = (KNOWN, "tests/moh/test_routing_sources.py", "tests/moh/test_routing.py", LEARN)
 OPTIM_T = (KNOWN, "tests/moh/test_optim.py", LEARN)
 TRAIN_T = (KNOWN, LEARN, "tests/moh/test_train.py")
 # the fast reliability tests: a kill that always lands between two checkpoints, and SIGINT/SIGTERM
@@ -89,6 +90,19 @@ ENGINE = [
        "tau = self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(out[..., H + 1])",
        "tau = self.tau_max + (self.tau_max - self.tau_min) * torch.sigmoid(out[..., H + 1])",
        "the threshold leaves its documented range [tau_min, tau_max]", ROUTING_T),
+    # ---- the moh router (Jin et al.; released-code arithmetic by default) ---------------------------
+    _m("moh_topk_one_fewer", "selection", "moh/routing.py",
+       "top = probs.topk(k, dim=-1).indices", "top = probs.topk(k - 1, dim=-1).indices",
+       "moh routes one head fewer than moh_topk", MOH_T),
+    _m("moh_released_no_times_k", "gates", "moh/routing.py",
+       "torch.finfo(routed_gates.dtype).eps) * k", "torch.finfo(routed_gates.dtype).eps)",
+       "released routed gates sum to 1 instead of k", MOH_T),
+    _m("moh_released_shared_not_scaled", "gates", "moh/routing.py",
+       "shared_gates, a = shared_gates * Hs, a * 2", "shared_gates, a = shared_gates, a * 2",
+       "released shared gates sum to 1 instead of Hs", MOH_T),
+    _m("moh_type_weights_swapped", "gates", "moh/routing.py",
+       "a[..., :1] * shared_gates, a[..., 1:] * routed_gates", "a[..., 1:] * shared_gates, a[..., :1] * routed_gates",
+       "the shared heads get the routed type weight and vice versa", MOH_T),
     # ---- per-layer stats ------------------------------------------------------------------------
     _m("heads_min_is_max", "min_max", "moh/routing.py",
        '"heads_min": counts.min(),', '"heads_min": counts.max(),',
@@ -116,9 +130,15 @@ ENGINE = [
        "entropy divided by the number of heads", ROUTING_T),
     # ---- aux losses ----------------------------------------------------------------------------
     _m("load_balance_no_scale", "losses", "moh/losses.py",
-       'per_term["load_balance"].append(Hb / mean_k * (f * P).sum())',
-       'per_term["load_balance"].append(1 / mean_k * (f * P).sum())',
+       "balance = Hb * (f * P).sum()", "balance = (f * P).sum()",
        "the balanced load-balance value is 1/H instead of 1", LOSSES_T),
+    _m("balance_per_k_inverted", "losses", "moh/losses.py",
+       "append(balance / mean_k if r.balance_per_k else balance)",
+       "append(balance if r.balance_per_k else balance / mean_k)",
+       "the Switch form and the released MoH form of the balance swapped", LOSSES_T),
+    _m("entropy_sign", "losses", "moh/losses.py",
+       "ent = -(p * p.clamp_min(1e-12).log()).sum(-1)", "ent = (p * p.clamp_min(1e-12).log()).sum(-1)",
+       "the entropy term is negative: minimising it flattens the router", LOSSES_T),
     _m("z_not_squared", "losses", "moh/losses.py",
        "_masked_sum(torch.logsumexp(r.logits, -1) ** 2, w)",
        "_masked_sum(torch.logsumexp(r.logits, -1), w)",
@@ -225,6 +245,14 @@ FINDINGS = [
        "a stat moving by several float32 steps counts as constant", RULES_T),
     _m("redundant_slack_15", "threshold_move", ST, "REDUNDANT_SLACK = 1.5 ", "REDUNDANT_SLACK = 15.0 ",
        "deviations 10x the rounding bound still count as an exact restatement", RULES_T),
+    _m("loss_tail_share_0.2", "threshold_move", LS, "LOSS_TAIL_SHARE = 0.10", "LOSS_TAIL_SHARE = 0.20",
+       "a phase still giving 10-20% of its progress in its last tenth counts as converged", RULES_T),
+    _m("degenerate_fraction_0.4", "threshold_move", ST, "DEGENERATE_WARN_FRACTION = 0.5 ",
+       "DEGENERATE_WARN_FRACTION = 0.4 ", "min == max on 40% of the steps is already a fault", RULES_T),
+    _m("clip_saturated_0.6", "threshold_move", G, "CLIP_SATURATED_FRACTION = 0.5 ", "CLIP_SATURATED_FRACTION = 0.6 ",
+       "a norm pinned at the clip on 50-60% of the steps is only info", RULES_T),
+    _m("clip_info_0.1", "threshold_move", G, "CLIP_INFO_FRACTION = 0.25", "CLIP_INFO_FRACTION = 0.10",
+       "occasional clipping (10-25% of the steps) is reported", RULES_T),
     # ---- severities downgraded ------------------------------------------------------------------
     _m("router_grad_zero_never_error", "severity", G, 'sev = "error" if nz == n else "warning"',
        'sev = "warning"', "a router that never gets a gradient is only a warning", RULES_T),
@@ -236,6 +264,8 @@ FINDINGS = [
        "a placeholder 0 statistic is only a warning", RULES_T),
     _m("redundant_stat_warning", "severity", ST, '"redundant_stat", "error", li,', '"redundant_stat", "warning", li,',
        "a stat restating another is only a warning", RULES_T),
+    _m("degenerate_never_error", "severity", ST, 'sev = "error" if frac == 1.0 else "warning"',
+       'sev = "warning"', "a stat with min == max on every step is only a warning", RULES_T),
     _m("head_collapse_info", "severity", HD, '"head_collapse", "warning", li,', '"head_collapse", "info", li,',
        "collapsed routing is only info", RULES_T),
     _m("vacuous_aux_always_warning", "severity", PR, '"vacuous_aux", "info" if off else "warning", None,',

@@ -265,3 +265,49 @@ def test_vacuous_aux(tmp_path, spoiler, weight, expected):
     for i, r in enumerate(steps_of(recs)):
         r["aux"]["budget"] = spoiler if i == 20 else 0.0
     assert found(tmp_path, recs, "vacuous_aux") == expected
+
+
+# ---- loss_not_converging, second branch: the last tenth still gives >= 10% of the progress ----
+
+@pytest.mark.parametrize("d,expected", [(0.21, [("warning", None)]), (0.19, [])])  # 10.5% / 9.5% of 2.0
+def test_loss_still_falling_at_the_end_of_a_phase(tmp_path, d, expected):
+    recs = records()
+    for phase in ("pretrain", "instruct"):
+        mine = [r for r in steps_of(recs) if r["phase"] == phase]
+        # head (first 5) 3.0, tail (last 5) 1.0: drop 2.0; the 5 before the tail at 1.0 + d
+        vals = [3.0] * 5 + [1.2] * 35 + [1.0 + (d if phase == "instruct" else 0.0)] * 5 + [1.0] * 5
+        for r, v in zip(mine, vals):
+            r["lm_loss"], r["loss"] = v, v + 0.01
+    assert found(tmp_path, recs, "loss_not_converging") == expected
+    if expected:
+        assert evidence(tmp_path, recs, "loss_not_converging")[0]["phase"] == "instruct"
+
+
+# ---- degenerate_range: min == max on >= half the steps (warning), on all of them (error) -----
+
+@pytest.mark.parametrize("k,expected", [(100, [("error", 1)]), (50, [("warning", 1)]), (49, [])])
+def test_degenerate_range_fraction(tmp_path, k, expected):
+    recs = records()
+    for r in steps_of(recs)[:k]:
+        lay = r["layers"][1]
+        lay["threshold_min"] = lay["threshold_max"] = lay["threshold_mean"]
+    assert found(tmp_path, recs, "degenerate_range") == expected
+
+
+# ---- clip_saturation: at the clip on >= 50% (warning) / >= 25% (info) of a phase's second half --
+
+@pytest.mark.parametrize("m,expected", [
+    (13, [("warning", None)]),   # 13 of 25: 52%
+    (12, [("info", None)]),      # 48%
+    (7, [("info", None)]),       # 28%
+    (6, []),                     # 24%
+])
+def test_clip_saturation_fractions(tmp_path, m, expected):
+    recs = records()
+    recs[0]["config"]["grad_clip"] = 1.0
+    instruct = [r for r in steps_of(recs) if r["phase"] == "instruct"]
+    for r in steps_of(recs):
+        r["grad_norm"] = 0.5
+    for r in instruct[-m:]:
+        r["grad_norm"] = 1.2
+    assert found(tmp_path, recs, "clip_saturation") == expected

@@ -3,6 +3,7 @@
     .venv/bin/python bench/mutation.py                 # every mutant in bench/mutants.py
     .venv/bin/python bench/mutation.py --only budget_rank_le lr_times_1e-6
     .venv/bin/python bench/mutation.py --list          # the catalogue, nothing run
+    .venv/bin/python bench/mutation.py --tests-from main   # the same mutants against main's tests
 
 Each mutant (bench/mutants.py) names a file, an exact original snippet, its replacement, what
 it breaks and the fast test files that should notice. The tracked and untracked (not ignored)
@@ -20,7 +21,9 @@ catalogue lowers the score rather than hiding. Before any mutant, the tests run 
 unmutated copy: a red baseline stops the benchmark (a mutant "killed" by an already failing
 test proves nothing).
 
-JSON: bench/results/mutation.json. Exit code: 0 when the score reaches --goal (default 0.8)
+`--tests-from REV` replaces the copy's tests/ with those of git revision REV (the code stays the
+working tree's) and keeps, per mutant, only the test files that exist there: how many of these
+bugs an older suite caught. JSON: bench/results/mutation.json (or mutation_<REV>.json). Exit code: 0 when the score reaches --goal (default 0.8)
 and no mutant errored, 1 otherwise, 2 on bad arguments or a red baseline.
 """
 
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +81,17 @@ def copy_tree(dest: Path) -> Path:
     return repo
 
 
+def use_tests_from(repo: Path, rev: str) -> None:
+    """Replace repo/tests with revision `rev`'s tests/ (from git, the working tree untouched)."""
+    shutil.rmtree(repo / "tests")
+    archive = subprocess.run(["git", "archive", rev, "tests"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "xf", "-", "-C", str(repo)], input=archive, check=True)
+
+
+def existing(repo: Path, tests: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(t for t in tests if (repo / t.split("::")[0]).is_file())
+
+
 def run_tests(repo: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
     """(outcome of pytest on the copy: pass / fail / timeout / error, seconds, last output lines)."""
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -109,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the catalogue and exit")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant's test run")
     ap.add_argument("--goal", type=float, default=0.8, help="kill rate the exit code asks for")
-    ap.add_argument("--json", default=str(RESULTS / "mutation.json"), help="result file ('' = none)")
+    ap.add_argument("--json", default=None, help="result file (default bench/results/mutation[_REV].json; '' = none)")
+    ap.add_argument("--tests-from", metavar="REV", help="run the mutants against the tests of git revision REV")
     a = ap.parse_args(argv)
 
     ids = [m.id for m in MUTANTS]
@@ -130,10 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.id:28} {m.kind:18} {m.file:28} {m.breaks}{eq}")
         return 0
 
+    if a.json is None:
+        a.json = str(RESULTS / (f"mutation_{a.tests_from.replace('/', '_')}.json" if a.tests_from else "mutation.json"))
     t_start, load0 = time.time(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="moh-mutation-") as tmp:
         repo = copy_tree(Path(tmp))
         check_imports_from(repo)
+        if a.tests_from:
+            use_tests_from(repo, a.tests_from)
+            chosen = [replace(m, tests=existing(repo, m.tests)) for m in chosen]
         every_test = tuple(sorted({t for m in chosen for t in m.tests}))
         print(f"baseline: {len(every_test)} test files on the unmutated copy ...", flush=True)
         outcome, secs, tail = run_tests(repo, every_test, a.timeout * 2)
@@ -146,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             path = repo / m.file
             row = {"id": m.id, "kind": m.kind, "file": m.file, "breaks": m.breaks,
                    "equivalent": m.equivalent, "tests": list(m.tests)}
+            if not m.tests:  # --tests-from: no test of this behaviour existed there
+                rows.append(row | {"outcome": "survived", "seconds": 0.0, "detail": "no test file"})
+                print(f"[{k}/{len(chosen)}] survived {m.id:28}    no test file", flush=True)
+                continue
             try:
                 original = path.read_text(encoding="utf-8")
                 path.write_text(mutate(original, m), encoding="utf-8")
@@ -181,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{elapsed:.0f} s; load average {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     if a.json and not a.only:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        payload = {"bench": "mutation", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        payload = {"bench": "mutation", "tests_from": a.tests_from, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                    "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds": round(elapsed),
                    "score": score, "killed": len(killed), "non_equivalent": len(scored),

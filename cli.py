@@ -15,7 +15,7 @@ failed command leaves no partial output file (analyze.atomic).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -82,24 +82,6 @@ class _TrainProgress:
             self.progress.stop()
 
 
-def _unwritable_dir(out: Path) -> str | None:
-    """Why a run directory could not be created or written (None: it can), without creating it."""
-    import os
-
-    p = out
-    while not p.exists():
-        if p.is_symlink():
-            return f"{p} is a broken symbolic link"
-        if p.parent == p:
-            break
-        p = p.parent
-    if not p.is_dir():
-        return "not a directory" if p == out else f"{p} is not a directory"
-    if not os.access(p, os.W_OK | os.X_OK):
-        return "permission denied" if p == out else f"{p} is not writable (permission denied)"
-    return None
-
-
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", readable=False,
@@ -132,6 +114,7 @@ def train(
     import time as _time
 
     from moh import config as mconfig  # torch-free: config errors answer before torch loads
+    from moh import launch
 
     try:
         flags = dict(mconfig.parse_override(s) for s in set_)
@@ -139,41 +122,17 @@ def train(
                  "target_heads": target_heads, "log_every": log_every, "threads": threads, "device": device,
                  "pretrain_epochs": epochs if pretrain_epochs is None else pretrain_epochs,
                  "instruct_epochs": epochs if instruct_epochs is None else instruct_epochs}
-        given = mconfig.given(config, **{**flags, **{k: v for k, v in named.items() if v is not None}})
-        cfg = mconfig.from_dict(given) if resume is None else None  # resume: from the checkpoint
-    except mconfig.ConfigError as e:
-        _err(f"config error: {e}")
-        raise typer.Exit(2)
-    checkpoint = None
-    if resume is not None:
-        if overwrite or (out is not None and out != resume):
-            _err("error: --resume DIR continues the run in DIR; it takes neither --overwrite nor another --out")
-            raise typer.Exit(2)
-        from moh import checkpoint as mckpt  # loads torch
-
-        try:
-            checkpoint = mckpt.load(resume)
-            cfg = mckpt.resume_config(checkpoint["config"], given)
-        except mckpt.CheckpointError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(3)
-        except mconfig.ConfigError as e:
-            _err(f"config error: {e}")
-            raise typer.Exit(2)
-        out = resume
-    if out is None:
-        out = Path("runs") / f"{cfg.router}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "run.jsonl").exists() and not overwrite and checkpoint is None:
-        _err(f"error: {out / 'run.jsonl'} exists; pass --resume {out} to continue it, --overwrite to "
-             f"replace it, or choose another --out")
-        raise typer.Exit(2)
-    problem = _unwritable_dir(out)  # before torch loads: a bad --out answers in a second
-    if problem:
-        _err(f"error: cannot write to {out}: {problem}")
-        raise typer.Exit(3)
+        cfg, checkpoint, out = launch.prepare(
+            config, {**flags, **{k: v for k, v in named.items() if v is not None}}, out=out, resume=resume,
+            overwrite=overwrite, default_out=lambda c: Path("runs") / f"{c.router}-{_time.strftime('%Y%m%d-%H%M%S')}")
+    except (mconfig.ConfigError, launch.LaunchError) as e:
+        code, message = launch.exit_for(e)
+        _err(message)
+        raise typer.Exit(code)
 
     if nproc > 1:
-        raise typer.Exit(_train_torchrun(cfg, out, nproc, overwrite=overwrite, resume=resume, quiet=quiet))
+        raise typer.Exit(launch.torchrun(cfg, out, nproc, overwrite=overwrite, resume=resume, quiet=quiet,
+                                         err=_err, say=typer.echo))
 
     class _Terminated(KeyboardInterrupt):
         pass
@@ -189,15 +148,10 @@ def train(
     progress = _TrainProgress(quiet)
     try:
         res = mtrain.train(cfg, out, callback=progress, overwrite=overwrite, resume=checkpoint)
-    except mconfig.ConfigError as e:
-        _err(f"config error: {e}")
-        raise typer.Exit(2)
-    except DataError as e:
-        _err(f"data error: {e}")
-        raise typer.Exit(3)
-    except CheckpointError as e:
-        _err(f"error: {e}")
-        raise typer.Exit(3)
+    except (mconfig.ConfigError, DataError, CheckpointError) as e:
+        code, message = launch.exit_for(e)
+        _err(message)
+        raise typer.Exit(code)
     except Interrupted as e:  # first SIGINT/SIGTERM: the step finished, a checkpoint was written
         import signal as _signal
 
@@ -235,61 +189,6 @@ def train(
         raise typer.Exit(1)
 
 
-def _train_torchrun(cfg, out: Path, nproc: int, *, overwrite: bool, resume: Optional[Path], quiet: bool) -> int:
-    """`moh train --nproc N`: the resolved config through `torchrun -m moh.train` on this machine.
-
-    The launcher runs in its own session, so a terminal's Ctrl-C reaches the workers once (as
-    the launcher's forwarded SIGTERM/SIGINT: a checkpoint, then exit), not twice. Exit code: the
-    launcher's, or 128 + signal when this process was interrupted.
-    """
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    for key in ("batch_size", "instruct_batch_size"):
-        if getattr(cfg, key) % nproc:
-            _err(f"config error: {key}: {getattr(cfg, key)} (global) is not divisible by --nproc {nproc}")
-            return 2
-    overrides = [f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "moh.train", "--out", str(out), *(["--overwrite"] if overwrite else []),
-           *(["--resume", str(resume)] if resume is not None else []), *overrides]
-    if not quiet:
-        _err(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m moh.train --out {out} ...")
-    env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", str(cfg.threads or 1))  # (torchrun warns when it is unset)
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
-    got: list[int] = []
-
-    def forward(signum, frame):
-        got.append(signum)
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = proc.wait()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    if got:
-        _err(f"interrupted; checkpoint and telemetry in {out}; continue with: moh train --resume {out} --nproc {nproc}")
-        return 128 + got[0]
-    if not quiet and (out / "run.jsonl").exists():
-        with open(out / "run.jsonl", encoding="utf-8") as f:
-            recs = [json.loads(line) for line in f if line.strip()]
-        for r in recs:
-            if r.get("event") == "eval":
-                em = "n/a" if r["exact_match"] is None else f"{r['exact_match']:.2f}"
-                _err(f"  {r['phase']:<8} eval: loss {r['loss']:.3f}  exact match {em}")
-    typer.echo(str(out))
-    return rc
-
-
 # ---- report / compare (analyze/) ------------------------------------------------------------
 
 
@@ -298,9 +197,38 @@ _CRITERIA_HELP = "TOML criteria file merged over the defaults (analyze/default_c
 # Input paths are declared readable=False: click would otherwise answer an unreadable file with a
 # multi-line usage box and exit 2; the loaders answer it with one line and exit 3.
 
+# Options report, compare and plot share, declared once.
+CriteriaOption = Annotated[Optional[Path], typer.Option("--criteria", readable=False, help=_CRITERIA_HELP)]
+FormatOption = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes.")]
+InputFormatOption = Annotated[str, typer.Option("--input-format", help="auto (sniff the content), jsonl or rustgpt.")]
+_BASELINE_HELP = ("A known-good reference run (same config, another seed): report baseline_deviation "
+                  "findings where a key series leaves the reference's normal band (docs/findings.md).")
+BaselineOption = Annotated[Optional[Path], typer.Option("--baseline", readable=False, help=_BASELINE_HELP)]
 
-def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str) -> list:
-    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code."""
+
+def _load(path: Path, strict: bool, input_format: str, what: str = ""):
+    """A loaded Run with its notes on stderr, or typer.Exit(3) with one line saying why not."""
+    from analyze import loader
+
+    try:
+        run = loader.load_run(path, strict=strict, input_format=input_format)
+    except loader.LoadError as e:
+        _err(f"error: {what}{e}")
+        raise typer.Exit(3)
+    for note in run.notes:
+        _err(f"note: {what}{note}")
+    if not len(run.steps):
+        _err(f"error: {what}{path}: no step records, nothing to judge")
+        raise typer.Exit(3)
+    return run
+
+
+def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: bool, input_format: str,
+              baseline: Optional[Path] = None) -> list:
+    """Parse-and-evaluate shared by report and compare: Reports, or typer.Exit with the exit code.
+    `baseline`: a known-good reference run; each report adds its baseline_deviation findings."""
     from analyze import criteria as crit
     from analyze import loader, report
 
@@ -315,20 +243,8 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    reports = []
-    for path in paths:
-        try:
-            run = loader.load_run(path, strict=strict, input_format=input_format)
-        except loader.LoadError as e:
-            _err(f"error: {e}")
-            raise typer.Exit(3)
-        for note in run.notes:
-            _err(f"note: {note}")
-        if not len(run.steps):
-            _err(f"error: {path}: no step records, nothing to judge")
-            raise typer.Exit(3)
-        reports.append(report.build_report(run, specs))
-    return reports
+    ref = None if baseline is None else _load(baseline, strict, input_format, what="baseline: ")
+    return [report.build_report(_load(path, strict, input_format), specs, baseline=ref) for path in paths]
 
 
 def _emit(payload) -> None:
@@ -386,16 +302,17 @@ def _guarded(fn):
 @app.command("report")
 def report_cmd(
     run: Path = typer.Argument(..., readable=False, help="Telemetry log: run.jsonl, a .gz of it, or a reference trainer text log."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
-    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+    criteria: CriteriaOption = None,
+    fmt: FormatOption = "table",
+    strict: StrictOption = False,
+    input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Judge a run against the success criteria and list findings. Exit 0 pass, 1 fail, 2 usage, 3 bad input."""
     def body():
         from analyze import report
 
-        (rep,) = _analysis([run], criteria, fmt, strict, input_format)
+        (rep,) = _analysis([run], criteria, fmt, strict, input_format, baseline)
         _emit(report.render(rep, fmt))
         raise typer.Exit(0 if rep.verdict == "pass" else 1)
 
@@ -405,10 +322,11 @@ def report_cmd(
 @app.command("compare")
 def compare_cmd(
     runs: list[Path] = typer.Argument(..., readable=False, help="Two or more telemetry logs; the first is the baseline for deltas."),
-    criteria: Optional[Path] = typer.Option(None, "--criteria", readable=False, help=_CRITERIA_HELP),
-    fmt: str = typer.Option("table", "--format", help=_FORMAT_HELP),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines and wrong types are errors (exit 3) instead of notes."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto (sniff the content), jsonl or rustgpt."),
+    criteria: CriteriaOption = None,
+    fmt: FormatOption = "table",
+    strict: StrictOption = False,
+    input_format: InputFormatOption = "auto",
+    baseline: BaselineOption = None,
 ) -> None:
     """Criteria and key final metrics of runs side by side, with deltas. Exit 1 when any run fails."""
     def body():
@@ -417,7 +335,7 @@ def compare_cmd(
         if len(runs) < 2:
             _err("error: compare needs at least two runs")
             raise typer.Exit(2)
-        reports = _analysis(runs, criteria, fmt, strict, input_format)
+        reports = _analysis(runs, criteria, fmt, strict, input_format, baseline)
         cmp = compare.build_comparison(reports)
         _emit(compare.render(cmp, fmt))
         raise typer.Exit(0 if cmp.verdict == "pass" else 1)
@@ -433,17 +351,19 @@ def plot(
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the figures (created if needed)."),
     fmt: str = typer.Option("png", "--format", help="png or svg."),
     x: str = typer.Option("step", "--x", help="x axis: step, or time (elapsed since run start)."),
-    input_format: str = typer.Option("auto", "--input-format", help="auto, jsonl or rustgpt."),
-    strict: bool = typer.Option(False, "--strict", help="Bad log lines are errors instead of notes."),
+    input_format: InputFormatOption = "auto",
+    strict: StrictOption = False,
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Processes drawing figures (default: one per CPU, up to one per figure)."),
+    findings: bool = typer.Option(
+        False, "--findings", help="Mark each finding (moh report's) at the steps it rests on, on the figure of its series."),
 ) -> None:
     """Draw thresholds, complexity, heads, head load, gradient norms and loss figures; print the paths."""
-    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs))
+    _guarded(lambda: _plot(runs, output, fmt, x, input_format, strict, jobs, findings))
 
 
 def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, strict: bool,
-          jobs: int | None = None) -> None:
+          jobs: int | None = None, findings: bool = False) -> None:
     import warnings
 
     from analyze import loader, plots
@@ -470,11 +390,16 @@ def _plot(runs: list[Path], output: Path, fmt: str, x: str, input_format: str, s
         for note in run.notes:
             _err(f"note: {note}")  # notes already name the file
         loaded.append(run)
+    marks = None
+    if findings:
+        from analyze.findings import find_all
+
+        marks = [(f.to_dict(), run) for run in loaded for f in find_all(run)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plots.PlotWarning)
         try:
             written = plots.write_figures(loaded, output, fmt=fmt, x="elapsed" if x == "time" else "step",
-                                          jobs=jobs)
+                                          jobs=jobs, marks=marks)
         except plots.OutputError as e:  # names the path; nothing partial is left (all or nothing)
             _err(f"error: {e}")
             raise typer.Exit(3)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from moh.atomic import file_mode, replacing
 
 __all__ = ["OutputError", "atomic_output", "make_dirs", "remove_dirs", "file_mode"]
 
@@ -29,13 +30,6 @@ class OutputError(OSError):
 
 def _reason(e: BaseException) -> str:
     return (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip()
-
-
-def file_mode() -> int:
-    """0o666 less the process umask: what open(..., "w") would have created."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def make_dirs(path: Path) -> list[Path]:
@@ -93,19 +87,9 @@ def atomic_output(dst: str | os.PathLike) -> Iterator[BinaryIO]:
         return
     created = make_dirs(dst.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    except OSError as e:
-        remove_dirs(created)
-        raise OutputError(f"cannot write to {dst}: {_reason(e)}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with replacing(dst) as fh:  # the temp file, its mode and the rename: moh/atomic.py
             yield fh
-            fh.flush()
-            os.fchmod(fh.fileno(), file_mode())
-        os.replace(tmp, dst)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         remove_dirs(created)
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"cannot write to {dst}: {_reason(e)}") from None

@@ -9,7 +9,6 @@ The verdict is "fail" when any run fails its own report.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from .report import (_STATUS_STYLE, SafeText, Report, _group_value, _num, format_value, json_safe, md_escape,
                      _md_table)
+from .formats import render_as, to_json
 from .run import Run
 
 __all__ = ["Comparison", "build_comparison", "render", "render_table", "render_md", "render_json",
@@ -321,14 +321,8 @@ def render_md(cmp: Comparison) -> str:
 
 
 def render_json(cmp: Comparison) -> str:
-    return json.dumps(cmp.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return to_json(cmp.to_dict())
 
 
 def render(cmp: Comparison, fmt: str) -> Group | str:
-    if fmt == "table":
-        return render_table(cmp)
-    if fmt == "md":
-        return render_md(cmp)
-    if fmt == "json":
-        return render_json(cmp)
-    raise ValueError(f"unknown format {fmt!r}")
+    return render_as(fmt, cmp, {"table": render_table, "md": render_md, "json": render_json})

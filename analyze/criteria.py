@@ -17,6 +17,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -248,6 +249,14 @@ def load_criteria(path: str | Path | None = None) -> list[Criterion]:
     if not out:
         raise CriteriaError(f"{where}: no enabled criteria")
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def default_target(name: str) -> tuple[float | None, float | None]:
+    """(min, max) of the default criterion `name`: what figures draw and rules compare against,
+    read from default_criteria.toml rather than copied."""
+    c = next(c for c in load_criteria() if c.name == name)
+    return c.target_min, c.target_max
 
 
 # ---- evaluation ----------------------------------------------------------------------------

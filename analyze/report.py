@@ -12,7 +12,6 @@ verdict, and is shown as such.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -23,15 +22,18 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .baseline import compare as compare_with_baseline
 from .criteria import Criterion, Result, evaluate, load_criteria, verdict
 from .findings import Finding, find_all
+from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
+from .metrics import routing_metrics
+from .rules.registry import sort_findings
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
            "format_value", "md_escape", "json_safe", "printable", "SafeText"]
 
-FORMATS = ("table", "md", "json")
 _STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "warn": "bold yellow", "missing": "dim", "n/a": "dim"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _STATUS_RANK = {"fail": 0, "warn": 1, "missing": 2, "pass": 3}
@@ -68,6 +70,8 @@ class Report:
     results: list[Result]
     findings: list[Finding]
     verdict: str
+    metrics: dict | None = None   # routing metrics per layer (analyze/metrics.py), no verdict
+    baseline: str | None = None   # the reference run's path when judged --baseline (analyze/baseline.py)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -105,14 +109,20 @@ class Report:
             "summary": {"criteria": self.counts, "findings": self.finding_counts},
             "criteria": [r.to_dict() for r in self.results],
             "findings": [f.to_dict() for f in self.findings],
+            "metrics": self.metrics,
+            "baseline": self.baseline,
             "notes": list(self.run.notes),
         })
 
 
-def build_report(run: Run, criteria: list[Criterion] | None = None) -> Report:
+def build_report(run: Run, criteria: list[Criterion] | None = None, baseline: Run | None = None) -> Report:
+    """`baseline`: a known-good reference run; adds its `baseline_deviation` findings."""
     results = evaluate(run, load_criteria() if criteria is None else criteria)
     findings = find_all(run)
-    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings))
+    if baseline is not None:
+        findings = sort_findings(findings + compare_with_baseline(run, baseline))
+    return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings),
+                  metrics=routing_metrics(run), baseline=None if baseline is None else str(baseline.path))
 
 
 # ---- value formatting ------------------------------------------------------------------------
@@ -227,6 +237,28 @@ def _run_line(rep: Report) -> str:
     return "; ".join(parts)
 
 
+_METRIC_HEADERS = ("Layer", "Load CV", "Max violation", "Dead heads", "Complexity~loss", "Heads~loss")
+
+
+def metric_rows(rep: Report) -> list[list[str]]:
+    """One row of routing metrics per layer; "n/a" where a metric does not apply or was not logged."""
+    m = rep.metrics or {}
+    out = []
+    for row in m.get("layers", []):
+        cells = [str(row["layer"])]
+        for k in ("load_cv", "max_violation", "dead_head_fraction", "complexity_loss_corr", "heads_loss_corr"):
+            v = row.get(k)
+            cells.append("n/a" if v is None else (f"{100 * v:.3g}%" if k == "dead_head_fraction" else _num(v)))
+        out.append(cells)
+    return out
+
+
+def _metrics_title(rep: Report) -> str:
+    m = rep.metrics or {}
+    note = f"; {m['note']}" if m.get("note") else ""
+    return f"Routing metrics ({m.get('window', '')}{note}; Spearman rank correlations with the token loss)"
+
+
 # ---- table (rich) ----------------------------------------------------------------------------
 
 
@@ -258,6 +290,13 @@ def render_table(rep: Report) -> Group:
         parts.append(ft)
     else:
         parts.append(SafeText("Findings: none", style="green"))
+    if metric_rows(rep):
+        mt = Table(title=_metrics_title(rep), title_justify="left", expand=False)
+        for col in _METRIC_HEADERS:
+            mt.add_column(col, justify="right")
+        for cells in metric_rows(rep):
+            mt.add_row(*(SafeText(c) for c in cells))
+        parts.append(mt)
     parts.append(SafeText(_verdict_line(rep), style=_STATUS_STYLE["pass" if rep.verdict == "pass" else "fail"]))
     return Group(*parts)
 
@@ -294,6 +333,9 @@ def render_md(rep: Report) -> str:
                             for f in rep.findings))
     else:
         lines.append("None.")
+    if metric_rows(rep):
+        lines += ["", "## " + md_escape(_metrics_title(rep)), ""]
+        lines += _md_table(list(_METRIC_HEADERS), metric_rows(rep))
     return "\n".join(lines) + "\n"
 
 
@@ -301,15 +343,9 @@ def render_md(rep: Report) -> str:
 
 
 def render_json(rep: Report) -> str:
-    return json.dumps(rep.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    return to_json(rep.to_dict())
 
 
 def render(rep: Report, fmt: str) -> Group | str:
     """The renderer for `fmt` ("table" returns rich renderables; the others text)."""
-    if fmt == "table":
-        return render_table(rep)
-    if fmt == "md":
-        return render_md(rep)
-    if fmt == "json":
-        return render_json(rep)
-    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    return render_as(fmt, rep, {"table": render_table, "md": render_md, "json": render_json})

@@ -101,6 +101,7 @@ class Trainer:
         self.params = list(self.model.parameters())
         self.i = 0
         self.last = None
+        self.last_batch = None
 
     def step(self, batch=None):
         if batch is None:
@@ -123,4 +124,5 @@ class Trainer:
             clip_(self.params, norm, cfg.grad_clip)
             self.opt.step()
         self.last = (loss, routings, valid)
+        self.last_batch = (idx, targets)
         return loss

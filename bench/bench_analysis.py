@@ -111,7 +111,7 @@ def measure(side: str, path: Path, workers: int | None) -> dict:
 
 def make_log(path: Path, steps: int, layers: int, heads: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from analyze.synthetic import write_synthetic
+    from tests.synthetic import write_synthetic
 
     write_synthetic(path, n_steps=steps, n_layers=layers, n_heads=heads, seed=0)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_plot.py [--steps 200000] [--log PATH] [--json out.json] [--docs]
 
-Generates the log with `analyze.synthetic.write_synthetic` (reused when --log exists), then
+Generates the log with `tests.synthetic.write_synthetic` (reused when --log exists), then
 measures, in one run:
   cli       `moh plot LOG -o DIR` as a subprocess (--reps times, median judged): interpreter start,
             imports, real loader, all figures, exit;
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from analyze import plots  # noqa: E402
 from analyze.loader import load_run  # noqa: E402
-from analyze.synthetic import write_synthetic  # noqa: E402
+from tests.synthetic import write_synthetic  # noqa: E402
 
 GOAL_S = 10.0
 

@@ -19,7 +19,7 @@ def ranks(a):  # 0..n-1 by value
     r = np.empty(len(a)); r[np.argsort(a, kind="stable")] = np.arange(len(a)); return r
 
 def spearman(model_pt):
-    st = torch.load(model_pt, weights_only=False)
+    st = torch.load(model_pt, weights_only=True)
     cfg = from_dict(st["config"]); tok = Tokenizer.from_dict(st["tokenizer"])
     model = LM(cfg, tok.vocab_size); model.load_state_dict(st["model"]); model.eval()
     texts = load_corpus(None).texts()

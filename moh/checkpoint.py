@@ -36,13 +36,14 @@ import io
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 import zipfile
 from typing import Any, Iterable
 
 import torch
+
+from .atomic import replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
@@ -101,38 +102,10 @@ def set_rng_state(d: dict[str, Any]) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
-    path = os.fspath(path)
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual mode
-        buf = io.BytesIO()  # serialise first: a write error is then a plain OSError (ENOSPC,
-        torch.save(obj, buf)  # EFBIG), not torch's zip-writer RuntimeError
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (power loss); not possible everywhere
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    buf = io.BytesIO()  # serialise first: a write error is then a plain OSError (ENOSPC,
+    torch.save(obj, buf)  # EFBIG), not torch's zip-writer RuntimeError
+    with replacing(path, durable=True) as f:
+        f.write(buf.getbuffer())
 
 
 def save(run_dir: str | os.PathLike, state: dict[str, Any]) -> str | None:
@@ -195,6 +168,9 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any]):
         raise ConfigError(f"{k}: cannot change on --resume (checkpoint has {old!r}, got {v!r}); "
                           f"changeable: {', '.join(RESUMABLE_KEYS)}")
     known = {k: v for k, v in saved.items() if k in KEYS}  # keys dropped since: ignored
+    # written before moh_gates existed: that engine used the paper's gate equations, and a
+    # resumed run must not switch arithmetic halfway (the default is now "released")
+    known.setdefault("moh_gates", "paper")
     return from_dict({**known, **{k: v for k, v in given.items() if v is not None}})
 
 

@@ -302,12 +302,12 @@ def make_batches(
 
     # Pad to the GLOBAL batch's longest example, so the ranks' shards concatenate exactly.
     return [
-        _collate([seqs[i] for i in _shard(g, rank, world_size)], max(lengths[i] for i in g), pad_id)
+        _collate([seqs[i] for i in shard(g, rank, world_size)], max(lengths[i] for i in g), pad_id)
         for g in groups
     ]
 
 
-def _shard(group: list[int], rank: int, world_size: int) -> list[int]:
+def shard(group: list, rank: int, world_size: int) -> list:
     """Contiguous slice `rank` of `world_size`; sizes differ by at most one."""
     base, extra = divmod(len(group), world_size)
     start = rank * base + min(rank, extra)

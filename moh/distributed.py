@@ -32,9 +32,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import data
+from .config import DEVICES
 from .routing import Routing
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class DistError(RuntimeError):
@@ -206,11 +207,30 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def gather_columns(t: torch.Tensor) -> torch.Tensor:
+    """(R, n_rank) on every rank -> (R, sum of n) on every rank, columns in rank order.
+
+    Ranks may hold different numbers of columns (tokens): the sizes are gathered first and
+    every rank's block is padded to the largest for the all_gather. Two collectives; the
+    identity when not distributed. Used on logging steps only (moh/alignment.py).
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    n = dist.get_world_size()
+    size = torch.tensor([t.shape[1]], dtype=torch.long, device=t.device)
+    sizes = [torch.empty_like(size) for _ in range(n)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = t.new_zeros(t.shape[0], max(counts))
+    padded[:, : t.shape[1]] = t
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1)
+
+
 def shard(items: list, info: DistInfo) -> list:
-    """Contiguous slice `rank` of `world_size` (sizes differ by at most one)."""
-    base, extra = divmod(len(items), info.world_size)
-    start = info.rank * base + min(info.rank, extra)
-    return items[start : start + base + (info.rank < extra)]
+    """This rank's contiguous slice of `items` (data.shard; sizes differ by at most one)."""
+    return data.shard(items, info.rank, info.world_size)
 
 
 # --- routing statistics -------------------------------------------------------------------------

@@ -25,13 +25,12 @@ from typing import Callable
 
 import torch
 
+from . import schema
 from .config import Config
 from .routing import Routing
 
-TERMS = ("load_balance", "z", "complexity", "budget", "entropy")  # == schema.AUX_TERMS
-WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-               "complexity": "complexity_weight", "budget": "budget_weight",
-               "entropy": "entropy_weight"}
+TERMS = schema.AUX_TERMS
+WEIGHT_KEYS = schema.AUX_WEIGHT_KEYS  # term -> the config key of its weight
 
 
 def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

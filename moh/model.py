@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .data import IGNORE_INDEX
 from .routing import Routing, make_router
 
-IGNORE_INDEX = -100
 
 
 class CausalSelfAttention(nn.Module):
@@ -129,13 +129,16 @@ class LM(nn.Module):
             routings.append(r)
         return self.ln_f(x), routings
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, list[Routing]]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, token_losses: bool = False
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Routing]]:
         """idx (B, T) -> (logits, loss_sum, one Routing per layer).
 
-        Without targets: logits (B, T, V) and loss_sum None. With targets: logits None and the
-        loss SUMMED over target tokens (targets == -100 ignored); the caller divides by the
-        token count (the global count under data parallelism, so ranks agree).
+        Without targets: logits (B, T, V) and loss_sum None. With targets: the loss SUMMED
+        over target tokens (targets == -100 ignored); the caller divides by the token count
+        (the global count under data parallelism, so ranks agree). The first item is then
+        None, or with `token_losses` the detached loss of each target token (N,), in the
+        row-major order of `targets != -100` (logged steps: moh/alignment.py). It is taken
+        from the same logits, apart from `loss_sum`, so the trained numbers do not change.
         """
         x, routings = self.features(idx)
         if targets is None:
@@ -145,7 +148,11 @@ class LM(nn.Module):
         sel = targets != IGNORE_INDEX  # (B, T)
         logits = self.lm_head(x[sel])  # (N, V)
         loss_sum = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
-        return None, loss_sum, routings
+        per_token = None
+        if token_losses:
+            with torch.no_grad():
+                per_token = F.cross_entropy(logits.float(), targets[sel], reduction="none")  # (N,)
+        return per_token, loss_sum, routings
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:

@@ -18,10 +18,11 @@ import math
 import torch
 import torch.nn as nn
 
+from . import schema
 from .config import Config
 
-GRAD_GROUPS = ("embedding", "attention", "ffn", "router", "complexity", "threshold")  # == schema
-ROUTING_GROUPS = ("router", "complexity", "threshold")
+GRAD_GROUPS = schema.GRAD_GROUPS
+ROUTING_GROUPS = schema.ROUTING_GRAD_GROUPS
 
 
 def grad_group(name: str) -> str:

@@ -26,11 +26,13 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, schema
+from .alignment import loss_alignment
+from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
-from .model import LM
+from .model import IGNORE_INDEX, LM
 from .optim import AdamW, clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
 from .routing import layer_stats
 from .telemetry import JsonlSink, NullSink, Sink
@@ -62,7 +64,6 @@ def _f(t: torch.Tensor | float | None) -> float | None:
 
 
 _LIST_STATS = ("head_load", "heads_hist", "prob_mean")  # per-head / per-count lists
-_FULL_TIER_STATS = ("heads_hist", "prob_mean")  # optional layer keys (telemetry_tier = "full")
 
 
 def _rows(stats: list[dict[str, Any]]) -> list[dict]:
@@ -84,9 +85,22 @@ def _rows(stats: list[dict[str, Any]]) -> list[dict]:
             chunk = values[pos : pos + n]
             pos += n
             row[k] = chunk if k in _LIST_STATS else chunk[0]
-        rows.append({f: row.get(f) for f in schema.LAYER_FIELDS}
-                    | {k: row[k] for k in _FULL_TIER_STATS if k in row})
+            if k in schema.ALIGNMENT_STATS and row[k] != row[k]:
+                row[k] = None  # NaN: a rank correlation undefined on this step (moh/alignment.py)
+        rows.append(schema.layer_row(**row))
     return rows
+
+
+def _layer_stats(routings: list, valid: torch.Tensor, has_target: torch.Tensor, token_loss: torch.Tensor | None,
+                 full: bool, info: distributed.DistInfo) -> list[dict[str, Any]]:
+    """Every layer's routing statistics and loss alignment (the whole job's under torchrun)."""
+    if info.distributed:
+        stats = distributed.layer_stats_global(routings, valid, full=full)
+        corr = loss_alignment(routings, has_target, token_loss, gather=distributed.gather_columns)
+    else:
+        stats = [layer_stats(r, valid, full=full) for r in routings]
+        corr = loss_alignment(routings, has_target, token_loss)
+    return [s | c for s, c in zip(stats, corr)]
 
 
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
@@ -131,19 +145,19 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     cb = (callback if info.is_main else None) or (lambda kind, info: None)
 
     run_id = uuid.uuid4().hex[:12] if resume is None else resume["run_id"]
-    start = {
-        "event": schema.RUN_START, "schema_version": schema.SCHEMA_VERSION, "run_id": run_id,
-        "time": t0, "config": cfg.to_dict(),
-        "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
-                  "router": cfg.router, "params": model.num_params()},
-        "world_size": info.world_size, "source": schema.SOURCE_MOH,
-        "semantics": {**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
-        "backend": info.backend, "device": str(info.device),
-        "data": {"source": corpus.source, "pretrain_examples": len(pre_seqs),
-                 "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
-                 "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
-                 "eval_prompts": len(held)},
-    }
+    start = schema.record(
+        schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=run_id,
+        time=t0, config=cfg.to_dict(),
+        model={"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
+               "router": cfg.router, "params": model.num_params()},
+        world_size=info.world_size, source=schema.SOURCE_MOH,
+        semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
+        backend=info.backend, device=str(info.device),
+        data={"source": corpus.source, "pretrain_examples": len(pre_seqs),
+              "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
+              "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
+              "eval_prompts": len(held)},
+    )
     at = None if resume is None else resume["position"]
     if at is None:
         log.write(start)
@@ -153,9 +167,10 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         if n_cut:
             log.alert(0, "warning", "truncated", f"{n_cut} examples longer than max_len={cfg.max_len} tokens were cut")
     else:
-        log.write({"event": schema.RESUME, "time": t0, "step": at["step"], "run_id": run_id,
-                   "checkpoint": os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
-                   "phase": at.get("phase_name"), "epoch": at["epoch"], "batch": at["batch"]})
+        log.write(schema.record(
+            schema.RESUME, time=t0, step=at["step"], run_id=run_id,
+            checkpoint=os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
+            phase=at.get("phase_name"), epoch=at["epoch"], batch=at["batch"]))
         torn = files[0].torn_bytes if files else 0
         if torn:
             log.alert(at["step"], "warning", "torn_line",
@@ -200,7 +215,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
             ckpt.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
                               "step": step, "vocab_size": tok.vocab_size},
                              os.path.join(out_dir, CHECKPOINT))
-            _atomic_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
+            _write_text(os.path.join(out_dir, CONFIG_FILE), cfg.to_toml())
             save(None, len(phases), 0, 0, 0, step, finished=True)
         distributed.barrier(info)  # no rank leaves before rank 0's files are written
     except _Stop as e:
@@ -217,8 +232,8 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         result.steps, result.wall_s = step, time.time() - t0
         ending = result.status != schema.STATUS_COMPLETED  # an exception may be on its way out
         try:  # on a full disk the run_end cannot be written either: keep the first error
-            log.write({"event": schema.RUN_END, "time": time.time(), "status": result.status,
-                       "steps": step, "wall_s": result.wall_s})
+            log.write(schema.record(schema.RUN_END, time=time.time(), status=result.status,
+                                    steps=step, wall_s=result.wall_s))
         except OSError:
             if not ending:
                 raise
@@ -263,8 +278,8 @@ class _Log:
             s.write(record)
 
     def alert(self, step: int, level: str, code: str, message: str) -> None:
-        self.write({"event": schema.ALERT, "step": step, "level": level, "code": code,
-                    "message": message, "time": time.time()})
+        self.write(schema.record(schema.ALERT, step=step, level=level, code=code,
+                                 message=message, time=time.time()))
 
     def sync(self) -> None:
         for s in self.sinks:
@@ -276,13 +291,9 @@ class _Log:
             s.close()
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: str, text: str) -> None:
+    with replacing(path, durable=True) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], held: list,
@@ -318,7 +329,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             set_lr(opt, lr)
             idx, targets = idx.to(info.device), targets.to(info.device)
             valid = idx != tok.pad_id  # (B, T) real tokens (routing stats, aux losses)
-            _, loss_sum, routings = net(idx, targets)
+            logged = step % cfg.log_every == 0 or i + 1 == total  # as below, before non-finite
+            token_loss, loss_sum, routings = net(idx, targets, token_losses=logged)
             n_tok = (targets != -100).sum()
             if reduce is not None:  # the job's token-loss sum and target count (all ranks)
                 loss_sum, n_tok = reduce(torch.stack([loss_sum, n_tok.to(loss_sum.dtype)])).unbind()
@@ -349,20 +361,19 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             result.steps = step  # what run_end reports if the phase ends by an exception
             last = i == total
             if step % cfg.log_every == 0 or last or not finite:
-                rec = {
-                    "event": schema.STEP, "step": step, "epoch": epoch, "phase": phase, "time": time.time(),
-                    "elapsed": time.time() - log.t0,
-                    "loss": _f(loss), "lm_loss": _f(lm_loss), "lr": lr,
-                    "grad_norm": _f(norm), "grad_norm_clipped": _f(clipped) if finite else None,
-                    "grad_norms": {g: _f(v) for g, v in per_group.items()},
-                    "aux": {t: _f(aux[t]) for t in TERMS},
-                    "aux_weighted": {t: (None if aux[t] is None else
-                                         getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    "layers": _rows(distributed.layer_stats_global(routings, valid, full=cfg.telemetry_tier == "full")
-                                    if info.distributed else
-                                    [layer_stats(r, valid, full=cfg.telemetry_tier == "full") for r in routings]),
-                    "tokens": int(n_tok), "skipped": not finite,
-                }
+                rec = schema.record(
+                    schema.STEP, step=step, epoch=epoch, phase=phase, time=time.time(),
+                    elapsed=time.time() - log.t0,
+                    loss=_f(loss), lm_loss=_f(lm_loss), lr=lr,
+                    grad_norm=_f(norm), grad_norm_clipped=_f(clipped) if finite else None,
+                    grad_norms={g: _f(v) for g, v in per_group.items()},
+                    aux={t: _f(aux[t]) for t in TERMS},
+                    aux_weighted={t: (None if aux[t] is None else
+                                      getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
+                    layers=_rows(_layer_stats(routings, valid, targets != IGNORE_INDEX, token_loss,
+                                              cfg.telemetry_tier == "full", info)),
+                    tokens=int(n_tok), skipped=not finite,
+                )
                 log.write(rec)
                 result.last_step[phase] = rec
                 heads = [l["heads_mean"] for l in rec["layers"]]
@@ -383,8 +394,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     _, mine = exact_match(model, distributed.shard(held, info), tok, cfg.eval_max_new_tokens)
     samples = [s for part in distributed.gather_objects(mine, info) for s in part]
     em = sum(s["match"] for s in samples) / len(samples) if samples else None
-    rec = {"event": schema.EVAL, "step": step, "phase": phase, "loss": ev_loss, "exact_match": em,
-           "samples": samples, "time": time.time()}
+    rec = schema.record(schema.EVAL, step=step, phase=phase, loss=ev_loss, exact_match=em,
+                        samples=samples, time=time.time())
     log.write(rec)
     result.evals.append(rec)
     cb("eval", rec)
@@ -398,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load, parse_override
     from .config import given as from_file
     from .data import DataError
+    from .launch import exit_for
 
     ap = argparse.ArgumentParser(prog="python -m moh.train", description=main.__doc__)
     ap.add_argument("--config")
@@ -416,17 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load(a.config, **given)
         res = train(cfg, a.out, overwrite=a.overwrite, resume=resume)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except ckpt.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    except (ConfigError, ckpt.CheckpointError, DataError) as e:
+        code, message = exit_for(e)
+        print(message, file=sys.stderr)
+        return code
     except ckpt.Interrupted as e:
         if distributed.env_rank() == 0:  # every rank stopped after the same step; one message
             print(f"interrupted ({e}); resume with --resume {a.out}", file=sys.stderr)
         return 128 + e.signum
-    except (DataError, FileExistsError) as e:
+    except FileExistsError as e:  # run.jsonl in --out without --overwrite
         print(f"data error: {e}", file=sys.stderr)
         return 3
     except Exception as e:

@@ -19,6 +19,7 @@ The package, by idea:
     head_load    the head-load heatmap
     series       gradient norms and losses (one two-panel helper behind both)
     families     FAMILIES: name -> plot function; a new figure is registered here
+    markers      findings marked at their evidence steps on the figure of their series
     files        draw one family into a temp file; check the output directory
     pool         draw several families in forked processes
     write        write_figures: draw all, then rename into place (all or nothing)

@@ -12,18 +12,21 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from analyze.atomic import OutputError, make_dirs, remove_dirs
+from moh.atomic import temp_beside
 from analyze.run import Run
 from .style import DPI, MissingDataError, PlotWarning, RC
 from .families import FAMILIES
+from .markers import mark
 
 
 def temp_name(path: Path) -> str:
+    """The prefix of `moh.atomic.temp_beside`'s temp files for `path`."""
     return f".{path.name}."
 
 
 def save_temp(fig: Figure, path: Path, fmt: str) -> Path:
     """Draw into a temp file next to `path`; `write_figures` renames all of them at the end."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_name(path), suffix=".tmp")
+    fd, tmp = temp_beside(path)  # named temp_name(path) + "*.tmp": write_figures finds strays by it
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=fmt, dpi=DPI)
@@ -57,9 +60,10 @@ def prepare_output_dir(out_dir: Path) -> Path:
 
 
 def render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: int | None,
-            clear: bool = True) -> tuple[Path | None, Path | None, list[str]]:
+            clear: bool = True, marks: list | None = None) -> tuple[Path | None, Path | None, list[str]]:
     """Draw one family into a temp file; returns (path, temp file; both None when skipped, warnings).
-    `clear`: free the figure's artists at once (a worker process about to exit need not)."""
+    `clear`: free the figure's artists at once (a worker process about to exit need not).
+    `marks`: (finding dict, run) pairs drawn on the figure of their series (markers.py)."""
     with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context(RC):
         warnings.simplefilter("always", PlotWarning)
         try:
@@ -72,6 +76,8 @@ def render(runs: list[Run], name: str, out: Path, fmt: str, x: str, buckets: int
             path = tmp = None
         else:
             fig = axes[0].figure
+            if marks:
+                mark(axes, name, marks, runs, x)
             try:
                 path = out / f"{name}.{fmt}"
                 tmp = save_temp(fig, path, fmt)

@@ -17,6 +17,7 @@ from analyze.run import Run
 from .files import render
 
 _FORKED_RUNS: list[Run] = []  # set just before the fork, read by the workers, cleared after
+_FORKED_MARKS: list = []  # the findings to mark (markers.py), passed the same way
 
 # Drawing cost of each family on a long run, most expensive first (bench/bench_plot.py).
 _COST_RANK = {name: i for i, name in enumerate(
@@ -35,15 +36,15 @@ def can_fork() -> bool:
 
 
 def _render_forked(name: str, out: Path, fmt: str, x: str, buckets: int | None):
-    return render(_FORKED_RUNS, name, out, fmt, x, buckets, clear=False)
+    return render(_FORKED_RUNS, name, out, fmt, x, buckets, clear=False, marks=_FORKED_MARKS)
 
 
 def render_forked(runs: list[Run], names: Sequence[str], out: Path, fmt: str, x: str,
-                  buckets: int | None, jobs: int) -> list:
+                  buckets: int | None, jobs: int, marks: list | None = None) -> list:
     """`files.render`'s results for every family in `names` (in that order), drawn by up to
     `jobs` forked processes."""
-    global _FORKED_RUNS
-    _FORKED_RUNS = runs
+    global _FORKED_RUNS, _FORKED_MARKS
+    _FORKED_RUNS, _FORKED_MARKS = runs, list(marks or [])
     # The costliest families are handed out first, so the last one to finish is a cheap one.
     by_cost = sorted(names, key=lambda n: _COST_RANK.get(n, len(_COST_RANK)))
     try:
@@ -52,4 +53,4 @@ def render_forked(runs: list[Run], names: Sequence[str], out: Path, fmt: str, x:
             futures = {n: pool.submit(_render_forked, n, out, fmt, x, buckets) for n in by_cost}
             return [futures[n].result() for n in names]
     finally:
-        _FORKED_RUNS = []
+        _FORKED_RUNS, _FORKED_MARKS = [], []

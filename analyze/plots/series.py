@@ -20,7 +20,7 @@ from .common import (all_zero, as_runs, check_x, clip_line, finish, has, new_fig
 
 
 def _grad_groups(run: Run) -> list[str]:
-    return [g for g in schema.GRAD_GROUPS if has(run.steps, f"grad.{g}")]
+    return [g for g in schema.GRAD_GROUPS if has(run.steps, schema.grad_column(g))]
 
 
 def _log_axis(a) -> None:
@@ -153,7 +153,7 @@ def plot_grad_norms(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BU
         return no_elapsed(run, x)
 
     p = _TwoPanels(runs, ax, family="grad_norms", x=x, why_missing=why, names_of=_grad_groups,
-                   all_names=schema.GRAD_GROUPS, prefix="grad.", right_legend_cols=3, sharey=True)
+                   all_names=schema.GRAD_GROUPS, prefix=schema.STEP_GROUPS["grad_norms"], right_legend_cols=3, sharey=True)
     total_ax = p.axes[0]
     total_handles: list = []
     clips: dict[float, list[str]] = {}
@@ -199,7 +199,7 @@ def plot_grad_norms(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BU
 
 
 def _aux_terms(run: Run) -> list[str]:
-    return [t for t in schema.AUX_TERMS if has(run.steps, f"aux.{t}")]
+    return [t for t in schema.AUX_TERMS if has(run.steps, schema.aux_column(t))]
 
 
 @styled
@@ -212,7 +212,7 @@ def plot_loss(runs, ax=None, *, x: str = "step", buckets: int = DEFAULT_BUCKETS)
         return no_elapsed(run, x)
 
     p = _TwoPanels(runs, ax, family="loss", x=x, why_missing=why, names_of=_aux_terms,
-                   all_names=schema.AUX_TERMS, prefix="aux.", right_legend_cols=2, sharey=False)
+                   all_names=schema.AUX_TERMS, prefix=schema.STEP_GROUPS["aux"], right_legend_cols=2, sharey=False)
     lm_ax = p.axes[0]
     lm_handles: list = []
     boundaries: dict[float, str] = {}

@@ -3,13 +3,14 @@ errors a plot function raises or warns with."""
 
 from __future__ import annotations
 
+from analyze.criteria import default_target
 
-# Targets drawn as bands/lines; they mirror the default success criteria of issue 3.
-THRESHOLD_TARGET = (0.3, 0.8)
-COMPLEXITY_TARGET = (0.0, 1.0)
-HEADS_TARGET = (3.0, 4.0)
-GRAD_NORM_TARGET = 2.5
-LOSS_TARGET = 0.40
+# Targets drawn as bands/lines: the default success criteria's (analyze/default_criteria.toml).
+THRESHOLD_TARGET = default_target("threshold_range")
+COMPLEXITY_TARGET = default_target("complexity_range")
+HEADS_TARGET = default_target("average_heads")
+GRAD_NORM_TARGET = default_target("grad_norm")[1]
+LOSS_TARGET = default_target("loss")[1]
 
 FIGSIZE = (8.0, 4.5)  # inches: docs size
 # Decimation buckets ~ pixel columns of a panel at docs size (one of 4 panels per row is ~195 px

@@ -26,6 +26,7 @@ def write_figures(
     families: Sequence[str] | None = None,
     buckets: int | None = None,
     jobs: int | None = None,
+    marks: list | None = None,
 ) -> list[Path]:
     """Draw every family for `runs` (overlaid) and save `<out_dir>/<family>.<fmt>`.
 
@@ -34,6 +35,8 @@ def write_figures(
     All or nothing: figures are drawn into temp files and renamed into place only once every
     family has been drawn, so a failure (full disk, a drawing error) leaves no new figure, no
     temp file, and no directory this call created.
+    `marks`: (finding dict, run) pairs to mark on the figure of their series (`moh plot
+    --findings`, analyze/plots/markers.py).
     `jobs`: figures drawn in that many forked processes (serial where fork is unavailable).
     Default (None): one per CPU this process may use, up to the number of families. On a quiet
     2-core machine the six figures of a 200k-step run took 3.1-3.3 s with 2 jobs against
@@ -52,9 +55,9 @@ def write_figures(
     jobs = min(usable_cpus(), len(names)) if jobs is None else jobs
     try:
         if jobs > 1 and len(names) > 1 and can_fork():
-            results = render_forked(runs, names, out, fmt, x, buckets, jobs)
+            results = render_forked(runs, names, out, fmt, x, buckets, jobs, marks)
         else:
-            results = [render(runs, name, out, fmt, x, buckets) for name in names]
+            results = [render(runs, name, out, fmt, x, buckets, marks=marks) for name in names]
         mode = file_mode()
         for path, tmp, _ in results:
             if tmp is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moh import schema
+
 from ..jsonsafe import json_safe
 
 SEVERITIES = ("error", "warning", "info")
@@ -15,7 +17,7 @@ SEVERITIES = ("error", "warning", "info")
 MIN_STEPS = 5                # fewer logged values than this: a rule has no evidence either way
 ZERO_ATOL = 1e-12            # "identically zero": written as 0 (float32 keeps a real 1e-30 non-zero)
 HEAD_COLLAPSE_TOL = 0.05     # mean within 0.05 heads of the minimum / maximum
-ROUTING_GRAD_GROUPS = ("router", "complexity", "threshold")
+ROUTING_GRAD_GROUPS = schema.ROUTING_GRAD_GROUPS
 EVIDENCE_MAX = 10            # values listed in evidence
 
 

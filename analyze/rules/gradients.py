@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from .base import Finding, MIN_STEPS, ROUTING_GRAD_GROUPS, ZERO_ATOL, evidence, in_phase, short, where
+from moh import schema
+
+from ..criteria import default_target
+from .base import MIN_STEPS, ROUTING_GRAD_GROUPS, ZERO_ATOL, Finding, evidence, in_phase, short
 from .context import Context, phases
 from .registry import rule, routing_rule
 
@@ -16,7 +19,7 @@ GRAD_ZERO_RTOL = 1e-8        # routing grad / total grad below float32 noise: no
 GRAD_SPIKE_FACTOR = 10.0     # a step 10x the recent median is a blow-up, not noise
 GRAD_SPIKE_ERROR_FACTOR = 100.0
 GRAD_SPIKE_WINDOW = 20       # "recent": the previous 20 logged steps
-GRAD_TARGET = 2.5            # the success table's bound; spikes that stay below it are harmless
+GRAD_TARGET = default_target("grad_norm")[1]  # the success table's bound; spikes below it are harmless
 GRAD_GROWTH_FACTOR = 10.0    # a phase ending 10x above its calmest stretch keeps growing
 CLIP_TOL = 0.01              # "at the clip value": within 1% (epoch means of clipped norms)
 CLIP_SATURATED_FRACTION = 0.5    # clipped on most steps of a phase's second half (early steps
@@ -31,7 +34,7 @@ def router_grad_zero(ctx: Context) -> list[Finding]:
     s = ctx.live_steps()
     total = s["grad_norm"].to_numpy(float) if "grad_norm" in s.columns else np.full(len(s), np.nan)
     for g in ROUTING_GRAD_GROUPS:
-        col = f"grad.{g}"
+        col = schema.grad_column(g)
         if col not in s.columns:
             continue
         v = s[col].to_numpy(float)

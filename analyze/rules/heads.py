@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from .base import Finding, HEAD_COLLAPSE_TOL, evidence, short, where
+from .base import HEAD_COLLAPSE_TOL, Finding, evidence, short
 from .context import Context
 from .registry import routing_rule
 
 HEAD_WINDOW_FRACTION = 0.2   # collapse / load rules judge the final fifth of the run
 HEAD_COLLAPSE_FRACTION = 0.9
 DEAD_HEAD_SHARE = 0.1        # dead: share of the load < 1/(10 H) (ROUTING.md)
+_WINDOW = f"over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run"  # what the load rules judge
 LOAD_CV_MAX = 0.5            # coefficient of variation of head loads; Switch-style balance
                              # keeps it well below, one head taking half the load exceeds it
 
@@ -104,6 +105,18 @@ def _final_loads(ctx: Context) -> dict[int, np.ndarray]:
     return out
 
 
+def _window_ends(ctx: Context, li: int) -> tuple[list[int], list[float]]:
+    """The final window's first and last step, and the layer's mean head count there: the steps
+    a load finding rests on (its per-head loads are in evidence["loads"])."""
+    f = ctx.layer_frames.get(li)
+    if f is None or not len(f):
+        return [], []
+    w = _final(f)
+    st = w["step"].to_numpy()
+    hm = w["heads_mean"].to_numpy(float) if "heads_mean" in w else np.full(len(w), np.nan)
+    return [int(st[0]), int(st[-1])], [float(hm[0]), float(hm[-1])]
+
+
 def _routed(ctx: Context, v: np.ndarray) -> np.ndarray:
     """Heads that compete for load: under `moh`, shared heads (always on, load 1) are left out."""
     if ctx.router == "moh":
@@ -119,15 +132,15 @@ def dead_heads(ctx: Context) -> list[Finding]:
     for li, v in _final_loads(ctx).items():
         share = v / v.sum()
         dead = np.nonzero(share < DEAD_HEAD_SHARE / H)[0]
-        if len(dead):
-            out.append(Finding(
-                "dead_heads", "warning", li,
-                f"layer {li}: head(s) {', '.join(map(str, dead))} get {short(100 * share[dead].max())}% "
-                f"or less of the load over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run "
-                f"(dead below {short(100 * DEAD_HEAD_SHARE / H)}%)",
-                evidence(values=v, heads=dead, share=share),
-                "raise the load-balance weight, or re-initialise / re-route those heads; check the "
-                "router's initialisation is not already one-sided"))
+        if not len(dead):
+            continue
+        heads, most = ", ".join(map(str, dead)), short(100 * share[dead].max())
+        message = (f"layer {li}: head(s) {heads} get {most}% or less of the load {_WINDOW} "
+                   f"(dead below {short(100 * DEAD_HEAD_SHARE / H)}%)")
+        out.append(Finding("dead_heads", "warning", li, message,
+                           evidence(*_window_ends(ctx, li), heads=dead, loads=v, share=share),
+                           "raise the load-balance weight, or re-initialise / re-route those heads; "
+                           "check the router's initialisation is not already one-sided"))
     return out
 
 
@@ -145,9 +158,8 @@ def load_imbalance(ctx: Context) -> list[Finding]:
             out.append(Finding(
                 "load_imbalance", "warning", li,
                 f"layer {li}: head loads uneven (coefficient of variation {short(cv)} > {LOAD_CV_MAX}; "
-                f"busiest head {short(viol + 1)}x the mean) over the final {short(100 * HEAD_WINDOW_FRACTION)}% "
-                f"of the run",
-                evidence(values=v, cv=cv, max_violation=viol),
+                f"busiest head {short(viol + 1)}x the mean) {_WINDOW}",
+                evidence(*_window_ends(ctx, li), loads=v, cv=cv, max_violation=viol),
                 "raise the load-balance loss weight (usual 0.01) or check it is computed from the "
                 "selected heads' fractions and mean router probabilities"))
     return out

@@ -11,7 +11,7 @@ import pandas as pd
 
 from moh import schema
 
-from .base import Finding, MIN_STEPS, evidence, finite, in_phase, short
+from .base import MIN_STEPS, Finding, evidence, in_phase, short
 from .context import Context, phases
 from .registry import rule
 
@@ -28,6 +28,19 @@ def _loss_col(ctx: Context) -> str | None:
         if c in s.columns and np.isfinite(s[c].to_numpy(float)).any():
             return c
     return None
+
+
+def _loss_at(s: pd.DataFrame, col: str | None, steps: list) -> tuple[list, list[str]]:
+    """The loss logged at each of `steps` (None where no step record: an alert's step) and what
+    it was: "nan", "+inf", "-inf", "finite" or "absent" (the report writes non-finite numbers as
+    null, so the kind says which)."""
+    if col is None:
+        return [None] * len(steps), ["absent"] * len(steps)
+    by_step = dict(zip(s["step"].to_numpy().tolist(), s[col].to_numpy(float).tolist()))
+    values = [by_step.get(st) for st in steps]
+    kinds = ["absent" if v is None else "nan" if v != v else ("+inf" if v > 0 else "-inf") if math.isinf(v)
+             else "finite" for v in values]
+    return values, kinds
 
 
 def _finite_phase_series(ctx: Context, col: str):
@@ -150,10 +163,11 @@ def nonfinite(ctx: Context) -> list[Finding]:
            "the last step is non-finite" if last_bad else
            "not marked skipped: the weights may be corrupted" if unskipped else
            "the steps were skipped and the run went on")
+    values, kinds = _loss_at(s, col, evidence(steps)["steps"])  # the steps the evidence lists
     return [Finding(
         "nonfinite", sev, None,
         f"non-finite values on {len(steps)} logged steps ({', '.join(sorted(fields)) or 'alerts'}"
         f"{f'; {n_alerts} alerts' if n_alerts else ''}): {how}",
-        evidence(steps, fields=sorted(fields), n_alerts=n_alerts),
+        evidence(steps, values, fields=sorted(fields), n_alerts=n_alerts, loss_kinds=kinds[:len(values)]),
         "find the first bad step: lower the learning rate, clip gradients, keep the router and "
         "softmax in float32, check the data for empty or huge examples")]

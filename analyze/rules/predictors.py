@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moh import schema
+
 from .base import Finding, MIN_STEPS, ZERO_ATOL, evidence, finite, short, where
 from .context import Context
 from .registry import routing_rule
@@ -13,8 +15,6 @@ PRED_NORM_TINY = 1e-3        # a zero-initialised predictor: measure growth from
 PRED_GROWTH_RATIO = 3.0      # final / initial predictor norm
 PRED_STILL_RISING = 0.01     # ... and still rising by >= 1% over the last quarter
 AUX_SHARE_MAX = 0.3          # weighted aux >= 30% of the total loss competes with the LM loss
-AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight"}
 
 
 @routing_rule
@@ -89,17 +89,18 @@ def vacuous_aux(ctx: Context) -> list[Finding]:
         if not c.startswith("aux."):
             continue
         v = s[c].to_numpy(float)
+        st = s["step"].to_numpy()[np.isfinite(v)]  # the steps the evidence rests on
         v = v[np.isfinite(v)]
         if len(v) < MIN_STEPS or not np.all(np.abs(v) <= ZERO_ATOL):
             continue
         term = c.split(".", 1)[1]
-        weight = ctx.config.get(AUX_WEIGHT_KEYS.get(term, f"{term}_weight"))
+        weight = ctx.config.get(schema.AUX_WEIGHT_KEYS.get(term, f"{term}_weight"))
         off = isinstance(weight, (int, float)) and weight == 0
         out.append(Finding(
             "vacuous_aux", "info" if off else "warning", None,
             f"aux term {term} is 0 on all {len(v)} logged steps"
             + (" (its weight is 0: switched off)" if off else ": it contributes nothing to training"),
-            evidence(values=v[:3], term=term, weight=weight),
+            evidence(st, v, term=term, weight=weight),
             "if the term should act, check its inputs (e.g. a complexity loss against weights "
             "rescaled to the complexity target is 0 by construction); otherwise drop it"))
     return out

@@ -31,6 +31,13 @@ def routing_rule(fn: Callable[[Context], list[Finding]]) -> Callable[[Context], 
     return wrapped
 
 
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Findings from several sources (the rules, a baseline comparison) in find_all's order:
+    errors first, then warnings, then info; by code and layer within a severity."""
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))
+
+
 def find_all(run: Run) -> list[Finding]:
     """Every finding for `run`, errors first, then warnings, then info."""
     ctx = Context(run)

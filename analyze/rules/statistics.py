@@ -50,11 +50,13 @@ def silent_zero(ctx: Context) -> list[Finding]:
         n_fin = counts_until(lambda s: np.isfinite(v[s]), lay, layers, MIN_STEPS)
         nonzero = counts_until(lambda s: (np.abs(v[s]) > ZERO_ATOL) & np.isfinite(v[s]), lay, layers)
         for li in layers[(n_fin[layers] >= MIN_STEPS) & (nonzero[layers] == 0)]:
-            n = int(np.isfinite(v[lay == li]).sum())  # rare path: the exact count for the evidence
+            mine = (lay == li) & np.isfinite(v)  # rare path: the exact count for the evidence
+            n = int(mine.sum())
+            st = np.unique(loads["step"].to_numpy()[mine])
             out.append(Finding(
                 "silent_zero", "error", int(li),
                 f"head_load (layer {int(li)}) is 0 for every head on every step",
-                evidence(values=[0.0], stat="head_load", n=n),
+                evidence(st, np.zeros(len(st)), stat="head_load", n=n),
                 "log the fraction of tokens that selected each head"))
     return out
 
@@ -80,13 +82,15 @@ def missing_stat(ctx: Context) -> list[Finding]:
                         f"no per-layer routing statistics in {len(ctx.steps)} step records of a "
                         f"{ctx.router or 'routed'} run",
                         evidence(stat="layers"), "log one `layers` entry per layer on every step record")]
+    every = ctx.steps["step"].to_numpy() if "step" in ctx.steps.columns else np.zeros(0, int)
+    nulls = [None] * len(every)  # the values it rests on: null on those steps
     for stat in _expected_stats(ctx):
         ser = ctx.series(stat)
         if not ser:
             out.append(Finding(
                 "missing_stat", "error", None,
                 f"{stat} is absent or null on every step of this {ctx.router} run",
-                evidence(stat=stat), f"log {stat} for every layer (schema.LAYER_FIELDS)"))
+                evidence(every, nulls, stat=stat), f"log {stat} for every layer (schema.LAYER_FIELDS)"))
             continue
         for li, st, v in ser:
             bad = ~np.isfinite(v)
@@ -94,26 +98,26 @@ def missing_stat(ctx: Context) -> list[Finding]:
                 out.append(Finding(
                     "missing_stat", "warning", li,
                     f"{stat} ({where(li)}) is null on {int(bad.sum())} of {len(v)} logged steps",
-                    evidence(st[bad], stat=stat, n_missing=int(bad.sum()), n=len(v)),
+                    evidence(st[bad], [None] * int(bad.sum()), stat=stat, n_missing=int(bad.sum()), n=len(v)),
                     f"log {stat} on every step; a stat that comes and goes hides what the router did"))
         if ctx.layer_frames and stat not in ctx.model_wide:
             absent = [li for li in ctx.layer_frames if li not in {x[0] for x in ser}]
             for li in absent:
                 out.append(Finding(
                     "missing_stat", "error", li, f"{stat} (layer {li}) is null on every step",
-                    evidence(stat=stat), f"log {stat} for every layer"))
+                    evidence(every, nulls, stat=stat), f"log {stat} for every layer"))
     if ctx.source == schema.SOURCE_MOH and ctx.router == "adaptive":
         s = ctx.steps
         for g in ROUTING_GRAD_GROUPS:
-            col = f"grad.{g}"
+            col = schema.grad_column(g)
             if col not in s.columns or not s[col].notna().any():
                 out.append(Finding(
                     "missing_stat", "error", None,
-                    f"grad_norms.{g} is absent: nothing shows whether the {g} receives a gradient",
-                    evidence(stat=col), f"log the gradient norm of the {g} parameters on every step"))
+                    f"{col} is absent: nothing shows whether the {g} receives a gradient",
+                    evidence(every, nulls, stat=col), f"log the gradient norm of the {g} parameters on every step"))
     if not ctx.run.head_load.shape[0] and ctx.source == schema.SOURCE_MOH and ctx.router in ("adaptive", "moh"):
         out.append(Finding("missing_stat", "error", None, "head_load is absent or null on every step",
-                           evidence(stat="head_load"), "log the per-head load (H fractions) for every layer"))
+                           evidence(every, nulls, stat="head_load"), "log the per-head load (H fractions) for every layer"))
     return out
 
 
@@ -257,7 +261,7 @@ def redundant_stat(ctx: Context) -> list[Finding]:
         m = m[~m.index.duplicated(keep="last")].mean(axis=1, skipna=False)
         return m.reindex(step_index).to_numpy(float), q
 
-    def finding(y, x, li, fit, n, what):
+    def finding(y, x, li, fit, n, what, steps, values):
         a, b, resid, tol = fit
         heads = ("heads_mean" in (x, y))
         return Finding(
@@ -265,7 +269,7 @@ def redundant_stat(ctx: Context) -> list[Finding]:
             f"{what}{y} = {short(a)} + {short(b)} x {x} on all {n} logged steps (max deviation "
             f"{short(resid)}, within rounding {short(tol)}): {y} restates {x} and measures nothing"
             + (f"; heads here are the {ctx.heads_what()}" if heads else ""),
-            evidence(stat=y, of=x, intercept=a, slope=b, max_deviation=resid, tolerance=tol, n=n),
+            evidence(steps, values, stat=y, of=x, intercept=a, slope=b, max_deviation=resid, tolerance=tol, n=n),
             "derive each stat from its own quantity: count heads from the hard mask, never from "
             "weights rescaled to the complexity target" if heads else
             f"log {y} from its own computation, not from {x}")
@@ -277,7 +281,8 @@ def redundant_stat(ctx: Context) -> list[Finding]:
                 fit = _affine(ctx.layer_col(li, x), ctx.layer_col(li, y))
                 if fit:
                     flagged = True
-                    out.append(finding(y, x, li, fit, len(f), ""))
+                    out.append(finding(y, x, li, fit, len(f), "", ctx.layer_col(li, "step"),
+                                       ctx.layer_col(li, y)))
         if flagged or len(ctx.layer_frames) + len(ctx.model_wide) == 0:
             continue
         (xs, qx), (ys, qy) = model_level(x), model_level(y)
@@ -287,5 +292,5 @@ def redundant_stat(ctx: Context) -> list[Finding]:
         if fit:
             n = int((np.isfinite(xs) & np.isfinite(ys)).sum())
             what = "mean over layers of " if y not in ctx.model_wide else ""
-            out.append(finding(y, x, None, fit, n, what))
+            out.append(finding(y, x, None, fit, n, what, step_index, ys))
     return out

@@ -92,8 +92,8 @@ def healthy_log(tmp_path: Path) -> Path:
 
 
 def synthetic_log(path: Path, **knobs) -> Path:
-    """A realistic run from analyze.synthetic (healthy unless a pathology knob is set)."""
-    from analyze.synthetic import write_synthetic
+    """A realistic run from tests.synthetic (healthy unless a pathology knob is set)."""
+    from tests.synthetic import write_synthetic
 
     return write_synthetic(path, workers=1, **{"n_steps": 200, **knobs})
 

@@ -1,6 +1,6 @@
 """Findings: every code fires on a log built to trigger it, and stays quiet on one that should not.
 
-Logs are real files: synthetic records (analyze.synthetic) written to tmp_path with the schema's
+Logs are real files: synthetic records (tests.synthetic) written to tmp_path with the schema's
 encoder and read back with the real loader. The reference RustGPT logs in ../shared are read at
 test time when present.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from analyze import findings, synthetic
+from analyze import findings
+from tests import synthetic
 from analyze.loader import load_run
 from moh import schema
 
@@ -58,6 +59,7 @@ TRIGGERS = {
     "dead_heads": dict(dead_heads=2),
     "load_imbalance": dict(load_imbalance=True),
     "predictor_growth": dict(predictor_growth=True),
+    "complexity_uninformative": dict(complexity_uninformative=True),
     "aux_dominates": dict(aux_dominates=True),
     "vacuous_aux": dict(vacuous_aux=["complexity"]),
 }

@@ -69,7 +69,7 @@ def test_findings_and_criteria_do_not_depend_on_the_layer_layout(tmp_path):
     """The same run with the layer rows of each step in a random order (still in step order, but
     no repeated block: the general paths) gives the same findings and criteria as the loader's
     layout (strided per-layer views)."""
-    from analyze.synthetic import iter_lines
+    from tests.synthetic import iter_lines
 
     p = tmp_path / "run.jsonl"
     p.write_text("\n".join(iter_lines(n_steps=600, seed=2, nonfinite=True, grad_explosion=True)) + "\n")

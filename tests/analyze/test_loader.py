@@ -234,6 +234,20 @@ def test_load_records_uses_the_same_builder(tmp_path):
 
 def test_analyze_never_imports_torch():
     code = ("import sys, analyze, analyze.loader, analyze.criteria, analyze.report, analyze.compare, "
-            "analyze.findings, analyze.synthetic, analyze.rustgpt; print('torch' in sys.modules)")
+            "analyze.findings, analyze.rustgpt; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_heads_hist_is_noted_not_dropped_in_silence(tmp_path):
+    """The engine's "full" tier logs heads_hist; no frame holds it, and the loader says so (once)."""
+    recs = make_records(n_steps=6, n_layers=2, n_heads=4)
+    plain = load_run(write_log(tmp_path / "plain.jsonl", recs))
+    assert not [n for n in plain.notes if "heads_hist" in n]
+    for r in recs:
+        for lay in r.get("layers") or ():
+            lay["heads_hist"] = [0.0, 0.5, 0.5, 0.0, 0.0]
+    run = load_run(write_log(tmp_path / "full.jsonl", recs))
+    hist = [n for n in run.notes if "heads_hist" in n]
+    assert len(hist) == 1 and "in 12 layer entries and not loaded" in hist[0], run.notes
+    assert "heads_hist" not in run.layers.columns

@@ -1,5 +1,6 @@
-"""analyze.loader bulk path: runs of same-layout step lines read as CSV must give what the
-careful line-by-line path gives, and hand every line it cannot read exactly to that path."""
+"""analyze.load's fast paths (per-layout plans, whole-layer packing, the CSV bulk path for runs of
+same-layout step lines) must give what the reference path (`ReferenceBuilder`, one record at a time)
+gives, and hand every line they cannot read exactly to that path."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import json
 import pandas.testing as pdt
 import pytest
 
-import analyze.loader as loader
+from analyze.load import api, fast, source
+from analyze.load.reference import ReferenceBuilder
 from analyze.loader import LoadError, load_run
-from analyze.synthetic import iter_lines
+from tests.synthetic import iter_lines
 from moh import schema
 
 from .conftest import make_records
@@ -21,9 +23,9 @@ FRAMES = ("steps", "layers", "head_load", "evals", "samples", "alerts")
 def _both(path, monkeypatch, **kw):
     bulk = load_run(path, workers=1, **kw)
     with monkeypatch.context() as m:
-        m.setattr(loader, "_BULK_LINES", 0)
-        lines = load_run(path, workers=1, **kw)
-    return bulk, lines
+        m.setattr(api, "Builder", ReferenceBuilder)  # no fast path at all: the semantics as defined
+        reference = load_run(path, workers=1, **kw)
+    return bulk, reference
 
 
 def _assert_same(a, b):
@@ -35,13 +37,13 @@ def _assert_same(a, b):
 
 def _count_careful_adds(monkeypatch) -> list[int]:
     seen: list[int] = []
-    orig = loader._Builder.add
+    orig = ReferenceBuilder.add
 
     def add(self, rec, lineno):
         seen.append(lineno)
         return orig(self, rec, lineno)
 
-    monkeypatch.setattr(loader._Builder, "add", add)
+    monkeypatch.setattr(ReferenceBuilder, "add", add)
     return seen
 
 
@@ -135,7 +137,7 @@ def test_block_size_does_not_change_the_run(tmp_path, monkeypatch, block_bytes):
     p.write_text("\n".join(lines) + "\n" + lines[-1][:40])  # no newline: a write cut short
     ref = load_run(p, workers=1)
     with monkeypatch.context() as m:
-        m.setattr(loader, "_BLOCK_BYTES", block_bytes)
+        m.setattr(source, "_BLOCK_BYTES", block_bytes)
         for workers in (1, 3):
             _assert_same(load_run(p, workers=workers), ref)
     assert any("truncated last line" in n for n in ref.notes)

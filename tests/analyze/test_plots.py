@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from analyze import plots
 from analyze.decimate import bucket_mean, decimate, head_load_matrix, phase_boundaries
 from analyze.loader import load_records
-from analyze.synthetic import generate, write_synthetic
+from tests.synthetic import generate, write_synthetic
 from cli import app
 
 

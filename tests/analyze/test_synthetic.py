@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from analyze import synthetic
+from tests import synthetic
 from moh import schema
 
 KNOB_SETS = [

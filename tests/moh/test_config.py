@@ -15,6 +15,8 @@ from moh.config import Config, ConfigError, load, parse_override
     ({"nonfinite": "ignore"}, "nonfinite"),
     ({"n_layers": "2"}, "n_layers"),
     ({"lr": float("nan")}, "lr"),
+    ({"moh_gates": "reference"}, "moh_gates"),
+    ({"entropy_weight": -1e-4}, "entropy_weight"),
 ])
 def test_bad_values_name_the_field(kw, field):
     with pytest.raises(ConfigError) as e:
@@ -51,3 +53,12 @@ def test_override_is_typed_by_the_field():
     assert parse_override("tie_embeddings=false") == ("tie_embeddings", False)
     with pytest.raises(ConfigError, match="^n_layers: expected int"):
         parse_override("n_layers=two")
+
+
+def test_resuming_a_checkpoint_from_before_moh_gates_keeps_the_paper_gates():
+    from moh.checkpoint import resume_config
+
+    saved = Config(router="moh").to_dict()
+    del saved["moh_gates"]  # a checkpoint written before the key existed
+    assert resume_config(saved, {}).moh_gates == "paper"
+    assert resume_config(Config(router="moh").to_dict(), {}).moh_gates == "released"

@@ -16,7 +16,13 @@ template fixed per run (nulls baked in), so a 200,000-step 8x8 log takes seconds
 Numbers are written with 6 significant digits (what a float32 engine can honestly claim).
 Lines holding a non-finite number take a slow path that writes the schema's string tags.
 
-Torch-free; numpy only.
+Records go through the contract: run_start, alert, eval and run_end are built with
+`schema.record`; the step template follows the order of the schema's step and layer definitions
+and the first step line of every chunk is checked with `schema.record` (a field the schema does
+not define, or a required one missing, fails the generator, not a later test).
+
+Torch-free; numpy only. Lives in tests/ (tests and bench/ use it); the analysis package holds no
+test-data generator.
 """
 
 from __future__ import annotations
@@ -39,10 +45,8 @@ _CHUNK = 4096  # steps formatted per numpy chunk: bounds memory on 200k-step log
 _T0 = 1_760_000_000.0  # a fixed "wall clock" start so same seed => same file
 _STEP_S = 0.25  # simulated seconds per logged step
 
-# Aux weights as the engine's config names them (moh/config.py), so findings can read them.
-AUX_WEIGHT_KEYS = {"load_balance": "lb_weight", "z": "z_weight",
-                   "complexity": "complexity_weight", "budget": "budget_weight",
-                   "entropy": "entropy_weight"}
+# Aux weights under the engine's config names (schema.AUX_WEIGHT_KEYS), so findings can read them.
+AUX_WEIGHT_KEYS = schema.AUX_WEIGHT_KEYS
 # entropy weight 0 as in the engine's defaults: the term is logged raw but does not train
 _HEALTHY_AUX_WEIGHTS = {"load_balance": 0.01, "z": 1e-3, "complexity": 0.1, "budget": 0.5, "entropy": 0.0}
 
@@ -76,6 +80,8 @@ class Synthetic:
     loss_flat: bool = False            # loss never falls
     loss_diverge: bool = False         # loss falls, then climbs back over the last 30%
     nonfinite: bool = False            # a few NaN losses / inf grad norms, skipped, with alerts
+    complexity_uninformative: bool = False  # adaptive layers also log the loss alignment stats
+                                       # (schema.ALIGNMENT_STATS), near 0: allocation ignores difficulty
     head_collapse: str | None = None   # "min": every token uses k_min heads; "max": all H heads
     dead_heads: int | tuple = 0        # count (last heads) or head indices with load ~0
     load_imbalance: bool = False       # one head takes most of the load
@@ -297,6 +303,10 @@ class _Sim:
         for s in cfg.silent_zero:
             stats[s] = np.zeros((m, L))
         out["layers"] = {s: (stats[s] if cfg.applies(s) and s not in cfg.missing else None) for s in schema.LAYER_STATS}
+        if cfg.complexity_uninformative:  # Spearman of complexity / heads with token loss, ~0
+            adaptive = cfg.router == "adaptive"
+            out["layers"]["complexity_loss_corr"] = (0.05 + noise(0.05)).clip(-1, 1) if adaptive else None
+            out["layers"]["heads_loss_corr"] = (0.02 + noise(0.05)).clip(-1, 1) if adaptive else None
         # --- head load: fraction of tokens selecting each head, (m, L, H), sums to heads_mean
         if dense or "head_load" in cfg.missing:
             out["head_load"] = None
@@ -339,8 +349,7 @@ def _knobs(cfg: Synthetic) -> dict:
 # ---- records -------------------------------------------------------------------------------
 
 def _config(cfg: Synthetic) -> dict:
-    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0}
-               if cfg.aux_dominates
+    weights = ({"load_balance": 1.0, "z": 0.3, "complexity": 1.0, "budget": 1.0, "entropy": 0.0} if cfg.aux_dominates
                else _HEALTHY_AUX_WEIGHTS)
     conf = {
         "seed": cfg.seed, "router": cfg.router, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
@@ -352,16 +361,16 @@ def _config(cfg: Synthetic) -> dict:
 
 
 def _run_start(cfg: Synthetic) -> dict:
-    return {
-        "event": schema.RUN_START, "schema_version": schema.SCHEMA_VERSION,
-        "run_id": f"synthetic-{cfg.seed}", "time": _T0, "config": _config(cfg),
-        "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": 16 * cfg.n_heads,
-                  "router": cfg.router, "params": 100_000},
-        "world_size": 1, "source": schema.SOURCE_MOH,
-        "semantics": {"heads": cfg.heads_semantics, "grad_norm": cfg.grad_semantics,
-                      "grad_norm_clip": cfg.grad_clip, "grad_norm_reduction": "per_step"},
-        "synthetic": {k: v for k, v in _knobs(cfg).items() if v not in ((), False, None, 0)},
-    }
+    return schema.record(
+        schema.RUN_START, schema_version=schema.SCHEMA_VERSION,
+        run_id=f"synthetic-{cfg.seed}", time=_T0, config=_config(cfg),
+        model={"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": 16 * cfg.n_heads,
+               "router": cfg.router, "params": 100_000},
+        world_size=1, source=schema.SOURCE_MOH,
+        semantics={"heads": cfg.heads_semantics, "grad_norm": cfg.grad_semantics,
+                   "grad_norm_clip": cfg.grad_clip, "grad_norm_reduction": "per_step"},
+        extra={"synthetic": {k: v for k, v in _knobs(cfg).items() if v not in ((), False, None, 0)}},
+    )
 
 
 def _num(x: float) -> str:
@@ -423,9 +432,9 @@ def _step_template(cfg: Synthetic, c: dict, phase: str) -> _Template:
     T.lit(',"epoch":'); T.val(c["epoch"], "d")
     T.lit(',"phase":' + json.dumps(phase) + ',"time":'); T.val(c["time"], "t")
     T.lit(',"elapsed":'); T.val(c["elapsed"], "t")
-    for k in ("loss", "lm_loss", "lr", "grad_norm", "grad_norm_clipped"):
+    for k in schema.STEP_SCALARS[3:8]:  # loss, lm_loss, lr, grad_norm, grad_norm_clipped
         T.lit(f',"{k}":'); T.val(c[k])
-    for name in ("grad_norms", "aux", "aux_weighted"):
+    for name in schema.STEP_GROUPS:  # grad_norms, aux, aux_weighted
         T.lit(f',"{name}":{{')
         for i, (k, arr) in enumerate(c[name].items()):
             T.lit(("," if i else "") + f'"{k}":'); T.val(arr)
@@ -445,6 +454,11 @@ def _step_template(cfg: Synthetic, c: dict, phase: str) -> _Template:
             else:
                 arr = c["layers"][s]
                 T.val(None if arr is None else arr[:, li], "d" if s in ("heads_min", "heads_max") else "g")
+        if cfg.complexity_uninformative:
+            for s in schema.ALIGNMENT_STATS:
+                arr = c["layers"][s]
+                T.lit(f',"{s}":')
+                T.val(None if arr is None else arr[:, li], "g")
         T.lit("}")
     T.lit('],"skipped":')  # last, so the per-row literal true/false is a suffix
     return T
@@ -543,21 +557,32 @@ def _chunk_lines(cfg: Synthetic, sim: _Sim, start: int, stop: int) -> Iterator[s
     bad = set(sim.nonfinite_steps().tolist()) if cfg.nonfinite else set()
     ends = {b - 1: k for k, (a, b) in enumerate(sim.bounds)}
     for i, line in _step_lines(cfg, sim, start, stop):
+        if i == start:  # the template is fixed per run: checking one line per chunk checks them all
+            _check_step(line)
         yield line
         if i in bad:
-            yield schema.encode_record({
-                "event": schema.ALERT, "step": int(i * cfg.log_every + cfg.log_every), "level": "warning",
-                "code": "nonfinite", "message": "non-finite loss or gradient; step skipped"})
+            yield schema.encode_record(schema.record(
+                schema.ALERT, step=int(i * cfg.log_every + cfg.log_every), level="warning",
+                code="nonfinite", message="non-finite loss or gradient; step skipped"))
         if i in ends and cfg.evals:
             k = ends[i]
             c = sim.chunk(i, i + 1)
             broken = cfg.loss_flat or cfg.loss_diverge
-            yield schema.encode_record({
-                "event": schema.EVAL, "step": int(c["step"][0]), "phase": sim.phase_names[k],
-                "loss": float("%.6g" % c["lm_loss"][0]), "exact_match": 0.1 if broken else 0.95,
-                "samples": [{"prompt": "User: what is water made of?",
-                             "expected": "Water is made of hydrogen and oxygen .",
-                             "output": "Water is made of hydrogen and oxygen .", "match": True}]})
+            yield schema.encode_record(schema.record(
+                schema.EVAL, step=int(c["step"][0]), phase=sim.phase_names[k],
+                loss=float("%.6g" % c["lm_loss"][0]), exact_match=0.1 if broken else 0.95,
+                samples=[{"prompt": "User: what is water made of?",
+                          "expected": "Water is made of hydrogen and oxygen .",
+                          "output": "Water is made of hydrogen and oxygen .", "match": True}]))
+
+
+def _check_step(line: str) -> None:
+    """The step line is a record of the contract: defined fields only, every required one."""
+    rec = json.loads(line)
+    rec.pop("event")
+    schema.record(schema.STEP, **rec)
+    for lay in rec["layers"]:
+        schema.layer_row(**lay)
 
 
 def _chunk_text(knobs: dict, start: int, stop: int) -> str:
@@ -567,8 +592,8 @@ def _chunk_text(knobs: dict, start: int, stop: int) -> str:
 
 
 def _run_end(cfg: Synthetic) -> dict:
-    return {"event": schema.RUN_END, "time": _T0 + cfg.n_steps * _STEP_S, "status": schema.STATUS_COMPLETED,
-            "steps": cfg.n_steps * cfg.log_every, "wall_s": cfg.n_steps * _STEP_S}
+    return schema.record(schema.RUN_END, time=_T0 + cfg.n_steps * _STEP_S, status=schema.STATUS_COMPLETED,
+                         steps=cfg.n_steps * cfg.log_every, wall_s=cfg.n_steps * _STEP_S)
 
 
 def iter_lines(**knobs) -> Iterator[str]:

@@ -1,0 +1,61 @@
+"""Rules on whether the allocation tracks difficulty: the fully adaptive router's premise is
+that harder tokens get more heads. The engine measures it on every logged step (per layer:
+Spearman rank correlation over the step's tokens between each token's complexity, or head
+count, and its LM loss; moh/alignment.py). A log written before those fields, or by a router
+without complexity, has nothing to judge: no finding (the report shows n/a).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import MIN_STEPS, Finding, evidence, short
+from .context import Context
+from .heads import HEAD_WINDOW_FRACTION
+from .registry import routing_rule
+
+# Late-run mean Spearman(complexity, token loss) below this: complexity does not track
+# difficulty. 0.3 is the customary lower edge of a "moderate" rank correlation: below it,
+# ordering tokens by complexity orders them by loss little better than chance. Healthy runs
+# of today's engine measure -0.19..+0.17 per layer over the final fifth (docs/findings.md),
+# so the rule fires on them: a true finding about the engine, not a false alarm.
+COMPLEXITY_MIN_CORR = 0.3
+
+
+def _late(v: np.ndarray) -> slice:
+    n = len(v)
+    return slice(n - max(1, int(math.ceil(n * HEAD_WINDOW_FRACTION))), None)
+
+
+@routing_rule
+def complexity_uninformative(ctx: Context) -> list[Finding]:
+    """Per-token complexity does not track per-token difficulty over the final window."""
+    heads = {li: v for li, _, v in ctx.series("heads_loss_corr")}
+    out = []
+    for li, steps, corr in ctx.series("complexity_loss_corr"):
+        w = _late(corr)
+        st, c = steps[w], corr[w]
+        ok = np.isfinite(c)
+        if ok.sum() < MIN_STEPS:
+            continue
+        mean = float(c[ok].mean())
+        if mean >= COMPLEXITY_MIN_CORR:
+            continue
+        h = heads.get(li)
+        h_mean = None
+        if h is not None and np.isfinite(h[w]).any():
+            h_mean = float(np.nanmean(h[w]))
+        also = "" if h_mean is None else f"; head count vs loss {short(h_mean)}"
+        out.append(Finding(
+            "complexity_uninformative", "warning", li,
+            f"layer {li}: per-token complexity does not track difficulty: mean Spearman(complexity, "
+            f"token LM loss) {short(mean)} over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run "
+            f"({int(ok.sum())} logged steps) < {short(COMPLEXITY_MIN_CORR)}{also}",
+            evidence(st[ok], c[ok], mean=mean, threshold=COMPLEXITY_MIN_CORR, heads_loss_corr_mean=h_mean,
+                     window_first_step=int(st[0]), window_last_step=int(st[-1])),
+            "the budget follows something other than the token's difficulty: train the complexity "
+            "predictor on a difficulty signal (e.g. the token's loss), not only on the heads it was "
+            "given; until then adaptive routing saves heads without choosing where"))
+    return out

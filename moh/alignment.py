@@ -1,0 +1,98 @@
+"""Does a layer's allocation track difficulty? Rank correlation of routing against token loss.
+
+The fully adaptive router's premise is that harder tokens get more heads. On a logged step
+this module measures it per layer, over the step's target tokens (positions with a
+next-token target, the same tokens the LM loss averages):
+
+    complexity_loss_corr = Spearman(complexity c_t, LM loss of token t)
+    heads_loss_corr      = Spearman(hard head count of token t, LM loss of token t)
+
+Token t's router decides the heads that predict token t + 1, and token t's LM loss is the
+loss of that prediction, so both are read at the same position. Spearman = Pearson of the
+ranks, ties sharing their average rank (head counts are small integers: most tokens tie).
+
+Null in the log (never a fake 0) where it does not apply or is undefined: routers with no
+per-token budget (dense, moh: no complexity, and a head count fixed by design), fewer than
+two tokens, or a series constant over the step (e.g. every token got the same head count).
+Undefined values travel as NaN tensors up to the record (`train._rows`), so measuring
+them costs no host sync of its own.
+
+Cost: the per-token losses come from the logits the forward pass already made (one
+cross-entropy without reduction, `LM.forward(..., token_losses=True)`); the ranks are one
+batched sort for all series of the step. Called on logging steps only. Under
+torch.distributed the per-token values of every rank are gathered first
+(`distributed.gather_columns`), so the figure is the whole job's, like every other layer
+statistic (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .routing import Routing
+
+FIELDS = ("complexity_loss_corr", "heads_loss_corr")
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..N-1 along the last dim, tied values sharing the mean of their ranks (float64).
+
+    Batched over leading dims: one sort for every series of a step (a few small ops instead
+    of a unique() per series: the logged step's cost, bench/bench_telemetry.py)."""
+    s, order = x.sort(dim=-1)
+    n = s.shape[-1]
+    pos = torch.arange(n, dtype=torch.float64, device=x.device).expand(s.shape)
+    first = torch.ones_like(s, dtype=torch.bool)  # does a run of equal values start here
+    first[..., 1:] = s[..., 1:] != s[..., :-1]
+    last = torch.ones_like(first)  # does one end here
+    last[..., :-1] = first[..., 1:]
+    start = torch.where(first, pos, 0.0).cummax(-1).values
+    end = torch.where(last, pos, float(n)).flip(-1).cummin(-1).values.flip(-1)
+    return torch.empty_like(pos).scatter_(-1, order, (start + end) / 2)
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each row of x (..., N) with y (N,), as float64 (...).
+
+    NaN where undefined: fewer than two tokens, or a constant series (nothing to order);
+    the step record writes those as null. No host sync."""
+    if x.shape[-1] < 2:
+        return torch.full(x.shape[:-1], float("nan"), dtype=torch.float64, device=x.device)
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx = rx - rx.mean(-1, keepdim=True)
+    ry = ry - ry.mean(-1, keepdim=True)
+    den = (rx.square().sum(-1) * ry.square().sum(-1)).sqrt()
+    r = (rx * ry).sum(-1) / den  # 0 / 0 = NaN for a constant series
+    return r.clamp(-1.0, 1.0)  # rounding must not leave [-1, 1]; NaN stays NaN
+
+
+def loss_alignment(routings: list[Routing], has_target: torch.Tensor, token_loss: torch.Tensor | None,
+                   gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> list[dict[str, torch.Tensor | None]]:
+    """Per layer {complexity_loss_corr, heads_loss_corr}: 0-d tensors (NaN where undefined)
+    or None where they do not apply.
+
+    has_target (B, T) bool: positions with a next-token target; token_loss (N,) the LM loss
+    of those positions in row-major order (None: not measured this step, every field None).
+    `gather` (R, n) -> (R, N_job) joins the ranks' columns (None = one process).
+    """
+    none = {f: None for f in FIELDS}
+    adaptive = [i for i, r in enumerate(routings) if r.complexity is not None]
+    if token_loss is None or not adaptive:
+        return [dict(none) for _ in routings]
+    sel = has_target.reshape(-1)
+    cols = [token_loss.detach().float()]
+    for i in adaptive:
+        r = routings[i]
+        cols.append(r.complexity.detach().reshape(-1)[sel].float())
+        cols.append(r.hard.sum(-1).reshape(-1)[sel].float())  # exact small integers
+    table = torch.stack(cols)  # (1 + 2 * layers, N)
+    if gather is not None:
+        table = gather(table)
+    corr = spearman(table[1:], table[0])  # (2 * layers,)
+    out = [dict(none) for _ in routings]
+    for j, i in enumerate(adaptive):
+        out[i] = {"complexity_loss_corr": corr[2 * j], "heads_loss_corr": corr[2 * j + 1]}
+    return out

@@ -189,7 +189,7 @@ ENGINE = [
        "clipped = clip_(params, norm, cfg.grad_clip)", "clipped = norm",
        "gradients are never clipped (and the log says so)", TRAIN_T),
     _m("log_post_clip_as_pre", "clipping", "moh/train.py",
-       '"grad_norm": _f(norm), "grad_norm_clipped"', '"grad_norm": _f(clipped), "grad_norm_clipped"',
+       "grad_norm=_f(norm), grad_norm_clipped=", "grad_norm=_f(clipped), grad_norm_clipped=",
        "the logged grad_norm is the post-clip norm (the clip hides every spike)", TRAIN_T),
     _m("aux_not_in_loss", "losses", "moh/train.py",
        "loss = lm_loss if aux_total is None else lm_loss + aux_total",
@@ -209,6 +209,7 @@ ENGINE = [
 
 RULES_T = ("tests/analyze/test_thresholds.py", "tests/analyze/test_findings.py")
 CRITERIA_T = ("tests/analyze/test_criteria_thresholds.py", "tests/analyze/test_criteria.py")
+RUST_PARSE = "analyze/rustgpt/parse.py"
 RUST_T = ("tests/analyze/test_rustgpt.py", "tests/analyze/test_findings.py", "tests/analyze/test_criteria.py")
 G, HD, LS, PR, ST = ("analyze/rules/gradients.py", "analyze/rules/heads.py", "analyze/rules/loss.py",
                      "analyze/rules/predictors.py", "analyze/rules/statistics.py")
@@ -231,7 +232,8 @@ FINDINGS = [
        "a gradient spike must be 20x the recent median", RULES_T),
     _m("spike_error_factor_1000", "threshold_move", G, "GRAD_SPIKE_ERROR_FACTOR = 100.0",
        "GRAD_SPIKE_ERROR_FACTOR = 1000.0", "a 100-1000x spike is only a warning", RULES_T),
-    _m("grad_target_5", "threshold_move", G, "GRAD_TARGET = 2.5 ", "GRAD_TARGET = 5.0 ",
+    _m("grad_target_5", "threshold_move", G, 'GRAD_TARGET = default_target("grad_norm")[1]',
+       'GRAD_TARGET = 2 * default_target("grad_norm")[1]',
        "spikes up to 5 are called harmless", RULES_T),
     _m("grad_zero_rtol_1e-6", "threshold_move", G, "GRAD_ZERO_RTOL = 1e-8 ", "GRAD_ZERO_RTOL = 1e-6 ",
        "a routing gradient 100x above float32 noise counts as zero", RULES_T),
@@ -316,24 +318,25 @@ CRITERIA = [
 ]
 
 RUST = [
-    _m("rust_heads_hard_count", "semantics", "analyze/rustgpt.py",
+    _m("rust_heads_hard_count", "semantics", RUST_PARSE,
        '"heads": schema.HEADS_SOFT_WEIGHT_SUM,', '"heads": schema.HEADS_HARD_COUNT,',
        "the Rust log's soft-weight sums are presented as head counts", RUST_T),
-    _m("rust_grad_pre_clip", "semantics", "analyze/rustgpt.py",
+    _m("rust_grad_pre_clip", "semantics", RUST_PARSE,
        '"grad_norm": schema.GRAD_NORM_POST_CLIP,', '"grad_norm": schema.GRAD_NORM_PRE_CLIP,',
        "the Rust log's post-clip norms are presented as pre-clip", RUST_T),
-    _m("rust_grad_per_step", "semantics", "analyze/rustgpt.py",
+    _m("rust_grad_per_step", "semantics", RUST_PARSE,
        '"grad_norm_reduction": "epoch_mean",', '"grad_norm_reduction": "per_step",',
        "epoch means of the gradient norm are presented as per-step values", RUST_T),
-    _m("rust_clip_1", "semantics", "analyze/rustgpt.py", "CLIP_VALUE = 100.0 ", "CLIP_VALUE = 1.0 ",
+    _m("rust_clip_1", "semantics", "analyze/rustgpt/text.py", "CLIP_VALUE = 100.0 ", "CLIP_VALUE = 1.0 ",
        "the Rust trainer's clip value is taken as 1", RUST_T),
-    _m("rust_heads_threshold_swapped", "semantics", "analyze/rustgpt.py",
-       "heads_mean=vals[0], threshold_mean=vals[1]", "heads_mean=vals[1], threshold_mean=vals[0]",
+    _m("rust_heads_threshold_swapped", "semantics", RUST_PARSE,
+       "heads_mean=vals[0],\n                                           threshold_mean=vals[1]",
+       "heads_mean=vals[1],\n                                           threshold_mean=vals[0]",
        "h and p of 'L1: 4.70h@0.55p' read the wrong way round", RUST_T),
-    _m("rust_lm_loss_is_loss", "semantics", "analyze/rustgpt.py",
-       '"loss": rec["loss"], "lm_loss": None,', '"loss": rec["loss"], "lm_loss": rec["loss"],',
+    _m("rust_lm_loss_is_loss", "semantics", RUST_PARSE,
+       'loss=rec["loss"], lm_loss=None,', 'loss=rec["loss"], lm_loss=rec["loss"],',
        "the Rust loss (which includes the load-balance term) is presented as the LM loss", RUST_T),
-    _m("rust_no_model_wide", "semantics", "analyze/rustgpt.py",
+    _m("rust_no_model_wide", "semantics", RUST_PARSE,
        '"model_wide_stats": model_wide,', '"model_wide_stats": [],',
        "model-wide complexity/pred_norm are not declared: criteria and findings cannot use them", RUST_T),
 ]

@@ -244,7 +244,9 @@ def _analysis(paths: list[Path], criteria: Optional[Path], fmt: str, strict: boo
         _err(f"error: {e}")
         raise typer.Exit(2)
     ref = None if baseline is None else _load(baseline, strict, input_format, what="baseline: ")
-    return [report.build_report(_load(path, strict, input_format), specs, baseline=ref) for path in paths]
+    return [report.build_report(_load(path, strict, input_format), specs, baseline=ref,
+                                criteria_file=None if criteria is None else str(criteria))
+            for path in paths]
 
 
 def _emit(payload) -> None:

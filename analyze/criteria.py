@@ -5,10 +5,14 @@ result has a status `pass | fail | warn | missing`. The defaults live in `defaul
 (next to this file, documented there); a user file is merged over them (`load_criteria`).
 
 Decisions worth knowing:
-- `missing` means "could not be judged" (metric not logged, no evals, or a routing criterion on a
-  dense baseline, which has no routing: marked n/a). It does not fail the verdict; the report says
-  so plainly. A routing stat that is absent is a *fail* of `statistics_logged`, though: that is what
-  that criterion is for.
+- `missing` means "could not be judged" (metric not logged, no evals). It does not fail the
+  verdict; the report says so plainly. A routing stat that is absent is a *fail* of
+  `statistics_logged`, though: that is what that criterion is for.
+- Each criterion declares where it applies: `routers` (router kinds) and `sources` (log sources).
+  Elsewhere its result is `n/a` with the reason (status missing, applicable False), never a fail:
+  a top-k router has no threshold to judge, a dense baseline no routing at all. `by_router`
+  tables adjust a criterion per router kind (the stats a `moh` router has are not an adaptive
+  router's), so a run is judged against the criteria set of its own router (`criteria_set`).
 - Criteria read the log's declared semantics: a head figure that is a soft-weight sum cannot pass
   "average heads" (pass becomes warn, with the reason); a post-clip gradient norm is flagged.
 - float32 per-layer stats are compared with a 1e-6 relative tolerance, so 0.8 stored as
@@ -33,7 +37,7 @@ from .groupscan import counts_until
 from .run import Run
 
 __all__ = ["Criterion", "Result", "CriteriaError", "load_criteria", "evaluate", "verdict",
-           "DEFAULT_CRITERIA_PATH", "STATUSES"]
+           "criteria_set", "DEFAULT_CRITERIA_PATH", "STATUSES"]
 
 DEFAULT_CRITERIA_PATH = Path(__file__).with_name("default_criteria.toml")
 STATUSES = ("pass", "fail", "warn", "missing")
@@ -68,11 +72,31 @@ class Criterion:
     routing: bool = False
     severity: str = "fail"
     enabled: bool = True
+    routers: tuple[str, ...] = ()    # router kinds it applies to; () = every router
+    sources: tuple[str, ...] = ()    # log sources (run_start.source) it applies to; () = every one
+    zero_ok: tuple[str, ...] = ()    # stats_logged: metrics for which identically 0 is correct
+    # per router kind, this criterion with that router's overrides applied (from `by_router`)
+    by_router: tuple[tuple[str, "Criterion"], ...] = ()
+
+    def for_router(self, router: str | None) -> "Criterion":
+        """The criterion as it applies to a run of `router` (its `by_router` table, if any)."""
+        return dict(self.by_router).get(router or "", self)
+
+    def not_applicable(self, router: str | None, source: str | None) -> str | None:
+        """Why this criterion does not apply to a run of that router and log source, or None."""
+        if self.routing and router == "dense":
+            return "n/a: dense baseline, no routing"
+        if self.routers and router not in self.routers:
+            return f"n/a: applies to {'/'.join(self.routers)} routers; this run's router is {router or 'unknown'}"
+        if self.sources and (source or "moh") not in self.sources:
+            return f"n/a: applies to {'/'.join(self.sources)} logs; this log is from {source}"
+        return None
 
     @property
     def target_text(self) -> str:
         if self.kind == "stats_logged":
-            return f"all {len(self.metrics)} present, not all 0"
+            zero = f"; {', '.join(self.zero_ok)} may be 0" if self.zero_ok else ""
+            return f"all {len(self.metrics)} present, not all 0{zero}"
         if self.kind == "changes":
             return f"each changes (> {self.min_change:g})"
         lo, hi = self.target_min, self.target_max
@@ -127,7 +151,9 @@ def _jsonable(v: Any) -> Any:
 # ---- loading criteria files ----------------------------------------------------------------
 
 _KEYS = {"label", "kind", "metric", "fallback", "min_metric", "max_metric", "metrics", "window", "n",
-         "warmup", "target", "min_change", "phases", "routing", "severity", "enabled"}
+         "warmup", "target", "min_change", "phases", "routing", "severity", "enabled", "routers",
+         "sources", "zero_ok", "by_router"}
+ROUTER_KINDS = ("dense", "moh", "adaptive")
 
 
 def _read_toml(path: Path) -> dict:
@@ -179,6 +205,27 @@ def _build(name: str, spec: dict, defaults: dict, where: str) -> Criterion:
         if not isinstance(m, list) or not m or not all(isinstance(x, str) for x in m):
             raise bad("'metrics' must be a non-empty list of column names")
         kw["metrics"] = tuple(m)
+    for key in ("routers", "sources", "zero_ok"):
+        if key in spec:
+            m = spec[key]
+            if not isinstance(m, list) or not all(isinstance(x, str) for x in m):
+                raise bad(f"'{key}' must be a list of names")
+            kw[key] = tuple(m)
+    bad_router = [r for r in kw.get("routers", ()) if r not in ROUTER_KINDS]
+    if bad_router:
+        raise bad(f"'routers' names an unknown router '{bad_router[0]}' (known: {', '.join(ROUTER_KINDS)})")
+    if "by_router" in spec:
+        by = spec["by_router"]
+        if not isinstance(by, dict) or not all(isinstance(v, dict) for v in by.values()):
+            raise bad("'by_router' must be a table of tables, e.g. [criteria.x.by_router.moh]")
+        unknown_r = [r for r in by if r not in ROUTER_KINDS]
+        if unknown_r:
+            raise bad(f"'by_router' names an unknown router '{unknown_r[0]}' (known: {', '.join(ROUTER_KINDS)})")
+        base = {k: v for k, v in spec.items() if k != "by_router"}
+        nested = [r for r, v in by.items() if "by_router" in v]
+        if nested:
+            raise bad(f"'by_router.{nested[0]}' cannot hold another 'by_router'")
+        kw["by_router"] = tuple((r, _build(name, {**base, **v}, defaults, where)) for r, v in by.items())
     if "target" in spec:
         t = spec["target"]
         if not isinstance(t, dict) or not t or set(t) - {"min", "max"}:
@@ -423,8 +470,41 @@ def _eval_value(c: Criterion, ix: _Index) -> list[Result]:
     return out
 
 
+_LAYER_METRICS = set(schema.LAYER_STATS) | {"head_load"}
+
+
+def _step_metric_state(ix: _Index, m: str) -> str:
+    """'absent', 'zero' or 'ok' for a step-level column (loss, grad_norm, grad.router, ...)."""
+    v = ix.col("steps", m)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return "absent"
+    return "ok" if np.any(v != 0) else "zero"
+
+
 def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
+    """Every stat of `metrics` logged and not identically 0 (except `zero_ok` ones): per layer for
+    layer stats; step-level columns (loss, grad.router) are judged once and shared by the layers."""
     run = ix.run
+    layer_metrics = [m for m in c.metrics if m in _LAYER_METRICS]
+    step_state = {m: _step_metric_state(ix, m) for m in c.metrics if m not in _LAYER_METRICS}
+
+    def judged(states: dict[str, str], model_wide: list[str], layer_no: int | None) -> Result:
+        absent = [m for m in c.metrics if states.get(m) == "absent"]
+        zero = [m for m in c.metrics if states.get(m) == "zero" and m not in c.zero_ok]
+        ok = len(c.metrics) - len(absent) - len(zero)
+        parts = ([f"absent: {', '.join(absent)}"] if absent else []) + \
+                ([f"identically 0: {', '.join(zero)}"] if zero else [])
+        status = "pass" if not parts else "fail"
+        zero_fine = [m for m in c.zero_ok if states.get(m) == "zero"]
+        if zero_fine:
+            parts.append(f"0 as expected for a {run.router} router: {', '.join(zero_fine)}")
+        if model_wide:
+            parts.append(f"model-wide only: {', '.join(model_wide)}")
+        return _result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=layer_no)
+
+    if not layer_metrics:
+        return [judged(step_state, [], None)]
     if not len(run.layers):
         return [_result(c, "fail", 0, "no per-layer statistics in the log")]
     wide = _model_wide(run)
@@ -435,7 +515,7 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
     # column on a healthy run (`counts_until`); only a failing layer costs a full scan.
     logged: dict[str, np.ndarray] = {}
     nonzero: dict[str, np.ndarray] = {}
-    for m in c.metrics:
+    for m in layer_metrics:
         if m == "head_load":
             if not len(run.head_load):
                 continue
@@ -450,29 +530,22 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
         nonzero[m] = counts_until(lambda s, v=v: (v[s] != 0) & ~np.isnan(v[s]), g, wanted)
     out = []
     for _, layer_no, _ in groups:
-        absent, zero, model_wide = [], [], []
-        for m in c.metrics:
+        states, model_wide = dict(step_state), []
+        for m in layer_metrics:
             n = logged[m][layer_no] if m in logged and layer_no < len(logged[m]) else 0
             if not n and m in wide and m != "head_load":
                 v = wide[m]
                 v = v[~np.isnan(v)]
                 model_wide.append(m)
-                if not len(v):
-                    absent.append(m)
-                elif not np.any(v != 0):
-                    zero.append(m)
+                states[m] = "absent" if not len(v) else ("zero" if not np.any(v != 0) else "ok")
                 continue
             if not n:
-                absent.append(m)
+                states[m] = "absent"
             elif not (nonzero[m][layer_no] if layer_no < len(nonzero[m]) else 0):
-                zero.append(m)
-        ok = len(c.metrics) - len(absent) - len(zero)
-        parts = ([f"absent: {', '.join(absent)}"] if absent else []) + \
-                ([f"identically 0: {', '.join(zero)}"] if zero else [])
-        status = "pass" if not parts else "fail"
-        if model_wide:
-            parts.append(f"model-wide only: {', '.join(model_wide)}")
-        out.append(_result(c, status, f"{ok}/{len(c.metrics)}", "; ".join(parts), layer=layer_no))
+                states[m] = "zero"
+            else:
+                states[m] = "ok"
+        out.append(judged(states, model_wide, layer_no))
     return out
 
 
@@ -563,14 +636,17 @@ def _semantics(c: Criterion, run: Run, results: list[Result]) -> list[Result]:
 def evaluate(run: Run, criteria: list[Criterion] | None = None) -> list[Result]:
     """One result per criterion, layer and phase it applies to."""
     criteria = load_criteria() if criteria is None else criteria
-    dense = run.router == "dense"
+    source = run.meta.get("source", schema.SOURCE_MOH)
     ix = _Index(run)
     results: list[Result] = []
-    for c in criteria:
-        if not c.enabled:
+    for c0 in criteria:
+        if not c0.enabled:
             continue
-        if c.routing and dense:
-            results.append(_missing(c, "n/a: dense baseline, no routing", applicable=False))
+        c = c0.for_router(run.router)
+        why = c.not_applicable(run.router, source) or \
+            (None if c.enabled else f"n/a: switched off for {run.router} routers")
+        if why:
+            results.append(_missing(c, why, applicable=False))
             continue
         if c.kind == "stats_logged":
             rs = _stats_logged(c, ix)
@@ -580,6 +656,22 @@ def evaluate(run: Run, criteria: list[Criterion] | None = None) -> list[Result]:
             rs = _eval_value(c, ix)
         results.extend(_semantics(c, run, rs))
     return results
+
+
+def criteria_set(run: Run, criteria: list[Criterion] | None = None, path: str | Path | None = None) -> dict:
+    """Which criteria set judged `run` and why: its router kind (from run_start.model.router) and
+    log source select each criterion's `by_router` variant and its n/a cases."""
+    criteria = load_criteria(path) if criteria is None else criteria
+    router, source = run.router, run.meta.get("source", schema.SOURCE_MOH)
+    applied = [c.name for c in criteria if c.enabled and c.for_router(router).enabled
+               and not c.for_router(router).not_applicable(router, source)]
+    na = [c.name for c in criteria if c.enabled and c.name not in applied]
+    adjusted = [c.name for c in criteria if c.enabled and router in dict(c.by_router)]
+    reason = (f"run_start.model.router = {router}" if router else "the log names no router: the "
+              "adaptive set's criteria without by_router variants")
+    return {"router": router, "source": source, "file": str(path) if path else "default",
+            "reason": reason + (f"; log source {source}" if source != schema.SOURCE_MOH else ""),
+            "applied": applied, "not_applicable": na, "adjusted_for_router": adjusted}
 
 
 def verdict(results: list[Result], findings: list | None = None) -> str:

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .baseline import compare as compare_with_baseline
-from .criteria import Criterion, Result, evaluate, load_criteria, verdict
+from .criteria import Criterion, Result, criteria_set, evaluate, load_criteria, verdict
 from .findings import Finding, find_all
 from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
@@ -72,6 +72,7 @@ class Report:
     verdict: str
     metrics: dict | None = None   # routing metrics per layer (analyze/metrics.py), no verdict
     baseline: str | None = None   # the reference run's path when judged --baseline (analyze/baseline.py)
+    criteria_set: dict | None = None   # which criteria judged the run and why (criteria.criteria_set)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -107,6 +108,7 @@ class Report:
             "verdict": self.verdict,
             "run": self.run_info(),
             "summary": {"criteria": self.counts, "findings": self.finding_counts},
+            "criteria_set": self.criteria_set,
             "criteria": [r.to_dict() for r in self.results],
             "findings": [f.to_dict() for f in self.findings],
             "metrics": self.metrics,
@@ -115,14 +117,18 @@ class Report:
         })
 
 
-def build_report(run: Run, criteria: list[Criterion] | None = None, baseline: Run | None = None) -> Report:
-    """`baseline`: a known-good reference run; adds its `baseline_deviation` findings."""
-    results = evaluate(run, load_criteria() if criteria is None else criteria)
+def build_report(run: Run, criteria: list[Criterion] | None = None, baseline: Run | None = None,
+                 criteria_file: str | None = None) -> Report:
+    """`baseline`: a known-good reference run; adds its `baseline_deviation` findings.
+    `criteria_file`: where `criteria` came from (None: the defaults), named in the header."""
+    criteria = load_criteria(criteria_file) if criteria is None else criteria
+    results = evaluate(run, criteria)
     findings = find_all(run)
     if baseline is not None:
         findings = sort_findings(findings + compare_with_baseline(run, baseline))
     return Report(run=run, results=results, findings=findings, verdict=verdict(results, findings),
-                  metrics=routing_metrics(run), baseline=None if baseline is None else str(baseline.path))
+                  metrics=routing_metrics(run), baseline=None if baseline is None else str(baseline.path),
+                  criteria_set=criteria_set(run, criteria, criteria_file))
 
 
 # ---- value formatting ------------------------------------------------------------------------
@@ -223,6 +229,21 @@ def _verdict_line(rep: Report) -> str:
             f"{f['info']} info")
 
 
+def _criteria_line(rep: Report) -> str:
+    """Which criteria set was applied, and why (the run's router kind and log source)."""
+    cs = rep.criteria_set
+    if not cs:
+        return ""
+    name = f"{cs['router']} criteria" if cs["router"] else "generic criteria"
+    src = "default criteria" if cs["file"] == "default" else f"criteria file {cs['file']}"
+    parts = [f"Criteria: {name} ({cs['reason']}; {src})"]
+    if cs["adjusted_for_router"]:
+        parts.append(f"adjusted for this router: {', '.join(cs['adjusted_for_router'])}")
+    if cs["not_applicable"]:
+        parts.append(f"n/a here: {', '.join(cs['not_applicable'])}")
+    return "; ".join(parts)
+
+
 def _run_line(rep: Report) -> str:
     i = rep.run_info()
     parts = [f"router {i['router'] or 'unknown'}"]
@@ -269,6 +290,8 @@ def render_table(rep: Report) -> Group:
     head.append(rep.run.name, style="bold")
     head.append(f"  {rep.run.path}\n", style="dim")
     head.append(_run_line(rep))
+    if _criteria_line(rep):
+        head.append("\n" + _criteria_line(rep), style="dim")
 
     t = Table(title="Expected vs actual", title_justify="left", show_lines=False, expand=False)
     for col, kw in (("Criterion", {}), ("Layer", {"justify": "right"}), ("Target", {}),
@@ -321,7 +344,8 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def render_md(rep: Report) -> str:
     lines = [f"# moh report: {md_escape(rep.run.name)}", "",
-             f"Log: {md_escape(rep.run.path)}  ", md_escape(_run_line(rep)), "",
+             f"Log: {md_escape(rep.run.path)}  ", md_escape(_run_line(rep)) + "  ",
+             md_escape(_criteria_line(rep)), "",
              f"**Verdict: {md_escape(_verdict_line(rep))}**", "", "## Expected vs actual", ""]
     lines += _md_table(["Criterion", "Layer", "Target", "Actual", "Status", "Notes"],
                        ([r.criterion + (f" ({r.phase})" if r.phase else ""), r.layer, r.target, r.actual,

@@ -76,7 +76,7 @@ class Synthetic:
     heads_restate_complexity: bool = False  # heads_mean = k_min + (H - k_min) * complexity_mean
     router_grad_zero: bool = False     # router / complexity / threshold grad norms exactly 0
     grad_explosion: bool = False       # grad norm grows ~1e4x over the last 30% of the run
-    clip_saturation: bool = False      # pre-clip norm pinned at 1.2-2x the clip threshold
+    clip_saturation: bool = False      # pre-clip norm pinned at 2-3x the clip threshold
     loss_flat: bool = False            # loss never falls
     loss_diverge: bool = False         # loss falls, then climbs back over the last 30%
     nonfinite: bool = False            # a few NaN losses / inf grad norms, skipped, with alerts
@@ -88,6 +88,11 @@ class Synthetic:
     predictor_growth: bool = False     # predictor weight norms grow ~10x, still rising at the end
     aux_dominates: bool = False        # auxiliary terms weighted to most of the total loss
     vacuous_aux: tuple = ()            # aux terms written as 0.0 on every step
+    loss_plateau: bool = False         # loss stalls at ~1.5 (3.75x the 0.40 bar) in each phase
+    grad_rising: bool = False          # loss stalls as loss_plateau; grad norm climbs 30 -> 54 per phase
+    threshold_pinned: bool = False     # mean threshold at tau_max (0.8), per-token spread ~0.005
+    uniform_allocation: bool = False   # every token gets 4 heads: heads_std 0
+    budget_miss: bool = False          # mean heads ~1.5 above target_heads (3.5)
 
     def __post_init__(self) -> None:
         for name in ("silent_zero", "missing", "constant", "vacuous_aux", "phases"):
@@ -201,6 +206,8 @@ class _Sim:
         lm = floor + (l0 - floor) * np.exp(-8.0 * v)
         if cfg.loss_flat:
             lm = l0 * (1 - 0.02 * v)
+        if cfg.loss_plateau or cfg.grad_rising:
+            lm = 1.5 + (l0 - 1.5) * np.exp(-8.0 * v)
         if cfg.loss_diverge:
             rise = np.clip((u - 0.7) / 0.3, 0, 1)
             lm = lm + 3.0 * rise ** 1.5
@@ -234,7 +241,9 @@ class _Sim:
         if cfg.grad_explosion:
             g = g * np.exp(np.clip((u - 0.7) / 0.3, 0, 1) * np.log(1e4))
         if cfg.clip_saturation:
-            g = (cfg.grad_clip or 1.0) * rng.uniform(1.2, 2.0, m)
+            g = (cfg.grad_clip or 1.0) * rng.uniform(2.0, 3.0, m)
+        if cfg.grad_rising:
+            g = 30.0 * (1 + 0.8 * v) * np.exp(rng.normal(0, 0.05, m))
         out["grad_norm"] = g
         clip = cfg.grad_clip
         out["grad_norm_clipped"] = np.minimum(g, clip) if clip else g.copy()
@@ -264,11 +273,17 @@ class _Sim:
         tspread = 0.05 + 0.1 * (1 - np.exp(-4 * U))
         tmin = np.clip(tm - tspread * (1 + noise(0.05)), 0.3, tm)
         tmax = np.clip(tm + tspread * (1 + noise(0.05)), tm, 0.8)
+        if cfg.threshold_pinned:
+            tmax = np.full((m, L), 0.8)
+            tm = 0.797 + np.abs(noise(0.001)).clip(0, 0.002) * -1
+            tmin = tm - 0.004
         hm = self.h0 + 1.0 * np.exp(-6 * U) + 0.15 * wave(2) + noise(0.05)
         if cfg.router == "moh":
             hm = np.full((m, L), 4.0)  # shared 2 + top-2: every token the same count
         if cfg.heads_restate_complexity:
             hm = cfg.k_min + (H - cfg.k_min) * cm
+        if cfg.budget_miss:
+            hm = hm + 1.5
         hmin = np.minimum(np.where(rng.random((m, L)) < 0.7, 1.0, 2.0), np.floor(hm))
         hmax = np.maximum(np.minimum(float(H), np.where(rng.random((m, L)) < 0.5, 6.0, 7.0)), np.ceil(hm))
         hstd = 1.1 + 0.1 * wave(3) + noise(0.03)
@@ -278,6 +293,9 @@ class _Sim:
             hstd = np.zeros((m, L))
         if cfg.router == "moh":
             hmin = hmax = hm
+            hstd = np.zeros((m, L))
+        if cfg.uniform_allocation:
+            hm = hmin = hmax = np.full((m, L), 4.0)
             hstd = np.zeros((m, L))
         if cfg.head_collapse == "min":
             hm = hmin = hmax = np.full((m, L), cfg.k_min)
@@ -567,7 +585,7 @@ def _chunk_lines(cfg: Synthetic, sim: _Sim, start: int, stop: int) -> Iterator[s
         if i in ends and cfg.evals:
             k = ends[i]
             c = sim.chunk(i, i + 1)
-            broken = cfg.loss_flat or cfg.loss_diverge
+            broken = cfg.loss_flat or cfg.loss_diverge or cfg.loss_plateau or cfg.grad_rising
             yield schema.encode_record(schema.record(
                 schema.EVAL, step=int(c["step"][0]), phase=sim.phase_names[k],
                 loss=float("%.6g" % c["lm_loss"][0]), exact_match=0.1 if broken else 0.95,

@@ -21,6 +21,8 @@ Where a new rule goes: the family module whose subject it judges --
     heads        head use over the final window: head_collapse, dead_heads, load_imbalance
     predictors   predictors and aux losses: predictor_growth, aux_dominates, vacuous_aux
     alignment    does the allocation track difficulty: complexity_uninformative
+    allocation   whether adaptive routing still adapts: threshold_pinned, uniform_allocation,
+                 budget_miss
 
 or a new module for a new family, imported below. Decorate the function with `@rule` (or
 `@routing_rule` when a dense run cannot have the fault), take a `Context`, return Findings built
@@ -29,8 +31,9 @@ with `base.evidence`; add its code to docs/findings.md and a trigger to tests/an
 
 # Importing a family registers its rules, in this order (the order they were written in; the
 # report sorts findings, so it does not show).
-from . import statistics, gradients, loss, heads, predictors, alignment  # noqa: F401,I001
+from . import statistics, gradients, loss, heads, predictors, allocation, alignment  # noqa: F401,I001
 from .base import SEVERITIES, Finding
-from .registry import RULES, find_all, routing_rule, rule
+from .margins import Margin
+from .registry import RULES, find_all, measure_all, routing_rule, rule
 
-__all__ = ["Finding", "RULES", "SEVERITIES", "find_all", "rule", "routing_rule"]
+__all__ = ["Finding", "Margin", "RULES", "SEVERITIES", "find_all", "measure_all", "rule", "routing_rule"]

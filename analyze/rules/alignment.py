@@ -41,6 +41,8 @@ def complexity_uninformative(ctx: Context) -> list[Finding]:
         if ok.sum() < MIN_STEPS:
             continue
         mean = float(c[ok].mean())
+        ctx.margin("complexity_uninformative", "late mean Spearman(complexity, token loss)", mean,
+                   COMPLEXITY_MIN_CORR, "<", layer=li)
         if mean >= COMPLEXITY_MIN_CORR:
             continue
         h = heads.get(li)

@@ -10,6 +10,7 @@ import pandas as pd
 from moh import schema
 
 from ..run import Run, layer_block
+from .margins import Margin
 
 
 class Context:
@@ -29,6 +30,15 @@ class Context:
         self.final_loads: dict[int, np.ndarray] | None = None
         self.model_wide = [s for s in schema.LAYER_STATS if s in self.steps.columns
                            and self.steps[s].notna().any()]
+        self.margins: list[Margin] = []
+        self._live: pd.DataFrame | None = None
+        self._live_phases: list | None = None
+
+    def margin(self, code: str, statistic: str, value: float, threshold: float, fires: str, *,
+               layer: int | None = None, phase: str | None = None, joint: bool = False) -> None:
+        """Record what a rule compared with its threshold, whether or not it fired (margins.py);
+        joint: one of several conditions that must all cross."""
+        self.margins.append(Margin(code, statistic, float(value), float(threshold), fires, layer, phase, joint))
 
     # what the numbers are
     @property
@@ -77,11 +87,17 @@ class Context:
             return 1.0
 
     def live_steps(self) -> pd.DataFrame:
-        """Step rows not skipped for non-finite values."""
-        s = self.steps
-        if "skipped" in s.columns:
-            return s[~s["skipped"].fillna(0).astype(bool)]
-        return s
+        """Step rows not skipped for non-finite values (computed once: several rules read them)."""
+        if self._live is None:
+            s = self.steps
+            self._live = s[~s["skipped"].fillna(0).astype(bool)] if "skipped" in s.columns else s
+        return self._live
+
+    def live_phases(self) -> list[tuple[str | None, pd.DataFrame]]:
+        """`phases` of the live steps, split once for the loss and gradient rules."""
+        if self._live_phases is None:
+            self._live_phases = phases(self, self.live_steps())
+        return self._live_phases
 
     def layer_col(self, li: int, name: str) -> np.ndarray:
         """Column `name` of layer `li` as float64, "step" as stored (computed once, read-only:

@@ -47,6 +47,8 @@ def head_collapse(ctx: Context) -> list[Finding]:
         ok = np.isfinite(hm)
         for which, mask, end in (("minimum", at_min, lo_end), ("maximum", at_max, H)):
             frac = float(mask[ok].mean())
+            ctx.margin("head_collapse", "share of final steps with every token at one end", frac,
+                       HEAD_COLLAPSE_FRACTION, ">=", layer=li)
             if frac >= HEAD_COLLAPSE_FRACTION:
                 out.append(Finding(
                     "head_collapse", "warning", li,
@@ -131,6 +133,8 @@ def dead_heads(ctx: Context) -> list[Finding]:
     H = ctx.n_heads
     for li, v in _final_loads(ctx).items():
         share = v / v.sum()
+        ctx.margin("dead_heads", "least-used head's load share x H", float(share.min() * H), DEAD_HEAD_SHARE,
+                   "<", layer=li)
         dead = np.nonzero(share < DEAD_HEAD_SHARE / H)[0]
         if not len(dead):
             continue
@@ -153,6 +157,7 @@ def load_imbalance(ctx: Context) -> list[Finding]:
         if len(r) < 2 or r.mean() <= 0:
             continue
         cv = float(r.std() / r.mean())
+        ctx.margin("load_imbalance", "coefficient of variation of head loads", cv, LOAD_CV_MAX, ">", layer=li)
         if cv > LOAD_CV_MAX:
             viol = float((r.max() - r.mean()) / r.mean())
             out.append(Finding(

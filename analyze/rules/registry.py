@@ -12,6 +12,7 @@ from typing import Callable
 from ..run import Run
 from .base import SEVERITIES, Finding
 from .context import Context
+from .margins import Margin
 
 RULES: list[Callable[[Context], list[Finding]]] = []
 
@@ -40,9 +41,16 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
 
 def find_all(run: Run) -> list[Finding]:
     """Every finding for `run`, errors first, then warnings, then info."""
+    return measure_all(run)[0]
+
+
+def measure_all(run: Run) -> tuple[list[Finding], list[Margin]]:
+    """Every finding for `run` (sorted as find_all) and every rule statistic the rules compared
+    with a threshold on it (the calibration table, bench/calibrate.py)."""
     ctx = Context(run)
     out: list[Finding] = []
     for r in RULES:
         out.extend(r(ctx))
     order = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(out, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))
+    found = sorted(out, key=lambda f: (order[f.severity], f.code, -1 if f.layer is None else f.layer))
+    return found, list(ctx.margins)

@@ -34,6 +34,9 @@ def silent_zero(ctx: Context) -> list[Finding]:
             continue
         for li, st, v in ctx.series(stat):
             st, v = finite(st, v)
+            if len(v) >= MIN_STEPS:
+                ctx.margin("silent_zero", "max |stat| over the run (stat closest to all-zero)",
+                           float(np.abs(v).max()), ZERO_ATOL, "<=", layer=li)
             if len(v) >= MIN_STEPS and np.all(np.abs(v) <= ZERO_ATOL):
                 out.append(Finding(
                     "silent_zero", "error", li,
@@ -135,7 +138,10 @@ def constant_stat(ctx: Context) -> list[Finding]:
                 continue  # too short, or silent_zero's case
             if stat == "heads_mean" and H and (abs(v[0] - H) <= HEAD_COLLAPSE_TOL or abs(v[0] - kmin) <= HEAD_COLLAPSE_TOL):
                 continue  # pinned at an end of the range: head_collapse's case
-            if np.ptp(v) <= CONSTANT_RTOL * max(abs(float(np.mean(v))), 1e-12):
+            rel_range = float(np.ptp(v)) / max(abs(float(np.mean(v))), 1e-12)
+            ctx.margin("constant_stat", "range / |mean| (least-moving learned stat)", rel_range,
+                       CONSTANT_RTOL, "<=", layer=li)
+            if rel_range <= CONSTANT_RTOL:
                 out.append(Finding(
                     "constant_stat", "warning", li,
                     f"{stat} ({where(li)}) is {short(v[0])} on all {len(v)} logged steps"
@@ -169,6 +175,8 @@ def degenerate_range(ctx: Context) -> list[Finding]:
                 at_end = (np.abs(a - H) <= 0.5) | (np.abs(a - kmin) <= 0.5)
                 deg &= ~at_end  # every token at 1 or H heads: head_collapse's case
             frac = float(deg.mean())
+            ctx.margin("degenerate_range", "share of steps with per-token min == max", frac,
+                       DEGENERATE_WARN_FRACTION, ">=", layer=li)
             if frac < DEGENERATE_WARN_FRACTION:
                 continue
             sev = "error" if frac == 1.0 else "warning"

@@ -86,3 +86,13 @@ def test_dense_report_is_honest(dense_log):
     assert "n/a" in text and "dense baseline" in text
     doc = json.loads(render(rep, "json"))
     assert any(c["applicable"] is False and c["status"] == "missing" for c in doc["criteria"])
+
+
+def test_header_names_the_criteria_set_and_why(tmp_path):
+    rep = build_report(load_run(synthetic_log(tmp_path / "run.jsonl", router="moh")))
+    line = ("Criteria: moh criteria (run_start.model.router = moh; default criteria); adjusted for this "
+            "router: statistics_logged, learning; n/a here: threshold_range, complexity_range, average_heads")
+    assert " ".join(_table_text(rep).split()).count(line) == 1
+    assert md_escape(line) in render(rep, "md")
+    doc = json.loads(render(rep, "json"))
+    assert doc["criteria_set"]["router"] == "moh" and doc["criteria_set"]["file"] == "default"

@@ -253,6 +253,8 @@ FINDINGS = [
        "DEGENERATE_WARN_FRACTION = 0.4 ", "min == max on 40% of the steps is already a fault", RULES_T),
     _m("clip_saturated_0.6", "threshold_move", G, "CLIP_SATURATED_FRACTION = 0.5 ", "CLIP_SATURATED_FRACTION = 0.6 ",
        "a norm pinned at the clip on 50-60% of the steps is only info", RULES_T),
+    _m("clip_warn_ratio_1.5", "threshold_move", G, "CLIP_WARN_MEDIAN_RATIO = 2.0", "CLIP_WARN_MEDIAN_RATIO = 1.5",
+       "a clip that trims the median step by a third already warns", RULES_T),
     _m("clip_info_0.1", "threshold_move", G, "CLIP_INFO_FRACTION = 0.25", "CLIP_INFO_FRACTION = 0.10",
        "occasional clipping (10-25% of the steps) is reported", RULES_T),
     # ---- severities downgraded ------------------------------------------------------------------

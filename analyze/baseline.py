@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .rules.base import Finding, evidence, short
+from .rules.context import split_phases
 from .run import Run
 
 N_WINDOWS = 10           # windows per phase
@@ -84,12 +85,6 @@ def _scale(run: Run, name: str) -> float:
     return 1.0  # complexity in [0, 1]
 
 
-def _phase_frames(frame: pd.DataFrame) -> dict[str | None, pd.DataFrame]:
-    if "phase" not in frame.columns or frame["phase"].isna().all():
-        return {None: frame}
-    return {str(ph): frame[frame["phase"] == ph] for ph in pd.unique(frame["phase"].dropna())}
-
-
 def _head_load_cv(run: Run) -> pd.DataFrame:
     """Per (step, layer): coefficient of variation of the head loads (0 = even)."""
     hl = run.head_load
@@ -106,7 +101,7 @@ def key_series(run: Run) -> dict[tuple[str, str | None, int | None], tuple[np.nd
     out: dict = {}
     steps = run.steps
     phase_of = dict(zip(steps["step"].to_numpy(), steps["phase"].astype(object))) if "phase" in steps else {}
-    for ph, f in _phase_frames(steps).items():
+    for ph, f in split_phases(steps):
         for name in STEP_SERIES:
             if name in f.columns:
                 v = f[name].to_numpy(float)
@@ -119,7 +114,7 @@ def key_series(run: Run) -> dict[tuple[str, str | None, int | None], tuple[np.nd
     for frame, names in ((lay, LAYER_SERIES), (cv, ("head_load_cv",))):
         if not len(frame):
             continue
-        for ph, f in _phase_frames(frame).items():
+        for ph, f in split_phases(frame):
             for li, g in f.groupby("layer", sort=True, observed=True):
                 g = g.sort_values("step", kind="stable")
                 for name in names:

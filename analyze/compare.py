@@ -18,8 +18,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .report import (_STATUS_STYLE, SafeText, Report, _group_value, _num, format_value, json_safe, md_escape,
-                     _md_table)
+from .report import (_STATUS_STYLE, SafeText, Report, _criteria_line, _group_value, _num, format_value, json_safe,
+                     md_escape, _md_table)
 from .formats import render_as, to_json
 from .run import Run
 from moh import schema
@@ -285,6 +285,12 @@ def _names(cmp: Comparison) -> list[str]:
     return [rep.run.name for rep in cmp.reports]
 
 
+def _criteria_set_lines(cmp: Comparison) -> list[str]:
+    """Each run is judged by its own router's criteria set: say which, so that an n/a cell next
+    to a pass (a dense run has no threshold) reads as "does not apply", not as a gap."""
+    return [f"{rep.run.name}: {_criteria_line(rep)}" for rep in cmp.reports if _criteria_line(rep)]
+
+
 def _delta_cells(row) -> list:
     """One rich cell per run: value, delta against the first run (dim), status when the row has one."""
     cells = []
@@ -301,6 +307,7 @@ def _delta_cells(row) -> list:
 def render_table(cmp: Comparison) -> Group:
     names = _names(cmp)
     parts: list[Any] = [SafeText("moh compare  " + "  vs  ".join(names), style="bold")]
+    parts += [SafeText(line, style="dim") for line in _criteria_set_lines(cmp)]
     t = Table(title="Criteria (Δ against the first run)", title_justify="left")
     t.add_column("Criterion")
     t.add_column("Target")
@@ -338,6 +345,9 @@ def render_md(cmp: Comparison) -> str:
     lines = ["# moh compare: " + " vs ".join(md_escape(n) for n in names), ""]
     lines += [f"- {md_escape(rep.run.name)}: {md_escape(rep.run.path)}, verdict **{rep.verdict}**"
               for rep in cmp.reports]
+    sets = _criteria_set_lines(cmp)
+    if sets:
+        lines += ["", "Criteria sets (each run by its own router's):", ""] + [f"- {md_escape(x)}" for x in sets]
     lines += ["", "## Criteria (Δ against the first run)", ""]
 
     def cell(c: Cell, d: float | None, i: int, status: bool = True) -> str:

@@ -17,14 +17,12 @@ compete for load. A dense run routes nothing: its load metrics are None with tha
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from moh import schema
 
 from .rules.context import Context
-from .rules.heads import DEAD_HEAD_SHARE, HEAD_WINDOW_FRACTION, _final_loads, _routed
+from .rules.heads import DEAD_HEAD_SHARE, HEAD_WINDOW_FRACTION, _final_loads, _routed, final_window
 from .run import Run
 
 FIELDS = ("load_cv", "max_violation", "dead_head_fraction") + schema.ALIGNMENT_STATS
@@ -33,7 +31,7 @@ FIELDS = ("load_cv", "max_violation", "dead_head_fraction") + schema.ALIGNMENT_S
 def _late_mean(steps_values: list, layer: int) -> float | None:
     for li, _, v in steps_values:
         if li == layer:
-            w = v[len(v) - max(1, int(math.ceil(len(v) * HEAD_WINDOW_FRACTION))):]
+            w = v[final_window(len(v))]
             w = w[np.isfinite(w)]
             return float(w.mean()) if len(w) else None
     return None

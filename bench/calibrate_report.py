@@ -22,6 +22,7 @@ from pathlib import Path
 from analyze.findings import measure_all
 from analyze.loader import load_run
 from analyze.report import build_report
+from analyze.rules.base import MIN_STEPS
 
 IGNORED_FOR_HEALTHY = ("complexity_uninformative",)  # issue 11 part B: a true finding today
 
@@ -54,12 +55,17 @@ def report_run(path: Path) -> dict:
     }
 
 
+def _judged(m: dict) -> bool:
+    """A margin the rule could compute (NaN: a non-finite value or threshold, nothing to table)."""
+    return not (m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])))
+
+
 def _worst_per_stat(margins: list[dict]) -> dict[tuple[str, str], dict]:
     """The run's least-clear value per (code, statistic) over its layers and phases."""
     out: dict[tuple[str, str], dict] = {}
     for m in margins:
         key = (m["code"], m["statistic"])
-        if m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])):
+        if not _judged(m):
             continue
         if key not in out or m["margin"] < out[key]["margin"]:
             out[key] = m
@@ -73,7 +79,7 @@ def rule_clearance(margins: list[dict]) -> dict[str, tuple[float, bool]]:
     layers and phases."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for m in margins:
-        if m["margin"] is None or (isinstance(m["margin"], float) and math.isnan(m["margin"])):
+        if not _judged(m):
             continue
         groups[(m["code"], m["layer"], m["phase"])].append(m)
     out: dict[str, tuple[float, bool]] = {}
@@ -143,6 +149,7 @@ def render(results: dict, members: dict, full: bool = False) -> str:
         fires = [members[n][2] for n, res in results.items() if members[n][2] and code in res["codes"]]
         lines.append(f"| `{code}` | {n_clear}/{len(healthy)} | "
                      f"{'—' if worst is None else f'{_num(worst[1])} ({worst[0]})'} | {', '.join(fires) or '—'} |")
+    lines += _ignored_per_run(results, members)
     if full:
         lines += ["", "## Every rule statistic on every run (worst layer/phase)", "",
                   "| rule | statistic | threshold | run | layer | phase | value | margin |", "|---|---|---|---|---|---|---|---|"]
@@ -152,6 +159,35 @@ def render(results: dict, members: dict, full: bool = False) -> str:
                              f"{'' if v['layer'] is None else v['layer']} | {v['phase'] or ''} | "
                              f"{_num(v['value'])} | {_num(v['margin'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _ignored_per_run(results: dict, members: dict) -> list[str]:
+    """A rule left out of the healthy verdict (IGNORED_FOR_HEALTHY) still has its values tabled:
+    per run, its statistic on every layer, so the day it must pass shows how far each run is.
+    Adaptive runs without a value (too few finite ones in the window) are named below it."""
+    lines: list[str] = []
+    for code in IGNORED_FOR_HEALTHY:
+        per_run = {name: sorted(((m["layer"], m["value"], m["crossed"], m["statistic"], m["fires"], m["threshold"])
+                                 for m in res["margins"] if m["code"] == code and _judged(m)),
+                                key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0))
+                   for name, res in results.items()}
+        per_run = {n: v for n, v in per_run.items() if v}
+        if not per_run:
+            continue
+        _, _, _, stat, fires, threshold = next(iter(per_run.values()))[0]
+        layers = sorted({t[0] for v in per_run.values() for t in v}, key=lambda li: (li is None, li or 0))
+        lines += ["", f"## `{code}` on every run that logs its statistic (not counted against healthy runs)", "",
+                  f"{_cell(stat)}, per layer; fires when {fires} {_num(threshold)}.", "",
+                  "| run | " + " | ".join("model" if li is None else f"layer {li}" for li in layers) + " | fires |",
+                  "|---|" + "---:|" * len(layers) + "---|"]
+        for name, vals in per_run.items():
+            by_layer = {t[0]: t[1] for t in vals}
+            lines.append(f"| {name} | " + " | ".join(_num(by_layer.get(li)) for li in layers) +
+                         f" | {'yes' if any(t[2] for t in vals) else 'no'} |")
+        silent = [n for n in results if n not in per_run and members[n][0] == "adaptive"]
+        if silent:
+            lines += ["", f"No value (fewer than {MIN_STEPS} finite values in the window): {', '.join(silent)}."]
+    return lines
 
 
 DOCS_BEGIN = "<!-- calibrate:begin (bench/calibrate.py --write-docs replaces this part) -->"

@@ -74,3 +74,26 @@ def test_a_healthy_run_with_a_warning_fails_the_calibration(capsys):
     runs = {calibrate.Member("adaptive", 9, "embedded"): SAMPLES / "broken_unstable_lr.jsonl"}
     assert calibrate_report.report_population(runs) == 1
     assert "calibrate: healthy run embedded-adaptive-s9: verdict fail" in capsys.readouterr().out
+
+
+def test_ignored_rule_tabled_per_run_and_layer(tmp_path, capsys):
+    """complexity_uninformative is left out of the healthy verdict, but its statistic is tabled
+    per run and layer: known late means 0.1 (layer 0, fires below 0.3) and 0.5 (layer 1, clear)."""
+    import json
+
+    from tests.analyze.conftest import synthetic_log
+
+    path = synthetic_log(tmp_path / "a" / "run.jsonl", complexity_uninformative=True)
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in recs:
+        for lay in r.get("layers") or []:
+            lay["complexity_loss_corr"] = 0.1 if lay["layer"] == 0 else 0.5
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    runs = {calibrate.Member("adaptive", 7, "embedded"): path,
+            calibrate.Member("dense", 1337, "embedded"): SAMPLES / "dense_baseline.jsonl"}
+    assert calibrate_report.report_population(runs) == 0  # the warning does not fail a healthy run
+    out = capsys.readouterr().out
+    assert "| embedded-adaptive-s7 | adaptive | embedded | pass | — | warning:complexity_uninformative@L0 |" in out
+    assert "| run | layer 0 | layer 1 | fires |" in out
+    assert "| embedded-adaptive-s7 | 0.1 | 0.5 | yes |" in out
+    assert "embedded-dense-s1337 |" not in out.split("complexity_uninformative` on every run")[1]

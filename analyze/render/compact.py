@@ -60,7 +60,10 @@ def compare_text(cmp, width: int = WIDTH) -> str:
 
     names = [rep.run.name for rep in cmp.reports]
     lines = _wrap("moh compare " + " vs ".join(names), width, rest="  ")
-    lines += [f"  run {i + 1}: {printable(n)}" for i, n in enumerate(names)]
+    for i, rep in enumerate(cmp.reports):
+        lines += _wrap(f"run {i + 1}: {rep.run.name}", width, "  ", "    ")
+        if _criteria_line(rep):
+            lines += _wrap(_criteria_line(rep), width, "    ", "    ")
 
     def block(row, status: bool) -> list[str]:
         out = _wrap(row.title + (f" (target {row.target})" if row.target else ""), width, rest="    ")

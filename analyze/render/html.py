@@ -203,7 +203,8 @@ def compare_html(cmp) -> str:
     names = [rep.run.name for rep in cmp.reports]
     body = ["<h1>moh compare: " + " vs ".join(esc(n) for n in names) + "</h1>",
             "<ul>" + "".join(f"<li>{esc(rep.run.name)}: <span class=\"path\">{esc(rep.run.path)}</span>, "
-                             f"verdict <b>{esc(rep.verdict)}</b></li>" for rep in cmp.reports) + "</ul>",
+                             f"verdict <b>{esc(rep.verdict)}</b><br><span class=\"path\">{esc(_criteria_line(rep))}</span></li>"
+                             for rep in cmp.reports) + "</ul>",
             _verdict(cmp.verdict, f"{cmp.verdict.upper()}: "
                      + ", ".join(f"{rep.run.name}: {rep.verdict}" for rep in cmp.reports))]
 

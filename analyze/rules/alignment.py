@@ -7,13 +7,11 @@ without complexity, has nothing to judge: no finding (the report shows n/a).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .base import MIN_STEPS, Finding, evidence, short
 from .context import Context
-from .heads import HEAD_WINDOW_FRACTION
+from .heads import HEAD_WINDOW_FRACTION, final_window
 from .registry import routing_rule
 
 # Late-run mean Spearman(complexity, token loss) below this: complexity does not track
@@ -24,18 +22,13 @@ from .registry import routing_rule
 COMPLEXITY_MIN_CORR = 0.3
 
 
-def _late(v: np.ndarray) -> slice:
-    n = len(v)
-    return slice(n - max(1, int(math.ceil(n * HEAD_WINDOW_FRACTION))), None)
-
-
 @routing_rule
 def complexity_uninformative(ctx: Context) -> list[Finding]:
     """Per-token complexity does not track per-token difficulty over the final window."""
     heads = {li: v for li, _, v in ctx.series("heads_loss_corr")}
     out = []
     for li, steps, corr in ctx.series("complexity_loss_corr"):
-        w = _late(corr)
+        w = final_window(len(corr))
         st, c = steps[w], corr[w]
         ok = np.isfinite(c)
         if ok.sum() < MIN_STEPS:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import Finding, HEAD_COLLAPSE_TOL, MIN_STEPS, evidence, short
 from .context import Context
-from .heads import HEAD_WINDOW_FRACTION
+from .heads import final_window
 from .registry import routing_rule
 
 # A threshold range narrower than this cannot adapt: the default [0.3, 0.8] is 0.5 wide, so
@@ -33,11 +33,6 @@ UNIFORM_HEADS_STD = 0.1
 # Mean heads per token further than this from target_heads: the default criterion's band
 # ([3, 4] around 3.5) is +-0.5 heads. Healthy runs land within 0.02.
 BUDGET_TOL = 0.5
-
-
-def _window(v: np.ndarray) -> slice:
-    n = len(v)
-    return slice(n - max(1, int(math.ceil(n * HEAD_WINDOW_FRACTION))), None)
 
 
 def _config_float(ctx: Context, key: str) -> float | None:
@@ -76,7 +71,7 @@ def threshold_pinned(ctx: Context) -> list[Finding]:
     for li, st, vmin in spread_lo:
         if li not in highs or li not in means:
             continue
-        w = _window(vmin)
+        w = final_window(len(vmin))
         spread = highs[li][w] - vmin[w]
         spread = spread[np.isfinite(spread)]
         if len(spread) < MIN_STEPS:
@@ -121,7 +116,7 @@ def uniform_allocation(ctx: Context) -> list[Finding]:
     means = {li: v for li, _, v in ctx.series("heads_mean")}
     out = []
     for li, st, std in ctx.series("heads_std"):
-        w = _window(std)
+        w = final_window(len(std))
         s, v = st[w], std[w]
         ok = np.isfinite(v)
         if ok.sum() < MIN_STEPS:
@@ -156,7 +151,7 @@ def budget_miss(ctx: Context) -> list[Finding]:
     weight = _config_float(ctx, "budget_weight")
     out = []
     for li, st, v in ctx.series("heads_mean"):
-        w = _window(v)
+        w = final_window(len(v))
         s, x = st[w], v[w]
         ok = np.isfinite(x)
         if ok.sum() < MIN_STEPS:

@@ -100,9 +100,9 @@ class Context:
         return self._live
 
     def live_phases(self) -> list[tuple[str | None, pd.DataFrame]]:
-        """`phases` of the live steps, split once for the loss and gradient rules."""
+        """`split_phases` of the live steps, split once for the loss and gradient rules."""
         if self._live_phases is None:
-            self._live_phases = phases(self, self.live_steps())
+            self._live_phases = split_phases(self.live_steps())
         return self._live_phases
 
     def layer_col(self, li: int, name: str) -> np.ndarray:
@@ -166,10 +166,9 @@ def _layer_frames(lay: pd.DataFrame) -> tuple[dict[int, pd.DataFrame], list[int]
             for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)])}, None
 
 
-def phases(ctx: Context, frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+def split_phases(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """(phase, rows) in the order the phases first appear; one (None, frame) when the log names
+    no phase. The rules and analyze/baseline.py split by phase the same way."""
     if "phase" not in frame.columns or frame["phase"].isna().all():
         return [(None, frame)]
-    out = []
-    for ph in pd.unique(frame["phase"].dropna()):
-        out.append((str(ph), frame[frame["phase"] == ph]))
-    return out
+    return [(str(ph), frame[frame["phase"] == ph]) for ph in pd.unique(frame["phase"].dropna())]

@@ -20,9 +20,19 @@ LOAD_CV_MAX = 0.5            # coefficient of variation of head loads; Switch-st
                              # keeps it well below, one head taking half the load exceeds it
 
 
+def final_window_size(n: int) -> int:
+    """How many of n logged steps the final window holds: the last fifth, at least one."""
+    return max(1, int(math.ceil(n * HEAD_WINDOW_FRACTION)))
+
+
+def final_window(n: int) -> slice:
+    """The final window of n per-step values: what the head, allocation and alignment rules and
+    the report's routing metrics judge, so they all speak of the same steps."""
+    return slice(n - final_window_size(n), None)
+
+
 def _final(frame: pd.DataFrame) -> pd.DataFrame:
-    n = len(frame)
-    return frame.iloc[n - max(1, int(math.ceil(n * HEAD_WINDOW_FRACTION))):]
+    return frame.iloc[final_window(len(frame))]
 
 
 @routing_rule
@@ -77,7 +87,7 @@ def _final_loads(ctx: Context) -> dict[int, np.ndarray]:
     if np.all(step[1:] >= step[:-1]):  # the loader's order: the window is a tail, found without sorting
         new_step = step[1:] != step[:-1]
         n_steps = int(np.count_nonzero(new_step)) + 1
-        need = max(1, int(math.ceil(n_steps * HEAD_WINDOW_FRACTION)))
+        need = final_window_size(n_steps)
         # The last `need` distinct steps: from a tail slice sized by the mean rows per step, with
         # margin; a log too uneven for it falls back to all distinct steps.
         tail = step[-min(len(step), int(len(step) * need / n_steps * 1.25) + 1):]
@@ -88,7 +98,7 @@ def _final_loads(ctx: Context) -> dict[int, np.ndarray]:
         w = slice(int(np.searchsorted(step, cut)), None)
     else:
         steps = np.unique(step)
-        cut = steps[len(steps) - max(1, int(math.ceil(len(steps) * HEAD_WINDOW_FRACTION)))]
+        cut = steps[final_window(len(steps))][0]
         w = step >= cut
     lay = hl["layer"].to_numpy()[w].astype(np.int64)
     head = hl["head"].to_numpy()[w].astype(np.int64)

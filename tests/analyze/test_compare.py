@@ -10,7 +10,7 @@ from rich.console import Console
 
 from analyze.compare import build_comparison, key_metrics, render
 from analyze.loader import load_run
-from analyze.report import build_report
+from analyze.report import build_report, md_escape
 
 from .conftest import synthetic_log
 
@@ -66,3 +66,25 @@ def test_key_metrics_of_a_healthy_run(trio):
 def test_needs_two_runs(trio):
     with pytest.raises(ValueError):
         build_comparison([trio[0]])
+
+
+def test_header_names_each_runs_criteria_set(trio):
+    """Runs of different routers are judged by different criteria sets; the header says which,
+    so the dense run's n/a threshold cells read as "does not apply" (table, Markdown, JSON)."""
+    cmp = build_comparison(list(trio))
+    adaptive = ("good: Criteria: adaptive criteria (run_start.model.router = adaptive; default criteria); "
+                "adjusted for this router: statistics_logged")
+    dense = ("dense: Criteria: dense criteria (run_start.model.router = dense; default criteria); adjusted for "
+             "this router: statistics_logged; n/a here: threshold_range, complexity_range, average_heads, learning")
+    buf = io.StringIO()
+    Console(file=buf, width=400, color_system=None).print(render(cmp, "table"))
+    lines = [" ".join(x.split()) for x in buf.getvalue().splitlines()]
+    assert lines[1] == adaptive and lines[3] == dense  # right under the title, one line per run
+    assert "n/a here" not in lines[1]
+    md = render(cmp, "md")
+    assert f"- {md_escape(adaptive)}" in md and f"- {md_escape(dense)}" in md
+    doc = json.loads(render(cmp, "json"))
+    sets = [r["criteria_set"] for r in doc["runs"]]
+    assert [s["router"] for s in sets] == ["adaptive", "adaptive", "dense"]
+    assert sets[0]["not_applicable"] == [] and "threshold_range" in sets[2]["not_applicable"]
+    assert "threshold_range" in sets[0]["applied"] and "threshold_range" not in sets[2]["applied"]

@@ -129,22 +129,37 @@ def check_killed_dir(out) -> tuple[list[dict], dict | None]:
     return recs, state
 
 
+KILL_TRIES = 6  # fresh runs tried before a kill that never lands mid-run fails the test
+
+
 def kill_and_resume(tmp_path, reference, rng: random.Random, tag: str) -> str:
-    out = tmp_path / tag
-    p = start(out)
-    # a random moment after the first checkpoint (so there is something to resume), seeded
-    wait_for(lambda: (out / ck.CHECKPOINT_FILE).exists(), p, what="the first checkpoint")
-    time.sleep(rng.uniform(0.0, 1.5))
-    if p.poll() is not None:  # finished before the kill: nothing to test at this moment
-        p.communicate()
-        return "finished"
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL
-    recs, state = check_killed_dir(out)
-    assert state is not None
-    if state["position"]["finished"]:
-        return "killed after the last checkpoint"
+    """SIGKILL a run at a random (seeded) moment after its first checkpoint and before its last,
+    resume it, and check it ends on the uninterrupted run's curve. A kill that misses (the run
+    finished first, or only the final checkpoint was left) tests nothing, so it is retried in a
+    fresh directory with a shorter delay; after KILL_TRIES misses the test fails."""
+    span = 1.5
+    for attempt in range(KILL_TRIES):
+        out = tmp_path / f"{tag}{attempt}"
+        p = start(out)
+        wait_for(lambda: (out / ck.CHECKPOINT_FILE).exists(), p, what="the first checkpoint")
+        time.sleep(rng.uniform(0.0, span))
+        if p.poll() is not None:  # finished before the kill: nothing tested, try again sooner
+            p.communicate()
+            span /= 2
+            continue
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+        recs, state = check_killed_dir(out)
+        assert state is not None
+        if state["position"]["finished"]:  # killed after the last checkpoint: nothing to resume
+            span /= 2
+            continue
+        break
+    else:
+        pytest.fail(f"no kill landed between the first and the last checkpoint in {KILL_TRIES} runs")
+    killed_at = sum(r["event"] == schema.STEP for r in recs)
+    assert state["position"]["step"] <= killed_at, "the kill happened after the checkpoint it resumes from"
     r = run("train", "--quiet", "--resume", str(out))
     assert r.returncode == 0, r.stderr
     recs, tail = lines(out / "run.jsonl")
@@ -155,8 +170,7 @@ def kill_and_resume(tmp_path, reference, rng: random.Random, tag: str) -> str:
     assert_same_run(recs, reference)
     torch.load(out / ck.CHECKPOINT_FILE, weights_only=True)
     torch.load(out / "model.pt", weights_only=True)
-    return f"killed at step {len([x for x in recs[:recs.index(resumes[0])] if x['event'] == 'step'])}, " \
-           f"resumed from {state['position']['step']}"
+    return f"killed at step {killed_at}, resumed from {state['position']['step']} (try {attempt + 1})"
 
 
 def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted(tmp_path, reference):

@@ -85,6 +85,11 @@ def prepare(config: Path | None, overrides: dict[str, Any], *, out: Path | None,
         except (mckpt.CheckpointError, mconfig.ConfigError) as e:
             raise LaunchError(*exit_for(e)) from None
         out = resume
+    # `moh train` refuses a run without a step (its log could not be reported); the library's
+    # train() still takes one, which writes the initial weights (tests compare against them).
+    if cfg.pretrain_epochs == 0 and cfg.instruct_epochs == 0:
+        raise LaunchError(EXIT_USAGE, "config error: pretrain_epochs and instruct_epochs are both 0: "
+                                      "there is nothing to train")
     if out is None:
         out = default_out(cfg)
     if (out / "run.jsonl").exists() and not overwrite and checkpoint is None:

@@ -304,7 +304,7 @@ CRITERIA = [
        "min_change = 1e-6", "min_change = 1e-5", "a predictor moving by 1e-5 counts as not learning", CRITERIA_T),
     _m("criterion_window_n_5", "window", "analyze/default_criteria.toml",
        "[defaults]\nn = 50", "[defaults]\nn = 5", "\"last\" windows average 5 steps, not 50", CRITERIA_T),
-    _m("criteria_tolerance_1e-2", "threshold_move", "analyze/criteria.py", "_TOL = 1e-6", "_TOL = 1e-2",
+    _m("criteria_tolerance_1e-2", "threshold_move", "analyze/criteria_spec.py", "_TOL = 1e-6", "_TOL = 1e-2",
        "targets missed by up to 1% pass", CRITERIA_T),
     _m("criteria_max_strict", "boundary", "analyze/criteria.py",
        "ok &= hi <= c.target_max + _tol(c.target_max)", "ok &= hi < c.target_max - _tol(c.target_max)",

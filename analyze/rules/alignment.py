@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import MIN_STEPS, Finding, evidence, short
+from .base import Finding, evidence, short
 from .context import Context
-from .heads import HEAD_WINDOW_FRACTION, final_window
+from .heads import HEAD_WINDOW_FRACTION, final_values
 from .registry import routing_rule
 
 # Late-run mean Spearman(complexity, token loss) below this: complexity does not track
@@ -26,14 +26,10 @@ COMPLEXITY_MIN_CORR = 0.3
 def complexity_uninformative(ctx: Context) -> list[Finding]:
     """Per-token complexity does not track per-token difficulty over the final window."""
     heads = {li: v for li, _, v in ctx.series("heads_loss_corr")}
+    steps_of = {li: st for li, st, _ in ctx.series("complexity_loss_corr")}
     out = []
-    for li, steps, corr in ctx.series("complexity_loss_corr"):
-        w = final_window(len(corr))
-        st, c = steps[w], corr[w]
-        ok = np.isfinite(c)
-        if ok.sum() < MIN_STEPS:
-            continue
-        mean = float(c[ok].mean())
+    for li, w, st, c in final_values(ctx, "complexity_loss_corr"):
+        mean = float(c.mean())
         ctx.margin("complexity_uninformative", "late mean Spearman(complexity, token loss)", mean,
                    COMPLEXITY_MIN_CORR, "<", layer=li)
         if mean >= COMPLEXITY_MIN_CORR:
@@ -47,9 +43,9 @@ def complexity_uninformative(ctx: Context) -> list[Finding]:
             "complexity_uninformative", "warning", li,
             f"layer {li}: per-token complexity does not track difficulty: mean Spearman(complexity, "
             f"token LM loss) {short(mean)} over the final {short(100 * HEAD_WINDOW_FRACTION)}% of the run "
-            f"({int(ok.sum())} logged steps) < {short(COMPLEXITY_MIN_CORR)}{also}",
-            evidence(st[ok], c[ok], mean=mean, threshold=COMPLEXITY_MIN_CORR, heads_loss_corr_mean=h_mean,
-                     window_first_step=int(st[0]), window_last_step=int(st[-1])),
+            f"({len(c)} logged steps) < {short(COMPLEXITY_MIN_CORR)}{also}",
+            evidence(st, c, mean=mean, threshold=COMPLEXITY_MIN_CORR, heads_loss_corr_mean=h_mean,
+                     window_first_step=int(steps_of[li][w][0]), window_last_step=int(steps_of[li][w][-1])),
             "the budget follows something other than the token's difficulty: train the complexity "
             "predictor on a difficulty signal (e.g. the token's loss), not only on the heads it was "
             "given; until then adaptive routing saves heads without choosing where"))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import Finding, HEAD_COLLAPSE_TOL, MIN_STEPS, evidence, short
 from .context import Context
-from .heads import final_window
+from .heads import final_values, final_window
 from .registry import routing_rule
 
 # A threshold range narrower than this cannot adapt: the default [0.3, 0.8] is 0.5 wide, so
@@ -115,13 +115,8 @@ def uniform_allocation(ctx: Context) -> list[Finding]:
     H, kmin = ctx.n_heads, ctx.k_min()
     means = {li: v for li, _, v in ctx.series("heads_mean")}
     out = []
-    for li, st, std in ctx.series("heads_std"):
-        w = final_window(len(std))
-        s, v = st[w], std[w]
-        ok = np.isfinite(v)
-        if ok.sum() < MIN_STEPS:
-            continue
-        m = float(np.mean(v[ok]))
+    for li, w, s, v in final_values(ctx, "heads_std"):
+        m = float(np.mean(v))
         hm = means.get(li)
         mean_heads = float(np.nanmean(hm[w])) if hm is not None and np.isfinite(hm[w]).any() else math.nan
         if H and math.isfinite(mean_heads) and (abs(mean_heads - H) <= HEAD_COLLAPSE_TOL
@@ -132,9 +127,9 @@ def uniform_allocation(ctx: Context) -> list[Finding]:
             out.append(Finding(
                 "uniform_allocation", "warning", li,
                 f"layer {li}: every token gets the same head count (heads_std {short(m)} <= "
-                f"{short(UNIFORM_HEADS_STD)} on average over the final {int(ok.sum())} logged steps, "
+                f"{short(UNIFORM_HEADS_STD)} on average over the final {len(v)} logged steps, "
                 f"mean {short(mean_heads)} heads): adaptive routing has degenerated to fixed-k",
-                evidence(s[ok][-3:], v[ok][-3:], mean_heads_std=m, mean_heads=mean_heads),
+                evidence(s[-3:], v[-3:], mean_heads_std=m, mean_heads=mean_heads),
                 "check the complexity predictor varies over tokens and reaches the head budget "
                 "(straight-through on the budget, st_temp_budget), and the threshold can move"))
     return out
@@ -150,22 +145,17 @@ def budget_miss(ctx: Context) -> list[Finding]:
         return []
     weight = _config_float(ctx, "budget_weight")
     out = []
-    for li, st, v in ctx.series("heads_mean"):
-        w = final_window(len(v))
-        s, x = st[w], v[w]
-        ok = np.isfinite(x)
-        if ok.sum() < MIN_STEPS:
-            continue
-        m = float(np.mean(x[ok]))
+    for li, _, s, x in final_values(ctx, "heads_mean"):
+        m = float(np.mean(x))
         miss = abs(m - target)
         ctx.margin("budget_miss", "|mean heads - target_heads|, final window", miss, BUDGET_TOL, ">", layer=li)
         if miss > BUDGET_TOL:
             off = " (its budget loss is off: budget_weight 0)" if weight == 0 else ""
             out.append(Finding(
                 "budget_miss", "warning", li,
-                f"layer {li}: {short(m)} heads per token on average over the final {int(ok.sum())} "
+                f"layer {li}: {short(m)} heads per token on average over the final {len(x)} "
                 f"logged steps, {short(miss)} from the configured target_heads {short(target)}{off}",
-                evidence(s[ok][-3:], x[ok][-3:], mean_heads=m, target_heads=target, budget_weight=weight),
+                evidence(s[-3:], x[-3:], mean_heads=m, target_heads=target, budget_weight=weight),
                 "turn on / raise the budget loss (budget_weight), or set target_heads to the compute "
                 "you want; check the budget surrogate reaches the complexity predictor"))
     return out

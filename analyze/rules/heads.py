@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .base import HEAD_COLLAPSE_TOL, Finding, evidence, short
+from .base import HEAD_COLLAPSE_TOL, MIN_STEPS, Finding, evidence, short
 from .context import Context
 from .registry import routing_rule
 
@@ -29,6 +29,16 @@ def final_window(n: int) -> slice:
     """The final window of n per-step values: what the head, allocation and alignment rules and
     the report's routing metrics judge, so they all speak of the same steps."""
     return slice(n - final_window_size(n), None)
+
+
+def final_values(ctx: Context, stat: str):
+    """Per layer, the final window of a per-layer stat: (layer, window slice, steps, values) with
+    `steps`/`values` its finite entries; layers with fewer than MIN_STEPS of them are left out."""
+    for li, steps, v in ctx.series(stat):
+        w = final_window(len(v))
+        ok = np.isfinite(v[w])
+        if ok.sum() >= MIN_STEPS:
+            yield li, w, steps[w][ok], v[w][ok]
 
 
 def _final(frame: pd.DataFrame) -> pd.DataFrame:

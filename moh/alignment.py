@@ -14,7 +14,7 @@ ranks, ties sharing their average rank (head counts are small integers: most tok
 Null in the log (never a fake 0) where it does not apply or is undefined: routers with no
 per-token budget (dense, moh: no complexity, and a head count fixed by design), fewer than
 two tokens, or a series constant over the step (e.g. every token got the same head count).
-Undefined values travel as NaN tensors up to the record (`train._rows`), so measuring
+Undefined values travel as NaN tensors up to the record (`moh.monitor.rows`), so measuring
 them costs no host sync of its own.
 
 Cost: the per-token losses come from the logits the forward pass already made (one

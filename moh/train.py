@@ -2,7 +2,9 @@
 
     python -m moh.train [--config FILE.toml] [key=value ...]     (or `moh train`, see cli.py)
 
-Every record goes to one telemetry sink (see telemetry.py); progress display is a callback.
+Every record is written through `moh.monitor.Recorder`, the same path a user's own routed model
+uses (docs/monitor.md): routing statistics, gradient norms, evals, alerts, run_start/run_end,
+resume. Progress display is a callback.
 Data parallel under torchrun (`torchrun --nproc_per_node=N -m moh.train ...`, see
 moh/distributed.py and docs/distributed.md): each rank trains on its slice of every global
 batch through DistributedDataParallel; losses are formed from all-reduced token sums, so a
@@ -18,7 +20,6 @@ import os
 import random
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,9 +34,9 @@ from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
 from .model import IGNORE_INDEX, LM
-from .optim import AdamW, clip_, grad_norms, lr_at, make_optimizer, named_groups, set_lr
-from .routing import layer_stats
-from .telemetry import JsonlSink, Monitor, NullSink, Sink
+from .monitor import Recorder
+from .optim import AdamW, clip_, grad_group, lr_at, make_optimizer, set_lr
+from .telemetry import Monitor, Sink
 from .tokenizer import Tokenizer
 
 CHECKPOINT = "model.pt"
@@ -63,53 +64,19 @@ def _f(t: torch.Tensor | float | None) -> float | None:
     return None if t is None else float(t.detach() if isinstance(t, torch.Tensor) else t)
 
 
-_LIST_STATS = ("head_load", "heads_hist", "prob_mean")  # per-head / per-count lists
-
-
-def _rows(stats: list[dict[str, Any]]) -> list[dict]:
-    """Per-layer stat tensors -> JSON-ready dicts, with one host sync for all of them."""
-    flat: list[torch.Tensor] = []
-    for s in stats:
-        for v in s.values():
-            if v is not None:
-                flat.append(v.reshape(-1).float())
-    values = torch.cat(flat).tolist() if flat else []
-    pos, rows = 0, []
-    for i, s in enumerate(stats):
-        row: dict[str, Any] = {"layer": i}
-        for k, v in s.items():
-            if v is None:
-                row[k] = None
-                continue
-            n = v.numel()
-            chunk = values[pos : pos + n]
-            pos += n
-            row[k] = chunk if k in _LIST_STATS else chunk[0]
-            if k in schema.ALIGNMENT_STATS and row[k] != row[k]:
-                row[k] = None  # NaN: a rank correlation undefined on this step (moh/alignment.py)
-        rows.append(schema.layer_row(**row))
-    return rows
-
-
-def _layer_stats(routings: list, valid: torch.Tensor, has_target: torch.Tensor, token_loss: torch.Tensor | None,
-                 full: bool, info: distributed.DistInfo) -> list[dict[str, Any]]:
-    """Every layer's routing statistics and loss alignment (the whole job's under torchrun)."""
-    if info.distributed:
-        stats = distributed.layer_stats_global(routings, valid, full=full)
-        corr = loss_alignment(routings, has_target, token_loss, gather=distributed.gather_columns)
-    else:
-        stats = [layer_stats(r, valid, full=full) for r in routings]
-        corr = loss_alignment(routings, has_target, token_loss)
-    return [s | c for s, c in zip(stats, corr)]
-
-
-def _routing_info(cfg: Config) -> dict:
-    """run_start's `routing` block: the engine routes attention heads."""
+def _routing(cfg: Config) -> dict:
+    """The Recorder's routing description (run_start's `routing` block): the engine routes
+    attention heads."""
     if cfg.router == "moh":
-        kind = "shared_topk" if cfg.moh_shared else "topk"
-        return schema.routing_info(unit=schema.UNIT_HEAD, kind=kind, n_units=cfg.n_heads,
-                                   top_k=cfg.moh_topk, n_shared=cfg.moh_shared)
-    return schema.routing_info(unit=schema.UNIT_HEAD, kind=cfg.router, n_units=cfg.n_heads)
+        return {"kind": "shared_topk" if cfg.moh_shared else "topk", "top_k": cfg.moh_topk,
+                "n_shared": cfg.moh_shared}
+    return {"kind": cfg.router}
+
+
+def _engine_groups() -> dict[str, Callable[[str], bool]]:
+    """The engine's gradient-norm groups (`optim.grad_group`, by parameter name) as Recorder
+    predicates, in schema order."""
+    return {g: (lambda name, g=g: grad_group(name) == g) for g in schema.GRAD_GROUPS}
 
 
 def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink | None = None,
@@ -153,44 +120,34 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         model.load_state_dict(resume["model"])
         ckpt.set_rng_state(resume["rng"])
 
-    files: list[Sink] = []
-    if out_dir is not None and info.is_main:
-        files.append(JsonlSink(out_dir, overwrite=overwrite, append=resume is not None))
-    log = _Log(files, sink if info.is_main else None, t0, monitor if info.is_main else None, stop_on)
-    cb = (callback if info.is_main else None) or (lambda kind, info: None)
-
-    run_id = uuid.uuid4().hex[:12] if resume is None else resume["run_id"]
-    start = schema.record(
-        schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=run_id,
-        time=t0, config=cfg.to_dict(),
-        model={"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
-               "router": cfg.router, "params": model.num_params()},
-        world_size=info.world_size, source=schema.SOURCE_MOH,
-        semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": cfg.grad_clip or None},
-        backend=info.backend, device=str(info.device),
-        data={"source": corpus.source, "pretrain_examples": len(pre_seqs),
-              "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
-              "pretrain_tokens": sum(map(len, pre_seqs)), "instruct_tokens": sum(map(len, ins_seqs)),
-              "eval_prompts": len(held)},
-        routing=_routing_info(cfg),
-    )
     at = None if resume is None else resume["position"]
+    # rank 0 writes run.jsonl (plus the extra sink and the monitor); every rank records, since
+    # the statistics are reduced over ranks
+    rec = Recorder(
+        None if out_dir is None else out_dir, model=model, unit=schema.UNIT_HEAD, n_units=cfg.n_heads,
+        **_routing(cfg), config=cfg.to_dict(), groups=_engine_groups(), log_every=cfg.log_every,
+        full=cfg.telemetry_tier == "full", overwrite=overwrite, grad_clip=cfg.grad_clip or None,
+        run_info={"model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
+                            "router": cfg.router, "params": model.num_params()},
+                  "backend": info.backend, "device": str(info.device),
+                  "data": {"source": corpus.source, "pretrain_examples": len(pre_seqs),
+                           "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
+                           "pretrain_tokens": sum(map(len, pre_seqs)),
+                           "instruct_tokens": sum(map(len, ins_seqs)), "eval_prompts": len(held)}},
+        sinks=[s for s in (sink, monitor) if s is not None],
+        resume=None if at is None else {
+            "step": at["step"], "run_id": resume["run_id"],
+            "checkpoint": os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
+            "phase": at.get("phase_name"), "epoch": at["epoch"], "batch": at["batch"]})
+    log = _Log(rec, monitor if info.is_main else None, stop_on)
+    cb = (callback if info.is_main else None) or (lambda kind, info: None)
+    run_id = rec.run_id
     if at is None:
-        log.write(start)
         for note in corpus.notes:
             log.alert(0, "info", "data_note", note)
         n_cut = count_truncated(pre_seqs + ins_seqs, cfg.max_len)
         if n_cut:
             log.alert(0, "warning", "truncated", f"{n_cut} examples longer than max_len={cfg.max_len} tokens were cut")
-    else:
-        log.write(schema.record(
-            schema.RESUME, time=t0, step=at["step"], run_id=run_id,
-            checkpoint=os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",
-            phase=at.get("phase_name"), epoch=at["epoch"], batch=at["batch"]))
-        torn = files[0].torn_bytes if files else 0
-        if torn:
-            log.alert(at["step"], "warning", "torn_line",
-                      f"cut {torn} bytes of a torn last line (the run was killed while writing it)")
 
     def save(opt: AdamW | None, p_idx: int, epoch: int, batch: int, i: int, step: int,
              finished: bool = False) -> None:
@@ -248,17 +205,10 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         result.steps, result.wall_s = step, time.time() - t0
         ending = result.status != schema.STATUS_COMPLETED  # an exception may be on its way out
         try:  # on a full disk the run_end cannot be written either: keep the first error
-            log.write(schema.record(schema.RUN_END, time=time.time(), status=result.status,
-                                    steps=step, wall_s=result.wall_s))
+            rec.close(result.status, steps=step)
         except OSError:
             if not ending:
                 raise
-        finally:
-            try:
-                log.close()
-            except OSError:
-                if not ending:
-                    raise
         cb("end", {"status": result.status, "steps": step, "wall_s": result.wall_s})
         if info.owns_group:
             distributed.teardown()
@@ -286,12 +236,12 @@ _STOP_LEVELS = ("error", "warning")  # stop_on: this level or a more severe one 
 
 
 class _Log:
-    """Rank-0 writer: the run's files plus an optional extra sink and monitor."""
+    """The run's Recorder plus the optional monitor, whose early-rule alerts after each logged
+    step are written through the Recorder (rank 0: the monitor also receives every record as
+    one of the Recorder's sinks)."""
 
-    def __init__(self, files: list[Sink], extra: Sink | None, t0: float, monitor: Monitor | None = None,
-                 stop_on: str | None = None):
-        self.sinks = files + ([extra] if extra is not None else []) + ([monitor] if monitor is not None else [])
-        self.t0 = t0
+    def __init__(self, rec: Recorder, monitor: Monitor | None = None, stop_on: str | None = None):
+        self.rec = rec
         self.monitor, self.stop_on = monitor, stop_on
 
     def check(self, step: int, cb: Callback) -> str | None:
@@ -314,22 +264,11 @@ class _Log:
                 stop = stop or f"{code} at step {step}: {message}; stopping (--stop-on {self.stop_on})"
         return stop
 
-    def write(self, record: dict) -> None:
-        for s in self.sinks:
-            s.write(record)
-
     def alert(self, step: int, level: str, code: str, message: str) -> None:
-        self.write(schema.record(schema.ALERT, step=step, level=level, code=code,
-                                 message=message, time=time.time()))
+        self.rec.alert(step, level, code, message)
 
     def sync(self) -> None:
-        for s in self.sinks:
-            if hasattr(s, "sync"):
-                s.sync()
-
-    def close(self) -> None:
-        for s in self.sinks:
-            s.close()
+        self.rec.sync()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -350,7 +289,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     start_epoch, start_batch, i = (at["epoch"], at["batch"], at["i"]) if at is not None else (0, 0, 0)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    groups = named_groups(model)
+    rec = log.rec
     params = [p for p in model.parameters()]
     phase_seed = cfg.seed + (0 if phase == schema.PHASE_PRETRAIN else 7919)
     shard = {"rank": info.rank, "world_size": info.world_size}
@@ -383,7 +322,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            norm, per_group = grad_norms(groups)
+            norm, _ = rec.grad_norms()  # per group too, for the step record
             finite = bool(torch.isfinite(loss) & torch.isfinite(norm))  # the one per-step sync
             clipped = norm
             failed = None
@@ -401,25 +340,26 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             i += 1
             result.steps = step  # what run_end reports if the phase ends by an exception
             last = i == total
+            written = None
             if step % cfg.log_every == 0 or last or not finite:
-                rec = schema.record(
-                    schema.STEP, step=step, epoch=epoch, phase=phase, time=time.time(),
-                    elapsed=time.time() - log.t0,
-                    loss=_f(loss), lm_loss=_f(lm_loss), lr=lr,
-                    grad_norm=_f(norm), grad_norm_clipped=_f(clipped) if finite else None,
-                    grad_norms={g: _f(v) for g, v in per_group.items()},
-                    aux={t: _f(aux[t]) for t in TERMS},
+                rec.force_log()  # the last step of a phase and a skipped one are logged too
+                for li, r in enumerate(routings):
+                    rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
+                                valid=valid, pred_norm=r.pred_norm)
+                written = rec.step(
+                    step, loss=loss, lm_loss=lm_loss, lr=lr, epoch=epoch, phase=phase,
+                    aux={t: aux[t] for t in TERMS},
                     aux_weighted={t: (None if aux[t] is None else
                                       getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    layers=_rows(_layer_stats(routings, valid, targets != IGNORE_INDEX, token_loss,
-                                              cfg.telemetry_tier == "full", info)),
-                    tokens=int(n_tok), skipped=not finite,
-                )
-                log.write(rec)
-                result.last_step[phase] = rec
-                heads = [l["heads_mean"] for l in rec["layers"]]
+                    grad_norm_clipped=_f(clipped) if finite else None, tokens=int(n_tok), skipped=not finite,
+                    token_loss=token_loss, has_target=targets != IGNORE_INDEX)
+            else:
+                rec.step(step, loss=loss)  # not logged: the recorder's step bookkeeping only
+            if written is not None:
+                result.last_step[phase] = written
+                heads = [l["heads_mean"] for l in written["layers"]]
                 cb("step", {"phase": phase, "epoch": epoch, "step": step, "i": i, "total": total,
-                            "epochs": epochs, "loss": rec["loss"], "heads": sum(heads) / len(heads)})
+                            "epochs": epochs, "loss": written["loss"], "heads": sum(heads) / len(heads)})
                 if failed is None:
                     failed = log.check(step, cb)
             else:
@@ -437,11 +377,9 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     _, mine = exact_match(model, distributed.shard(held, info), tok, cfg.eval_max_new_tokens)
     samples = [s for part in distributed.gather_objects(mine, info) for s in part]
     em = sum(s["match"] for s in samples) / len(samples) if samples else None
-    rec = schema.record(schema.EVAL, step=step, phase=phase, loss=ev_loss, exact_match=em,
-                        samples=samples, time=time.time())
-    log.write(rec)
-    result.evals.append(rec)
-    cb("eval", rec)
+    ev = rec.eval(step, loss=ev_loss, exact_match=em, phase=phase, samples=samples)
+    result.evals.append(ev)
+    cb("eval", ev)
     return step
 
 

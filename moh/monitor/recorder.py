@@ -2,15 +2,22 @@
 `run.jsonl` through the same writer and the same record definitions as `moh train`, so
 `moh report / plot / compare` judge it like an engine run.
 
+`moh train` itself writes through this class (moh/train.py): there is one telemetry path.
+
 Per optimizer step, the recorder sees
 - each routed layer's selection (and optionally router probabilities, threshold, complexity)
-  from forward hooks (`watch`) or explicit calls (`routing`). Each forward pass is reduced at
-  once to per-layer sums (`moh.layer_sums`, the engine's reduction); sums of several forward
-  passes add up (gradient accumulation), so nothing per token is kept;
-- the gradients, in `step()` after backward and before clipping: one norm per parameter group
-  (`moh.optim.grad_norms`, the engine's).
-Under torch.distributed every rank calls the same methods; the sums are all-reduced on logged
-steps (the engine's collectives) and rank 0 alone writes.
+  from forward hooks (`watch`) or explicit calls (`routing`). A layer seen once in a step is
+  held (detached) until `step()` and reduced there by `routing.layer_stats` on one process,
+  or by `moh.layer_sums` sums all-reduced over ranks under torch.distributed: the engine's
+  arithmetic, so its logs are unchanged. A layer seen again in the same step (gradient
+  accumulation) is reduced to mergeable sums at once, so nothing per token piles up, and
+  nothing per token survives `step()`;
+- the gradients, in `grad_norms()` or `step()` after backward and before clipping: one norm
+  per parameter group (`moh.optim.grad_norms`, the engine's);
+- optionally the step's per-token LM loss (`step(token_loss=...)`), for the rank correlation
+  of routing against loss per layer (moh/alignment.py).
+Under torch.distributed every rank calls the same methods; the statistics are all-reduced on
+logged steps (the engine's collectives) and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import torch
 import torch.nn as nn
 
 from .. import distributed, layer_sums, schema
+from ..alignment import FIELDS as ALIGNMENT_FIELDS
+from ..alignment import loss_alignment
 from ..optim import grad_norms
-from ..routing import Routing
-from ..telemetry import JsonlSink, NullSink
+from ..routing import Routing, layer_stats
+from ..telemetry import JsonlSink, Sink
 from . import groups as grouping
+from .rows import layer_rows
 
 Extract = Callable[[nn.Module, tuple, Any], "Mapping[str, Any] | None"]
 
@@ -68,20 +78,34 @@ class Recorder:
     unit        "head" or "expert": what the model routes (the findings word it so).
     kind        routing scheme (schema.ROUTING_KINDS); default "topk" when `top_k` is given,
                 else "custom".
-    model       the module whose gradients `step()` measures (None: no gradient norms).
+    n_units     units per layer when known up front: run_start is written at once (else at
+                the first step record, once a routing has shown the count).
+    model       the module whose gradients `grad_norms()` / `step()` measure (None: none).
     config      any JSON-able mapping, logged as run_start's `config`.
     groups      group name -> predicate on qualified parameter names, tried before the
                 defaults of `moh.monitor.groups`.
     log_every   write a step record every this many steps (and any step with a non-finite
-                loss); routing is accumulated only for the forward passes of a step that will
-                be written.
+                loss, a skipped step, or one marked by `force_log()`); routing is kept only
+                for the forward passes of a step that will be written.
     full        also log `heads_hist` and `prob_mean` per layer (the engine's "full" tier).
+    grad_clip   the norm the caller clips gradients to (run_start.semantics; None: no clipping).
+    run_info    further run_start fields (e.g. `data`, `device`); a `model` mapping there
+                updates the inferred model block.
+    sinks       further sinks (moh.telemetry.Sink) that receive every record, e.g. a live
+                display; out_dir None writes no file.
+    resume      continue an earlier run's log: {"step": last step done, "run_id": its id, and
+                any further `resume` record fields: checkpoint, phase, epoch, batch}. The log is appended to after a `resume`
+                record (no new run_start); a torn last line a kill left is cut off and
+                reported as an alert.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, model: nn.Module | None = None, unit: str = "expert",
+    def __init__(self, out_dir: str | os.PathLike | None, *, model: nn.Module | None = None, unit: str = "expert",
                  kind: str | None = None, top_k: int | None = None, n_shared: int | None = None,
-                 config: Mapping[str, Any] | None = None, groups: Mapping[str, Callable[[str], bool]] | None = None,
-                 log_every: int = 1, full: bool = False, overwrite: bool = False, d_model: int | None = None):
+                 n_units: int | None = None, config: Mapping[str, Any] | None = None,
+                 groups: Mapping[str, Callable[[str], bool]] | None = None, log_every: int = 1, full: bool = False,
+                 overwrite: bool = False, d_model: int | None = None, grad_clip: float | None = None,
+                 run_info: Mapping[str, Any] | None = None, sinks: tuple[Sink, ...] | list[Sink] = (),
+                 resume: Mapping[str, Any] | None = None):
         kind = kind or ("topk" if top_k else "custom")
         if unit not in schema.UNITS:
             raise ValueError(f"unit must be one of {schema.UNITS}, not {unit!r}")
@@ -93,20 +117,41 @@ class Recorder:
         self.model, self.config = model, dict(config or {})
         self.log_every, self.full = int(log_every), bool(full)
         self.d_model = d_model or _infer_d_model(model)
+        self.grad_clip = grad_clip
+        self.run_info = dict(run_info or {})
         self.is_main = _rank() == 0
-        self.sink = JsonlSink(out_dir, overwrite=overwrite) if self.is_main else NullSink()
-        self.path = getattr(self.sink, "path", None)
+        self._sinks: list[Sink] = []
+        if self.is_main:
+            if out_dir is not None:
+                self._sinks.append(JsonlSink(out_dir, overwrite=overwrite, append=resume is not None))
+            self._sinks.extend(sinks)
+        self.path = getattr(self._sinks[0], "path", None) if self._sinks else None
         self._groups = grouping.named_groups(model, groups) if model is not None else {}
-        self.n_units: int | None = None
-        self._sums: dict[int, layer_sums.Sums] = {}  # layer -> this step's sums so far
+        self.n_units: int | None = None if n_units is None else int(n_units)
+        # layer -> this step's routing: (Routing, valid) for a layer seen once, Sums after that
+        self._acc: dict[int, tuple[Routing, torch.Tensor] | layer_sums.Sums] = {}
         self._layers: set[int] = set()
         self._hooks: list = []
         self._held: list[dict] = []  # records waiting for run_start (see _write)
-        self._started = False
+        self._norms: tuple[torch.Tensor, dict] | None = None  # grad_norms() of the step in progress
+        self._forced = False
         self._closed = False
-        self._last_step: int | None = None
         self.t0 = time.time()
-        self.run_id = uuid.uuid4().hex[:12]
+        self._last_step: int | None = None if resume is None else int(resume["step"])
+        self.run_id = uuid.uuid4().hex[:12] if resume is None else str(resume["run_id"])
+        if resume is not None:
+            self._started = True  # the log already has its run_start
+            # `checkpoint` (the file resumed from) is required; "" where the caller has none
+            rest = {"checkpoint": "", **{k: v for k, v in resume.items() if k not in ("step", "run_id")}}
+            self._emit(schema.record(schema.RESUME, time=self.t0, step=self._last_step, run_id=self.run_id, **rest))
+            torn = getattr(self._sinks[0], "torn_bytes", 0) if self._sinks else 0
+            if torn:
+                self.alert(self._last_step, "warning", "torn_line",
+                           f"cut {torn} bytes of a torn last line (the run was killed while writing it)")
+        else:
+            self._started = False
+            if self.n_units is not None:
+                self._start()
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -125,11 +170,13 @@ class Recorder:
 
     def routing(self, layer: int, *, selected: torch.Tensor, probs: torch.Tensor | None = None,
                 threshold: torch.Tensor | None = None, complexity: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None) -> None:
+                valid: torch.Tensor | None = None, pred_norm: torch.Tensor | None = None) -> None:
         """Add one forward pass of `layer`: `selected` bool (..., n_units), the units each token
         uses; `probs` (..., n) router probabilities; `threshold`, `complexity` per token (...);
-        `valid` bool (...) tokens to count (default all). Ignored under torch.no_grad() (an
-        evaluation forward is not part of a training step) and on steps that will not be logged."""
+        `valid` bool (...) tokens to count (default all); `pred_norm` a 0-d router scalar
+        logged as is (e.g. the norm of the router's predictor weights). Ignored under
+        torch.no_grad() (an evaluation forward is not part of a training step) and on steps
+        that will not be logged."""
         if not self._wanted():
             return
         if selected.dim() < 1:
@@ -142,20 +189,39 @@ class Recorder:
         lead = selected.shape[:-1]
         if valid is None:
             valid = torch.ones(lead, dtype=torch.bool, device=selected.device)
+
+        def det(t):
+            return None if t is None else t.detach()
         r = Routing(hard=selected.detach().bool(), probs=None if probs is None else probs.detach().float(),
-                    tau=threshold, complexity=complexity)
-        part = layer_sums.partial(r, valid.bool(), self.full)
+                    tau=det(threshold), complexity=det(complexity), pred_norm=det(pred_norm))
         layer = int(layer)
         self._layers.add(layer)
-        self._sums[layer] = part if layer not in self._sums else self._sums[layer].merge(part)
+        seen = self._acc.get(layer)
+        if seen is None:
+            self._acc[layer] = (r, valid.bool())
+        else:  # accumulation: from here on this layer is a running sum
+            if isinstance(seen, tuple):
+                seen = layer_sums.partial(*seen, self.full)
+            self._acc[layer] = seen.merge(layer_sums.partial(r, valid.bool(), self.full))
+
+    def force_log(self) -> None:
+        """Write the step in progress (the one whose `step()` comes next) whatever `log_every`
+        says, e.g. the last step of a run; routing seen from now on in this step is kept."""
+        self._forced = True
 
     def _wanted(self) -> bool:
         if self._closed or not torch.is_grad_enabled():
             return False
+        if self._forced:
+            return True
         nxt = None if self._last_step is None else self._last_step + 1
         return nxt is None or nxt % self.log_every == 0
 
     # --- records ----------------------------------------------------------------------------
+
+    def _emit(self, rec: dict) -> None:
+        for s in self._sinks:
+            s.write(rec)
 
     def _write(self, rec: dict, *, final: bool = False) -> None:
         """Write `rec`, after run_start. An eval or alert that comes before any routing was seen
@@ -167,8 +233,8 @@ class Recorder:
         self._start()
         held, self._held = self._held, []
         for r in held:
-            self.sink.write(r)
-        self.sink.write(rec)
+            self._emit(r)
+        self._emit(rec)
 
     def _start(self) -> None:
         if self._started:
@@ -177,74 +243,113 @@ class Recorder:
         params = None if self.model is None else sum(p.numel() for p in self.model.parameters())
         routing = {"unit": self.unit, "kind": self.kind, "n_units": self.n_units}
         routing |= {k: v for k, v in (("top_k", self.top_k), ("n_shared", self.n_shared)) if v is not None}
+        extra = dict(self.run_info)
         # `model` needs n_layers, n_heads and d_model >= 1. A run that ends (or logs a step)
         # before any routing was seen has none to report: 1 there, and routing.n_units is null.
-        self.sink.write(schema.record(
+        model = {"n_layers": max(len(self._layers), 1), "n_heads": self.n_units or 1,
+                 "d_model": self.d_model or 1, "router": self.kind, "params": params}
+        model.update(extra.pop("model", None) or {})
+        self._emit(schema.record(
             schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=self.run_id, time=self.t0,
-            config=self.config,
-            model={"n_layers": max(len(self._layers), 1), "n_heads": self.n_units or 1,
-                   "d_model": self.d_model or 1, "router": self.kind, "params": params},
-            world_size=_world(), source=schema.SOURCE_MOH,
-            semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": None},
-            routing=schema.routing_info(**routing),
+            config=self.config, model=model, world_size=_world(), source=schema.SOURCE_MOH,
+            semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": self.grad_clip},
+            **extra, routing=schema.routing_info(**routing),
         ))
+
+    def grad_norms(self) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """The total gradient norm and one per parameter group (tensors, no host sync), from
+        `.grad` now: call after backward and before clipping (the norm to clip with). The step
+        record uses these values, so `step()` may then come after clipping and optimizer.step()."""
+        if not self._groups:
+            raise ValueError("grad_norms() needs the Recorder's model=")
+        self._norms = grad_norms(self._groups)
+        return self._norms
 
     def step(self, step: int, *, loss: float, lm_loss: float | None = None, lr: float | None = None,
              epoch: int = 0, phase: str = schema.PHASE_PRETRAIN, aux: Mapping[str, float] | None = None,
-             tokens: int | None = None) -> dict | None:
-        """End optimizer step `step` (call after backward, before clipping and optimizer.step()):
-        write its record if it is a logged step (returned; None otherwise) and start the next."""
+             aux_weighted: Mapping[str, float | None] | None = None, tokens: int | None = None,
+             grad_norm_clipped: float | None = None, skipped: bool | None = None,
+             token_loss: torch.Tensor | None = None, has_target: torch.Tensor | None = None) -> dict | None:
+        """End optimizer step `step`: write its record if it is a logged step (returned; None
+        otherwise) and start the next. Call after backward and before clipping, or after
+        `grad_norms()` at any point of the step.
+
+        aux / aux_weighted  auxiliary loss terms (schema.AUX_TERMS), raw and times their weight;
+        grad_norm_clipped   the norm after clipping, where the caller clips;
+        skipped             the optimizer step was skipped (e.g. non-finite gradients): logged;
+        token_loss, has_target  the per-token LM loss of the step's forward pass: `has_target`
+            bool in the routing's leading shape marks the tokens with a loss, `token_loss` (N,)
+            their losses in row-major order (token_loss None: not measured this step). Adds each
+            layer's rank correlation of its routing with the loss (complexity_loss_corr,
+            heads_loss_corr; null where undefined, and after accumulation)."""
         step = int(step)
         self._last_step = step
-        sums, self._sums = self._sums, {}
+        acc, self._acc = self._acc, {}
+        norms, self._norms = self._norms, None
+        forced, self._forced = self._forced, False
         loss_f = _float(loss)
         finite_loss = loss_f is not None and math.isfinite(loss_f)
-        if step % self.log_every and finite_loss:
+        if step % self.log_every and finite_loss and not forced and not skipped:
             return None
         unknown = sorted(set(aux or {}) - set(schema.AUX_TERMS))
         if unknown:
             raise ValueError(f"unknown aux terms {unknown}; known: {schema.AUX_TERMS}")
-        norm, per = grad_norms(self._groups) if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
-        layers = self._layer_rows(sums)
+        if norms is None:
+            norms = grad_norms(self._groups) if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
+        norm, per = norms
+        layers = self._layer_rows(acc, token_loss, has_target)
+        optional: dict[str, Any] = {}
+        if aux_weighted is not None:
+            optional["aux_weighted"] = {t: _float(aux_weighted.get(t)) for t in schema.AUX_TERMS}
+        optional["layers"] = layers
+        if tokens is not None:
+            optional["tokens"] = int(tokens)
+        if skipped is not None:
+            optional["skipped"] = bool(skipped)
         rec = schema.record(
             schema.STEP, step=step, epoch=int(epoch), phase=phase, time=time.time(),
             elapsed=time.time() - self.t0, loss=loss_f,
             lm_loss=loss_f if lm_loss is None else _float(lm_loss), lr=_float(lr),
-            grad_norm=_float(norm), grad_norm_clipped=None,
+            grad_norm=_float(norm), grad_norm_clipped=_float(grad_norm_clipped),
             grad_norms={g: _float(v) for g, v in per.items()},
-            aux={t: _float((aux or {}).get(t)) for t in schema.AUX_TERMS},
-            layers=layers, **({} if tokens is None else {"tokens": int(tokens)}),
+            aux={t: _float((aux or {}).get(t)) for t in schema.AUX_TERMS}, **optional,
         )
         self._write(rec)
         return rec
 
-    def _layer_rows(self, sums: dict[int, layer_sums.Sums]) -> list[dict]:
-        """The per-layer fields of the step, over every rank's tokens (one SUM and one MAX
-        all-reduce for all layers together under torch.distributed), one host sync."""
-        order = sorted(sums)
-        reduced = layer_sums.reduce([sums[li] for li in order], distributed.sum_, distributed.max_)
-        stats = [layer_sums.finish(s) for s in reduced]
-        flat = [v.reshape(-1).to(torch.float64) for s in stats for v in s.values() if v is not None]
-        values = torch.cat(flat).tolist() if flat else []
-        rows, pos = [], 0
-        for li, s in zip(order, stats):
-            row: dict[str, Any] = {"layer": li}
-            for k, v in s.items():
-                if v is None:
-                    row[k] = None
-                    continue
-                chunk = values[pos:pos + v.numel()]
-                pos += v.numel()
-                row[k] = chunk if k in ("head_load", "heads_hist", "prob_mean") else chunk[0]
-            rows.append(schema.layer_row(**row))
-        return rows
+    def _layer_rows(self, acc: dict, token_loss: torch.Tensor | None,
+                    has_target: torch.Tensor | None) -> list[dict]:
+        """The per-layer fields of the step, over every rank's tokens, one host sync.
 
-    def eval(self, step: int, *, loss: float, exact_match: float | None = None,
-             phase: str = schema.PHASE_PRETRAIN, samples: list[dict] | None = None) -> None:
-        """An evaluation record (held-out loss; exact match and samples where the caller has them)."""
-        self._write(schema.record(schema.EVAL, step=int(step), phase=phase, loss=_float(loss),
-                                  exact_match=_float(exact_match), samples=list(samples or []),
-                                  time=time.time()))
+        One process, a layer seen once: `routing.layer_stats` (float32, as `moh train` has
+        always logged). Under torch.distributed: the sums of every layer all-reduced with one
+        SUM and one MAX collective (`moh.distributed.layer_stats_global`'s arithmetic). After
+        accumulation: the merged sums."""
+        order = sorted(acc)
+        parts = [acc[li] for li in order]
+        if _world() > 1:
+            sums = [layer_sums.partial(*p, self.full) if isinstance(p, tuple) else p for p in parts]
+            stats = [layer_sums.finish(s) for s in layer_sums.reduce(sums, distributed.sum_, distributed.max_)]
+        else:
+            stats = [layer_stats(*p, full=self.full) if isinstance(p, tuple) else layer_sums.finish(p)
+                     for p in parts]
+        if has_target is not None:  # the caller measures alignment: its fields are in every row
+            if parts and all(isinstance(p, tuple) for p in parts):
+                gather = distributed.gather_columns if _world() > 1 else None
+                corr = loss_alignment([p[0] for p in parts], has_target, token_loss, gather=gather)
+            else:  # accumulated: the loss of one forward pass does not pair with the sums
+                corr = [{f: None for f in ALIGNMENT_FIELDS} for _ in parts]
+            stats = [s | c for s, c in zip(stats, corr)]
+        return layer_rows(stats, order)
+
+    def eval(self, step: int, *, loss: float | None, exact_match: float | None = None,
+             phase: str = schema.PHASE_PRETRAIN, samples: list[dict] | None = None) -> dict:
+        """An evaluation record (held-out loss; exact match and samples where the caller has
+        them); returned."""
+        rec = schema.record(schema.EVAL, step=int(step), phase=phase, loss=_float(loss),
+                            exact_match=_float(exact_match), samples=list(samples or []), time=time.time())
+        self._write(rec)
+        return rec
 
     def alert(self, step: int, level: str, code: str, message: str) -> None:
         """An alert record (level: info, warning or error), shown by `moh report`."""
@@ -255,8 +360,16 @@ class Recorder:
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    def close(self, status: str = schema.STATUS_COMPLETED) -> None:
-        """Remove the hooks, write `run_end` and close the file (idempotent)."""
+    def sync(self) -> None:
+        """fsync the log (e.g. before a checkpoint: the log then holds every step up to it even
+        after a power loss)."""
+        for s in self._sinks:
+            if hasattr(s, "sync"):
+                s.sync()
+
+    def close(self, status: str = schema.STATUS_COMPLETED, steps: int | None = None) -> None:
+        """Remove the hooks, write `run_end` (`steps`: default the last step seen) and close the
+        sinks (idempotent)."""
         if self._closed:
             return
         self._closed = True
@@ -264,9 +377,11 @@ class Recorder:
             h.remove()
         try:
             self._write(schema.record(schema.RUN_END, time=time.time(), status=status,
-                                      steps=self._last_step or 0, wall_s=time.time() - self.t0), final=True)
+                                      steps=(self._last_step or 0) if steps is None else int(steps),
+                                      wall_s=time.time() - self.t0), final=True)
         finally:
-            self.sink.close()
+            for s in self._sinks:
+                s.close()
 
     def __enter__(self) -> "Recorder":
         return self

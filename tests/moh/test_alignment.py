@@ -10,8 +10,9 @@ import torch
 from moh import schema
 from moh.alignment import average_ranks, loss_alignment, spearman
 from moh.model import LM
+from moh.monitor.rows import layer_rows as _rows
 from moh.routing import Routing
-from moh.train import _rows, train
+from moh.train import train
 
 
 class _Records:

@@ -66,7 +66,7 @@ def test_accumulated_forwards_give_the_known_statistics(tmp_path):
     assert row["threshold_mean"] == pytest.approx(0.5)
     assert (row["threshold_min"], row["threshold_max"]) == pytest.approx((0.3, 0.7))
     assert row["complexity_mean"] is None and row["entropy"] is None  # not given: null, never 0
-    assert rec._sums == {}  # nothing kept after the step
+    assert rec._acc == {}  # nothing kept after the step
     with Recorder(tmp_path / "masked", unit="head") as rec2:  # `valid`: padding is not counted
         rec2.routing(0, selected=_mask([[1, 1, 0], [1, 1, 1]]), valid=torch.tensor([True, False]))
         masked = rec2.step(1, loss=2.0)["layers"][0]

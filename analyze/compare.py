@@ -21,6 +21,7 @@ from rich.text import Text
 from .report import (_STATUS_STYLE, SafeText, Report, _criteria_line, _group_value, _num, format_value, json_safe,
                      md_escape, _md_table)
 from .formats import render_as, to_json
+from .rules.units import reword
 from .run import Run
 from moh import schema
 
@@ -248,6 +249,8 @@ def _metric_rows(reports: list[Report]) -> list[Row]:
     for name, label, _ in METRICS:
         if all(v[name] is None for v in vals):
             continue
+        units = {rep.run.unit for rep in reports}  # "experts per token" when every run routes experts
+        label = reword(label, units.pop()) if len(units) == 1 else label
         rows.append(Row(name, label, None, "", [Cell(None, _num(v[name]), v[name]) for v in vals],
                         tuple(None if v[name] is None else meaning(rep.run, name) for rep, v in zip(reports, vals))))
     return rows

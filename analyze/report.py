@@ -29,6 +29,7 @@ from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
 from .metrics import routing_metrics
 from .rules.registry import sort_findings
+from .rules.units import reword
 from .run import Run
 
 __all__ = ["Report", "build_report", "render", "render_table", "render_md", "render_json", "FORMATS",
@@ -244,7 +245,7 @@ def _run_line(rep: Report) -> str:
     i = rep.run_info()
     parts = [f"router {i['router'] or 'unknown'}"]
     if i["n_layers"] is not None and i["n_heads"] is not None:
-        parts.append(f"{i['n_layers']} layers x {i['n_heads']} heads")
+        parts.append(f"{i['n_layers']} layers x {i['n_heads']} {rep.run.unit}s")
     parts.append(f"{i['logged_steps']} logged steps" + (f" (last step {i['last_step']})" if i["last_step"] is not None else ""))
     if i["phases"]:
         parts.append("phases " + ", ".join(i["phases"]))
@@ -255,6 +256,11 @@ def _run_line(rep: Report) -> str:
 
 
 _METRIC_HEADERS = ("Layer", "Load CV", "Max violation", "Dead heads", "Complexity~loss", "Heads~loss")
+
+
+def metric_headers(rep: Report) -> tuple[str, ...]:
+    """The routing-metrics column names in the run's unit ("Dead experts" on an expert log)."""
+    return tuple(reword(h, rep.run.unit) for h in _METRIC_HEADERS)
 
 
 def metric_rows(rep: Report) -> list[list[str]]:
@@ -311,7 +317,7 @@ def render_table(rep: Report) -> Group:
         parts.append(SafeText("Findings: none", style="green"))
     if metric_rows(rep):
         mt = Table(title=_metrics_title(rep), title_justify="left", expand=False)
-        for col in _METRIC_HEADERS:
+        for col in metric_headers(rep):
             mt.add_column(col, justify="right")
         for cells in metric_rows(rep):
             mt.add_row(*(SafeText(c) for c in cells))
@@ -355,7 +361,7 @@ def render_md(rep: Report) -> str:
         lines.append("None.")
     if metric_rows(rep):
         lines += ["", "## " + md_escape(_metrics_title(rep)), ""]
-        lines += _md_table(list(_METRIC_HEADERS), metric_rows(rep))
+        lines += _md_table(list(metric_headers(rep)), metric_rows(rep))
     return "\n".join(lines) + "\n"
 
 

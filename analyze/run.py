@@ -65,6 +65,12 @@ class Run:
         return (self.meta.get("model") or {}).get("n_heads")
 
     @property
+    def unit(self) -> str:
+        """What the run routes, "head" or "expert" (run_start.routing.unit; logs without the block
+        are the engine's or the reference trainer's: heads)."""
+        return (self.meta.get("routing") or {}).get("unit") or "head"
+
+    @property
     def router(self) -> str | None:
         return (self.meta.get("model") or {}).get("router")
 

@@ -28,6 +28,13 @@ def as_runs(runs: Run | Sequence[Run]) -> list[Run]:
     return runs
 
 
+def shared_unit(runs: Iterable[Run]) -> str:
+    """The routing unit the figure's words use: "expert" when every run routes experts, else
+    "head" (engine and reference logs, or a mix)."""
+    units = {r.unit for r in runs}
+    return units.pop() if len(units) == 1 else "head"
+
+
 def has(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(frame[column].notna().any())
 

@@ -8,7 +8,8 @@ from matplotlib.patches import Rectangle
 from analyze.decimate import head_load_matrix, window_steps
 from analyze.run import Run
 from .style import LIMIT_COLOR, RC
-from .common import as_runs, finish, has, new_figure, select, styled, user_axes
+from analyze.rules.units import reword
+from .common import as_runs, finish, has, new_figure, select, shared_unit, styled, user_axes
 
 
 @styled
@@ -38,6 +39,7 @@ def plot_head_load(runs, ax=None, *, window: str | float = "last") -> np.ndarray
         fig = axes[0].figure
 
     image, any_dead = None, False
+    unit = shared_unit([run for _, run in kept])
     for (i, run), a in zip(kept, axes):
         m = mats[i]
         first, last = window_steps(run.head_load, window=window)
@@ -46,7 +48,7 @@ def plot_head_load(runs, ax=None, *, window: str | float = "last") -> np.ndarray
         a.grid(False)
         a.set_xticks(range(m.shape[1]), [str(h) for h in m.columns])
         a.set_yticks(range(m.shape[0]), [str(l) for l in m.index])
-        a.set_xlabel("head")
+        a.set_xlabel(unit)
         if a is axes[0] or not own_figure:
             a.set_ylabel("layer")
         span = f"step {first:,.0f}" if first == last else f"steps {first:,.0f}–{last:,.0f}"
@@ -69,13 +71,13 @@ def plot_head_load(runs, ax=None, *, window: str | float = "last") -> np.ndarray
             top = max(a.get_position().y1 for a in axes)
             bottom = min(a.get_position().y0 for a in axes)
             cax = fig.add_axes((1 - 1.05 / fig.get_figwidth(), bottom, 0.18 / fig.get_figwidth(), top - bottom))
-            fig.colorbar(image, cax=cax, label="fraction of tokens routed to head")
+            fig.colorbar(image, cax=cax, label=f"fraction of tokens routed to {unit}")
         else:
-            fig.colorbar(image, ax=list(axes), label="fraction of tokens routed to head")
+            fig.colorbar(image, ax=list(axes), label=f"fraction of tokens routed to {unit}")
     what = {"all": "whole run", "last": "last 10% of steps"}.get(window) or f"last {float(window):.0%} of steps"
-    title = f"Head load per layer and head (mean over {what})"
+    title = reword(f"Head load per layer and head (mean over {what})", unit)
     if any_dead and own_figure:
-        fig.text(0.5, 0.02, "red frame: dead head (load < 1/(10 H))", ha="center", va="bottom",
+        fig.text(0.5, 0.02, reword("red frame: dead head (load < 1/(10 H))", unit), ha="center", va="bottom",
                  color=LIMIT_COLOR, fontsize=RC["legend.fontsize"])
     if own_figure:
         finish(fig, title + (f": {kept[0][1].name}" if n == 1 else ""), [])

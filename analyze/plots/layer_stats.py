@@ -16,7 +16,8 @@ from analyze.run import Run, layer_block
 from moh import schema
 from .style import (COMPLEXITY_TARGET, FIGSIZE, HEADS_TARGET, LAYER_BUCKETS, RC, TARGET_COLOR, THRESHOLD_TARGET,
                     MissingDataError)
-from .common import (PHASE_COLOR, as_runs, break_gaps, check_x, finish, format_step_axis, has, mark_phases,
+from analyze.rules.units import reword
+from .common import (PHASE_COLOR, as_runs, shared_unit, break_gaps, check_x, finish, format_step_axis, has, mark_phases,
                      new_figure, no_elapsed, phase_xs, run_color, select, step_label, styled, time_unit, user_axes,
                      with_x)
 
@@ -221,6 +222,8 @@ def plot_heads(runs, ax=None, *, x: str = "step", buckets: int = LAYER_BUCKETS, 
         ylabel, title = "heads per token", "Heads per token per layer (semantics differ, see legend)"
         run_label = lambda r: f"{r.name} [{_HEADS_MEANING.get(_heads_semantics(r), (_heads_semantics(r),))[0]}]"  # noqa: E731
     n_heads = max((r.n_heads or 0 for r in rs), default=0)
+    unit = shared_unit(rs)
+    title, ylabel = reword(title, unit), reword(ylabel, unit)
     return _plot_layer_stat(
         rs, ax, family="heads", stat="heads", target=HEADS_TARGET,
         target_label=f"target {HEADS_TARGET[0]:g}–{HEADS_TARGET[1]:g}",

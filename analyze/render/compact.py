@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from analyze.report import _METRIC_HEADERS, Report, _criteria_line, _metrics_title, _run_line, metric_rows, printable, table_rows
+from analyze.report import Report, _criteria_line, _metrics_title, _run_line, metric_headers, metric_rows, printable, table_rows
 
 WIDTH = 80
 INDENT = "      "
@@ -49,7 +49,7 @@ def report_text(rep: Report, width: int = WIDTH) -> str:
     if rows:  # one line per layer: "name value" pairs, so no column can be cut
         lines += [""] + _wrap(_metrics_title(rep), width, rest="  ")
         for cells in rows:
-            pairs = ", ".join(f"{h} {c}" for h, c in zip(_METRIC_HEADERS[1:], cells[1:]))
+            pairs = ", ".join(f"{h} {c}" for h, c in zip(metric_headers(rep)[1:], cells[1:]))
             lines += _wrap(f"layer {cells[0]}: {pairs}", width, "  ", INDENT)
     lines += ["", verdict_line(rep)]
     return "\n".join(lines) + "\n"

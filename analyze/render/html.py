@@ -16,8 +16,8 @@ import re
 from typing import Any, Iterable
 
 from analyze.plots import FAMILIES
-from analyze.report import (_METRIC_HEADERS, Report, _criteria_line, _metrics_title, _run_line, _verdict_line, format_value,
-                             metric_rows, printable, table_rows)
+from analyze.report import (Report, _criteria_line, _metrics_title, _run_line, _verdict_line, format_value,
+                             metric_headers, metric_rows, printable, table_rows)
 from .svg import figure_of, figure_svg
 
 SAMPLES_SHOWN = 12   # eval samples listed (the last ones: the trained model's answers)
@@ -185,7 +185,7 @@ def report_html(rep: Report) -> str:
             _verdict(rep.verdict, _verdict_line(rep)), "<h2>Expected vs actual</h2>", _criteria_table(rep)]
     if metric_rows(rep):
         body += [f"<h2>{esc(_metrics_title(rep))}</h2>",
-                 _table(_METRIC_HEADERS, ([f"<td class=\"num\">{esc(c)}</td>" for c in cells]
+                 _table(metric_headers(rep), ([f"<td class=\"num\">{esc(c)}</td>" for c in cells]
                                           for cells in metric_rows(rep)), "metrics")]
     if rep.baseline:
         body.append(f"<p>Judged against the baseline run <span class=\"path\">{esc(rep.baseline)}</span>.</p>")

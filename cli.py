@@ -245,15 +245,19 @@ def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_f
     from analyze import criteria as crit
     from analyze import report
 
-    try:
-        specs = crit.load_criteria(criteria)
+    try:  # the user file must merge over both default sets: a log gets one or the other
+        sets = {base: crit.load_criteria(criteria, base) for base in (crit.DEFAULT_CRITERIA_PATH,
+                                                                      crit.GENERIC_CRITERIA_PATH)}
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
     ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
-    return [report.build_report(_load(path, strict, input_format, quiet=quiet), specs, baseline=ref,
-                                criteria_file=None if criteria is None else str(criteria))
-            for path in paths]
+    out = []
+    for path in paths:
+        run = _load(path, strict, input_format, quiet=quiet)
+        specs = sets[crit.GENERIC_CRITERIA_PATH if crit.is_generic(run) else crit.DEFAULT_CRITERIA_PATH]
+        out.append(report.build_report(run, specs, baseline=ref, criteria_file=None if criteria is None else str(criteria)))
+    return out
 
 
 def _narrow() -> bool:

@@ -31,13 +31,28 @@ import pandas as pd
 
 from moh import schema
 
-from .criteria_spec import (DEFAULT_CRITERIA_PATH, STATUSES, CriteriaError, Criterion, Result, _TOL,
-                            default_target, load_criteria)
+from .criteria_spec import (DEFAULT_CRITERIA_PATH, GENERIC_CRITERIA_PATH, STATUSES, CriteriaError, Criterion,
+                            Result, _TOL, default_target, load_criteria)
 from .groupscan import counts_until
 from .run import Run
 
 __all__ = ["Criterion", "Result", "CriteriaError", "load_criteria", "evaluate", "verdict",
-           "criteria_set", "default_target", "DEFAULT_CRITERIA_PATH", "STATUSES"]
+           "criteria_set", "default_target", "DEFAULT_CRITERIA_PATH", "GENERIC_CRITERIA_PATH", "STATUSES",
+           "is_generic", "criteria_for"]
+
+
+def is_generic(run: Run) -> bool:
+    """Is `run` judged by the generic criteria? Yes when its run_start names a producer other
+    than `moh train` (moh.monitor.Recorder on a user's model writes "moh.monitor"). Logs without
+    a producer (moh train before the field existed, imported reference logs) get the engine's."""
+    producer = run.meta.get("producer")
+    return producer is not None and producer != schema.PRODUCER_TRAIN
+
+
+def criteria_for(run: Run, path: str | Path | None = None) -> list[Criterion]:
+    """The criteria `run` is judged by: the engine's defaults or, for a log `moh train` did not
+    write, the generic set; the user file at `path` (if any) merged over either."""
+    return load_criteria(path, GENERIC_CRITERIA_PATH if is_generic(run) else DEFAULT_CRITERIA_PATH)
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -134,6 +149,23 @@ def _window(c: Criterion, values: np.ndarray) -> float:
         tail = values[-c.n:]
         tail = tail[~np.isnan(tail)]
         return float(tail.mean()) if len(tail) else math.nan
+    if c.window == "last_over_first":  # a quarter of a short run at most, so the ends do not overlap
+        if np.isinf(values).any():
+            return math.nan
+        v = values[~np.isnan(values)]
+        if len(v) < 2:
+            return math.nan
+        k = max(1, min(c.n, len(v) // 4))
+        first = float(v[:k].mean())
+        return float(v[-k:].mean()) / first if first > 0 else math.nan
+    if c.window == "spike_ratio":
+        skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
+        rest = values[skip:] if skip < len(values) else values[-1:]
+        rest = rest[~np.isnan(rest)]
+        if not len(rest) or not np.isfinite(rest).all():
+            return math.nan  # a non-finite norm after warmup: judged as a failure below
+        med = float(np.median(rest))
+        return float(rest.max()) / med if med > 0 else math.nan
     if c.window == "max_after_warmup":
         skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
         rest = values[skip:] if skip < len(values) else values[-1:]
@@ -286,7 +318,8 @@ def _stats_logged(c: Criterion, ix: _Index) -> list[Result]:
 def _changes(c: Criterion, ix: _Index) -> list[Result]:
     run = ix.run
     wide = _model_wide(run)
-    present = [m for m in c.metrics if ix.has("layers", m) or m in wide]
+    loads = _load_ranges(run) if "head_load" in c.metrics else {}
+    present = [m for m in c.metrics if ix.has("layers", m) or m in wide or (m == "head_load" and loads)]
     if not present:
         return [_missing(c, f"none of {', '.join(c.metrics)} in this log")]
     groups = ix.groups("layers", "all", per_layer=True) if len(run.layers) else [(None, None, np.zeros(0, np.int64))]
@@ -295,6 +328,13 @@ def _changes(c: Criterion, ix: _Index) -> list[Result]:
         changes: dict[str, float | None] = {}
         still, absent = [], []
         for m in c.metrics:
+            if m == "head_load":  # per-unit series: the largest change of any unit's load
+                changes[m] = loads.get(layer)
+                if changes[m] is None:
+                    absent.append(m)
+                elif changes[m] <= c.min_change:
+                    still.append(m)
+                continue
             v = ix.col("layers", m)[rows] if m in run.layers else np.zeros(0)
             v = v[np.isfinite(v)]
             if not len(v) and m in wide:  # imported logs: one model-wide value per step
@@ -314,6 +354,35 @@ def _changes(c: Criterion, ix: _Index) -> list[Result]:
             status, detail = "pass", ""
         out.append(_result(c, status, changes, detail, layer=layer))
     return out
+
+
+def _routing_metric(c: Criterion, ix: _Index) -> list[Result]:
+    """A per-layer routing metric of the final window (analyze.metrics: load CV, max violation,
+    dead-unit fraction, load spread) against the target."""
+    from .metrics import LAYER_METRICS, layer_values
+
+    if c.metric not in LAYER_METRICS:
+        return [_missing(c, f"unknown routing metric '{c.metric}' (known: {', '.join(LAYER_METRICS)})")]
+    values = layer_values(ix.run, c.metric)
+    if not values:
+        return [_missing(c, "no per-layer loads in this log")]
+    out = []
+    for layer, v in values.items():
+        if v is None:
+            out.append(_result(c, "missing", None, "does not apply to this layer's routing", layer=layer))
+        else:
+            out.append(_result(c, "pass" if _within(c, v, v) else "fail", v, "", layer=layer))
+    return out
+
+
+def _load_ranges(run: Run) -> dict[int, float]:
+    """Per layer, the largest change of any unit's load over the run (max - min of its series)."""
+    hl = run.head_load
+    if not len(hl) or "load" not in hl.columns:
+        return {}
+    g = hl.groupby(["layer", "head"], observed=True)["load"]
+    rng = (g.max() - g.min()).groupby(level="layer", observed=True).max()
+    return {int(li): float(v) for li, v in rng.items() if np.isfinite(v)}
 
 
 def _model_wide(run: Run) -> dict[str, np.ndarray]:
@@ -386,6 +455,8 @@ def evaluate(run: Run, criteria: list[Criterion] | None = None) -> list[Result]:
             rs = _stats_logged(c, ix)
         elif c.kind == "changes":
             rs = _changes(c, ix)
+        elif c.kind == "routing_metric":
+            rs = _routing_metric(c, ix)
         else:
             rs = _eval_value(c, ix)
         results.extend(_semantics(c, run, rs))
@@ -395,7 +466,7 @@ def evaluate(run: Run, criteria: list[Criterion] | None = None) -> list[Result]:
 def criteria_set(run: Run, criteria: list[Criterion] | None = None, path: str | Path | None = None) -> dict:
     """Which criteria set judged `run` and why: its router kind (from run_start.model.router) and
     log source select each criterion's `by_router` variant and its n/a cases."""
-    criteria = load_criteria(path) if criteria is None else criteria
+    criteria = criteria_for(run, path) if criteria is None else criteria
     router, source = run.router, run.meta.get("source", schema.SOURCE_MOH)
     applied = [c.name for c in criteria if c.enabled and c.for_router(router).enabled
                and not c.for_router(router).not_applicable(router, source)]
@@ -403,6 +474,9 @@ def criteria_set(run: Run, criteria: list[Criterion] | None = None, path: str | 
     adjusted = [c.name for c in criteria if c.enabled and router in dict(c.by_router)]
     reason = (f"run_start.model.router = {router}" if router else "the log names no router: the "
               "adaptive set's criteria without by_router variants")
+    if is_generic(run):
+        reason = (f"generic criteria: run_start.producer = {run.meta.get('producer')}, not "
+                  f"{schema.PRODUCER_TRAIN}; " + reason)
     return {"router": router, "source": source, "file": str(path) if path else "default",
             "reason": reason + (f"; log source {source}" if source != schema.SOURCE_MOH else ""),
             "applied": applied, "not_applicable": na, "adjusted_for_router": adjusted}

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from moh import schema
 DEFAULT_CRITERIA_PATH = Path(__file__).with_name("default_criteria.toml")
+# for logs that `moh train` did not write (run_start.producer, see criteria.base_criteria_path)
+GENERIC_CRITERIA_PATH = Path(__file__).with_name("generic_criteria.toml")
 STATUSES = ("pass", "fail", "warn", "missing")
-KINDS = ("value", "stats_logged", "changes")
-WINDOWS = ("final", "last", "max_after_warmup", "every_step")
+KINDS = ("value", "stats_logged", "changes", "routing_metric")
+WINDOWS = ("final", "last", "max_after_warmup", "every_step", "spike_ratio", "last_over_first")
 PHASES = ("all", "each", "last")
 SEVERITIES = ("fail", "warn")
 _TOL = 1e-6
@@ -85,7 +89,11 @@ class Criterion:
             "max_after_warmup": (f"max after warmup ({self.warmup:g} of the phase)" if self.warmup < 1
                                  else f"max after {int(self.warmup)} warmup steps"),
             "every_step": "every logged step",
-        }[self.window] if self.kind == "value" else "whole run"
+            "spike_ratio": (f"max / median after warmup ({self.warmup:g} of the phase)" if self.warmup < 1
+                            else f"max / median after {int(self.warmup)} warmup steps"),
+            "last_over_first": f"mean of last / first {self.n} logged steps (at most a quarter each)",
+        }[self.window] if self.kind == "value" else (
+            "final 20% of the logged steps" if self.kind == "routing_metric" else "whole run")
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,8 @@ def _jsonable(v: Any) -> Any:
 _KEYS = {"label", "kind", "metric", "fallback", "min_metric", "max_metric", "metrics", "window", "n",
          "warmup", "target", "min_change", "phases", "routing", "severity", "enabled", "routers",
          "sources", "zero_ok", "by_router"}
-ROUTER_KINDS = ("dense", "moh", "adaptive")
+# the engine's routers, then the kinds a moh.monitor log names (run_start.model.router)
+ROUTER_KINDS = tuple(dict.fromkeys(("dense", "moh", "adaptive") + schema.ROUTING_KINDS))
 
 
 def _read_toml(path: Path) -> dict:
@@ -215,7 +224,7 @@ def _build(name: str, spec: dict, defaults: dict, where: str) -> Criterion:
         if getattr(c, attr) not in allowed:
             raise bad(f"'{attr}' must be one of {', '.join(allowed)}, not {getattr(c, attr)!r}")
     if c.enabled:
-        if c.kind == "value":
+        if c.kind in ("value", "routing_metric"):
             if not c.metric:
                 raise bad("needs a 'metric'")
             if c.target_min is None and c.target_max is None:
@@ -256,10 +265,12 @@ def _split(doc: dict, where: str) -> tuple[dict, dict, bool]:
     return defaults, crit, replace_
 
 
-def load_criteria(path: str | Path | None = None) -> list[Criterion]:
-    """The default criteria, with the file at `path` (if any) merged over them. Enabled ones only."""
-    base_defaults, base_crit, _ = _split(_read_toml(DEFAULT_CRITERIA_PATH), str(DEFAULT_CRITERIA_PATH))
-    defaults, specs, where = base_defaults, base_crit, str(DEFAULT_CRITERIA_PATH)
+def load_criteria(path: str | Path | None = None, base: str | Path | None = None) -> list[Criterion]:
+    """The default criteria (`base`: DEFAULT_CRITERIA_PATH, or GENERIC_CRITERIA_PATH for logs
+    `moh train` did not write), with the file at `path` (if any) merged over them. Enabled ones only."""
+    base = Path(DEFAULT_CRITERIA_PATH if base is None else base)
+    base_defaults, base_crit, _ = _split(_read_toml(base), str(base))
+    defaults, specs, where = base_defaults, base_crit, str(base)
     if path is not None:
         where = str(path)
         user_defaults, user_crit, replace_ = _split(_read_toml(Path(path)), where)

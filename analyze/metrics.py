@@ -60,3 +60,31 @@ def routing_metrics(run: Run) -> dict:
     note = ("dense: every head on every token, nothing is routed" if ctx.dense else
             "moh: routed heads only (shared heads are always on)" if ctx.router == "moh" else "")
     return {"window": f"final {100 * HEAD_WINDOW_FRACTION:g}% of the logged steps", "note": note, "layers": rows}
+
+
+def load_spread(v: np.ndarray) -> float | None:
+    """How far a layer's routed loads `v` (fraction of tokens using each unit) are from collapse:
+    0 when all the load sits on as few units as a token uses, 1 when it is spread evenly.
+
+    With m = sum(v) units per token and shares s = v / m (each at most 1 / m), the effective
+    number of units exp(-sum s log s) lies in [m, H]; the spread is its place in that range.
+    None where nothing can collapse (every unit on every token, as in a dense layer)."""
+    H, m = len(v), float(v.sum())
+    if H < 2 or m <= 0 or H - m < 1e-9:
+        return None
+    s = v[v > 0] / m
+    effective = float(np.exp(-(s * np.log(s)).sum()))
+    return min(1.0, max(0.0, (effective - m) / (H - m)))
+
+
+def layer_values(run: Run, name: str) -> dict[int, float | None]:
+    """Per layer, one routing metric over the final window: a `routing_metrics` field
+    (load_cv, max_violation, dead_head_fraction, an alignment mean) or `load_spread`."""
+    if name == "load_spread":
+        ctx = Context(run)
+        loads = {} if ctx.dense else _final_loads(ctx)
+        return {li: load_spread(_routed(ctx, v)) for li, v in sorted(loads.items())}
+    return {row["layer"]: row.get(name) for row in routing_metrics(run)["layers"]}
+
+
+LAYER_METRICS = FIELDS + ("load_spread",)  # what `layer_values` knows

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .baseline import compare as compare_with_baseline
-from .criteria import Criterion, Result, criteria_set, evaluate, load_criteria, verdict
+from .criteria import Criterion, Result, criteria_for, criteria_set, evaluate, verdict
 from .findings import Finding, find_all
 from .formats import FORMATS, render_as, to_json
 from .jsonsafe import json_safe
@@ -116,7 +116,7 @@ def build_report(run: Run, criteria: list[Criterion] | None = None, baseline: Ru
                  criteria_file: str | None = None) -> Report:
     """`baseline`: a known-good reference run; adds its `baseline_deviation` findings.
     `criteria_file`: where `criteria` came from (None: the defaults), named in the header."""
-    criteria = load_criteria(criteria_file) if criteria is None else criteria
+    criteria = criteria_for(run, criteria_file) if criteria is None else criteria
     results = evaluate(run, criteria)
     findings = find_all(run)
     if baseline is not None:

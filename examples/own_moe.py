@@ -4,7 +4,7 @@ The model below knows nothing of moh: each MoE layer routes every token to its t
 expert MLPs and keeps its last routing in `self.last`. The only moh code is the Recorder
 (`rec.watch`, `rec.step`) and, at the end, `moh report` on the log it wrote.
 
-    python examples/own_moe.py OUT_DIR [--steps 120] [--detach-router] [--force-expert 0]
+    python examples/own_moe.py OUT_DIR [--steps 150] [--seed 0] [--detach-router] [--force-expert 0]
 
 --detach-router   cut the router logits out of the graph: the router never learns
                   (`moh report` says router_grad_zero)
@@ -96,8 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--detach-router", action="store_true")
     ap.add_argument("--force-expert", type=int, default=None)
     ap.add_argument("--no-report", action="store_true", help="only train and write the log")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     # A model this small spends its time in thread hand-offs when it uses several threads on a
     # busy machine (5x slower per step on the shared 2-core test machine); one thread is fastest.
     torch.set_num_threads(1)

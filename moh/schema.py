@@ -35,6 +35,10 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 # --- values a field may hold -----------------------------------------------------------------
 SOURCE_MOH = "moh"
+# run_start.producer (issue 12): `moh report` judges a log whose producer is not `moh train` with
+# the generic criteria (analyze/generic_criteria.toml), not the engine's two-phase targets.
+PRODUCER_TRAIN = "moh train"
+PRODUCER_MONITOR = "moh.monitor"
 SOURCE_RUSTGPT = "rustgpt"
 PHASE_PRETRAIN = "pretrain"
 PHASE_INSTRUCT = "instruct"
@@ -173,6 +177,9 @@ RECORDS: dict[str, tuple[Field, ...]] = {
         _opt("backend", "str", nullable=True), _opt("device", "str", nullable=True),
         _opt("data", "object", keys=DATA),
         _opt("routing", "object", keys=ROUTING, description="what is routed and how (issue 12)"),
+        _opt("producer", "str", description="what wrote the log: PRODUCER_TRAIN for `moh train`, "
+             "PRODUCER_MONITOR (or the caller's name) for moh.monitor.Recorder on a user's model; "
+             "absent in logs written before it existed (moh train and imported logs)"),
     ),
     STEP: (
         _f("event", "const", const=STEP), _f("step", "int"), _f("epoch", "int"),

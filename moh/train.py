@@ -134,7 +134,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
                            "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
                            "pretrain_tokens": sum(map(len, pre_seqs)),
                            "instruct_tokens": sum(map(len, ins_seqs)), "eval_prompts": len(held)}},
-        sinks=[s for s in (sink, monitor) if s is not None],
+        sinks=[s for s in (sink, monitor) if s is not None], producer=schema.PRODUCER_TRAIN,
         resume=None if at is None else {
             "step": at["step"], "run_id": resume["run_id"],
             "checkpoint": os.path.join(os.fspath(out_dir), ckpt.CHECKPOINT_FILE) if out_dir else "",

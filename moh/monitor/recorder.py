@@ -93,6 +93,8 @@ class Recorder:
                 updates the inferred model block.
     sinks       further sinks (moh.telemetry.Sink) that receive every record, e.g. a live
                 display; out_dir None writes no file.
+    producer    what wrote the log (run_start.producer): `moh report` judges any producer but
+                "moh train" with the generic criteria (docs/monitor.md).
     resume      continue an earlier run's log: {"step": last step done, "run_id": its id, and
                 any further `resume` record fields: checkpoint, phase, epoch, batch}. The log is appended to after a `resume`
                 record (no new run_start); a torn last line a kill left is cut off and
@@ -105,7 +107,7 @@ class Recorder:
                  groups: Mapping[str, Callable[[str], bool]] | None = None, log_every: int = 1, full: bool = False,
                  overwrite: bool = False, d_model: int | None = None, grad_clip: float | None = None,
                  run_info: Mapping[str, Any] | None = None, sinks: tuple[Sink, ...] | list[Sink] = (),
-                 resume: Mapping[str, Any] | None = None):
+                 resume: Mapping[str, Any] | None = None, producer: str = schema.PRODUCER_MONITOR):
         kind = kind or ("topk" if top_k else "custom")
         if unit not in schema.UNITS:
             raise ValueError(f"unit must be one of {schema.UNITS}, not {unit!r}")
@@ -119,6 +121,7 @@ class Recorder:
         self.d_model = d_model or _infer_d_model(model)
         self.grad_clip = grad_clip
         self.run_info = dict(run_info or {})
+        self.producer = str(producer)
         self.is_main = _rank() == 0
         self._sinks: list[Sink] = []
         if self.is_main:
@@ -253,7 +256,7 @@ class Recorder:
             schema.RUN_START, schema_version=schema.SCHEMA_VERSION, run_id=self.run_id, time=self.t0,
             config=self.config, model=model, world_size=_world(), source=schema.SOURCE_MOH,
             semantics={**schema.DEFAULT_SEMANTICS, "grad_norm_clip": self.grad_clip},
-            **extra, routing=schema.routing_info(**routing),
+            **extra, routing=schema.routing_info(**routing), producer=self.producer,
         ))
 
     def grad_norms(self) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:

@@ -155,7 +155,7 @@ def test_reference_log_output_quality_is_na_by_source():
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[criteria.loss]\nrouters = ["topk"]\n', "unknown router 'topk'"),
+    ('[criteria.loss]\nrouters = ["switch"]\n', "unknown router 'switch'"),  # topk is a Recorder kind
     ('[criteria.loss.by_router.sparse]\nn = 3\n', "unknown router 'sparse'"),
     ('[criteria.loss]\nsources = "moh"\n', "'sources' must be a list"),
 ])

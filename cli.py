@@ -245,19 +245,28 @@ def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_f
     from analyze import criteria as crit
     from analyze import report
 
-    try:  # the user file must merge over both default sets: a log gets one or the other
-        sets = {base: crit.load_criteria(criteria, base) for base in (crit.DEFAULT_CRITERIA_PATH,
-                                                                      crit.GENERIC_CRITERIA_PATH)}
+    def base(run) -> Path:  # moh train's logs: the engine's set; any other producer: the generic one
+        return crit.GENERIC_CRITERIA_PATH if crit.is_generic(run) else crit.DEFAULT_CRITERIA_PATH
+
+    sets: dict = {}
+    try:  # a criteria file that fits neither default set is reported before any log is read (exit 2)
+        sets[crit.DEFAULT_CRITERIA_PATH] = crit.load_criteria(criteria)
+    except crit.CriteriaError as e:
+        try:
+            sets[crit.GENERIC_CRITERIA_PATH] = crit.load_criteria(criteria, crit.GENERIC_CRITERIA_PATH)
+        except crit.CriteriaError:
+            _err(f"error: {e}")
+            raise typer.Exit(2)
+    ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
+    runs = [_load(path, strict, input_format, quiet=quiet) for path in paths]
+    try:  # the user file merges over whichever default set a log gets
+        for b in {base(run) for run in runs} - set(sets):
+            sets[b] = crit.load_criteria(criteria, b)
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
-    out = []
-    for path in paths:
-        run = _load(path, strict, input_format, quiet=quiet)
-        specs = sets[crit.GENERIC_CRITERIA_PATH if crit.is_generic(run) else crit.DEFAULT_CRITERIA_PATH]
-        out.append(report.build_report(run, specs, baseline=ref, criteria_file=None if criteria is None else str(criteria)))
-    return out
+    return [report.build_report(run, sets[base(run)], baseline=ref,
+                                criteria_file=None if criteria is None else str(criteria)) for run in runs]
 
 
 def _narrow() -> bool:

@@ -161,9 +161,10 @@ def _window(c: Criterion, values: np.ndarray) -> float:
     if c.window == "spike_ratio":
         skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
         rest = values[skip:] if skip < len(values) else values[-1:]
-        rest = rest[~np.isnan(rest)]
         if not len(rest) or not np.isfinite(rest).all():
-            return math.nan  # a non-finite norm after warmup: judged as a failure below
+            # NaN stands for null too, but a norm logged on some steps is logged on all (as the
+            # nonfinite rule reads it): a non-finite norm after warmup is judged a failure below
+            return math.nan
         med = float(np.median(rest))
         return float(rest.max()) / med if med > 0 else math.nan
     if c.window == "max_after_warmup":

@@ -415,8 +415,8 @@ def watch_cmd(
         from analyze import criteria as crit
         from analyze.live import watch
 
-        try:
-            specs = crit.load_criteria(criteria)
+        try:  # no file: each run's report picks its default set (engine or generic) itself
+            specs = None if criteria is None else crit.load_criteria(criteria)
         except crit.CriteriaError as e:
             _err(f"error: {e}")
             raise typer.Exit(2)

@@ -70,6 +70,23 @@ def test_forced_expert_is_flagged_in_expert_words(logs):
     assert ("dead_heads", "warning") not in _findings(logs["healthy"])
 
 
+def _criteria(path):
+    r = _cli("report", str(path), "--format", "json")
+    doc = json.loads(r.stdout)
+    return doc["verdict"], {c["name"] for c in doc["criteria"] if c["status"] == "fail"}, doc["criteria_set"]
+
+
+def test_generic_criteria_pass_the_healthy_run_and_fail_the_broken_ones(logs):
+    verdict, failed, cs = _criteria(logs["healthy"])
+    assert (verdict, failed) == ("pass", set()) and "generic criteria" in cs["reason"]
+    verdict, failed, _ = _criteria(logs["detached"])
+    assert verdict == "fail" and {"router_gradient", "statistics_logged"} <= failed
+    verdict, failed, _ = _criteria(logs["forced"])
+    assert verdict == "fail" and {"no_collapse", "dead_units", "routing_changes"} <= failed
+    text = _cli("report", str(logs["forced"]), "--format", "md").stdout
+    assert "Dead experts" in text and "Dead heads" not in text
+
+
 def test_plot_and_compare_work_on_the_logs(logs, tmp_path):
     r = _cli("plot", *map(str, logs.values()), "-o", str(tmp_path / "fig"))
     assert r.returncode == 0, r.stderr

@@ -21,13 +21,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from . import checkpoint as ckpt
 from . import distributed, schema
-from .alignment import loss_alignment
 from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches

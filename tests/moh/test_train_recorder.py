@@ -27,13 +27,15 @@ def _records(path):
 
 
 def _names(tree: ast.AST) -> set[str]:
-    """Every name and dotted attribute used in a module (`schema.record`, `JsonlSink`, ...)."""
+    """Every name, dotted attribute and imported name of a module (`schema.record`, `JsonlSink`, ...)."""
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             out.add(node.id)
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             out.add(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.ImportFrom):
+            out.update(a.asname or a.name for a in node.names)
     return out
 
 

@@ -39,7 +39,8 @@ from moh.data import load_corpus  # noqa: E402
 from moh.model import IGNORE_INDEX  # noqa: E402
 from moh.routing import layer_stats  # noqa: E402
 from moh.telemetry import JsonlSink  # noqa: E402
-from moh.train import _rows, train  # noqa: E402
+from moh.monitor.rows import layer_rows as _rows  # noqa: E402
+from moh.train import train  # noqa: E402
 
 GOAL = 0.02
 VARIANTS = ("off", "default", "full")

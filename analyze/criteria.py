@@ -45,8 +45,7 @@ def is_generic(run: Run) -> bool:
     """Is `run` judged by the generic criteria? Yes when its run_start names a producer other
     than `moh train` (moh.monitor.Recorder on a user's model writes "moh.monitor"). Logs without
     a producer (moh train before the field existed, imported reference logs) get the engine's."""
-    producer = run.meta.get("producer")
-    return producer is not None and producer != schema.PRODUCER_TRAIN
+    return run.generic
 
 
 def criteria_for(run: Run, path: str | Path | None = None) -> list[Criterion]:

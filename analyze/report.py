@@ -232,7 +232,8 @@ def _criteria_line(rep: Report) -> str:
     if not cs:
         return ""
     name = f"{cs['router']} criteria" if cs["router"] else "generic criteria"
-    src = "default criteria" if cs["file"] == "default" else f"criteria file {cs['file']}"
+    src = (("generic default criteria" if rep.run.generic else "default criteria") if cs["file"] == "default"
+           else f"criteria file {cs['file']}")
     parts = [f"Criteria: {name} ({cs['reason']}; {src})"]
     if cs["adjusted_for_router"]:
         parts.append(f"adjusted for this router: {', '.join(cs['adjusted_for_router'])}")

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moh import schema
+
 
 @dataclass(frozen=True)
 class Run:
@@ -63,6 +65,15 @@ class Run:
     @property
     def n_heads(self) -> int | None:
         return (self.meta.get("model") or {}).get("n_heads")
+
+    @property
+    def generic(self) -> bool:
+        """Written by something other than `moh train`: run_start names another producer
+        (moh.monitor.Recorder on a user's model writes "moh.monitor"). Such a run is judged
+        without the engine's targets (generic criteria, no 0.40 loss bar in the loss rules).
+        Logs without a producer (moh train before the field existed, imports) are the engine's."""
+        producer = self.meta.get("producer")
+        return producer is not None and producer != schema.PRODUCER_TRAIN
 
     @property
     def unit(self) -> str:

@@ -67,3 +67,12 @@ def test_compare_labels_use_the_unit_of_the_runs(tmp_path):
     assert any(lb.startswith("experts per token") for lb in labels) and not any("head" in lb for lb in labels)
     mixed = build_comparison([experts[0], build_report(_log(tmp_path / "h", "head"))])
     assert any(r.label.startswith("heads per token") for r in mixed.metrics)  # a mix keeps the engine's word
+
+
+def test_findings_say_expert_in_message_and_action(tmp_path):
+    from analyze.findings import find_all
+
+    run = _log(tmp_path, "expert")
+    dead = [f for f in find_all(run) if f.code == "dead_heads"]
+    assert dead and all("expert" in f.message and "head" not in f.message for f in dead)
+    assert all("experts" in f.action and "head" not in f.action for f in dead)

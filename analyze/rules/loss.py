@@ -129,7 +129,7 @@ def _late_far_and_falling(ctx: Context, ph, st, v):
     """The late window when the loss there is >= LOSS_FAR_ABOVE x the bar and still >= LOSS_FLAT_REL
     lower in its second half than its first (margins recorded either way), else None."""
     late = _late_window(st, v)
-    if late is None or late[2] <= 0:
+    if late is None or late[2] <= 0 or ctx.run.generic:  # a recorded model has no 0.40 bar
         return None
     _, _, a, b = late
     ctx.margin("loss_not_converging", "relative fall over the last 40%", (a - b) / a, LOSS_FLAT_REL, ">=",
@@ -208,7 +208,9 @@ def loss_plateau(ctx: Context) -> list[Finding]:
     """The loss is flat over a sizeable last part of a phase while far above the success bar:
     training has stalled, not converged (the seed's "Loss Not Converging": stuck near 3.3)."""
     col = loss_column(ctx)
-    if col is None:
+    # "far above the bar" is the engine's 0.40 target: a recorded model of someone else has no
+    # such bar, and its flat loss may be its converged floor (loss_decreasing judges it instead)
+    if col is None or ctx.run.generic:
         return []
     out = []
     for ph, st, v in _finite_phase_series(ctx, col):

@@ -24,7 +24,9 @@ def reword(text: str, unit: str) -> str:
 
 
 def in_units(findings: list[Finding], unit: str) -> list[Finding]:
-    """The findings with their messages in `unit`'s word (the same objects when unit is head)."""
+    """The findings with their messages and actions in `unit`'s word (the same objects when unit
+    is head)."""
     if unit == schema.UNIT_HEAD:
         return findings
-    return [replace(f, message=reword(f.message, unit)) for f in findings]
+    return [replace(f, message=reword(f.message, unit), action=reword(f.action, unit) if f.action else f.action)
+            for f in findings]

@@ -201,3 +201,13 @@ def test_the_generic_file_is_a_valid_criteria_file():
 
     names = [c.name for c in load_criteria(None, GENERIC_CRITERIA_PATH)]
     assert "loss" not in names and "average_heads" not in names and len(names) == 9
+
+
+@pytest.mark.parametrize("producer, fires", [(schema.PRODUCER_MONITOR, False), (schema.PRODUCER_TRAIN, True)])
+def test_the_engines_loss_bar_does_not_judge_a_recorded_model(tmp_path, producer, fires):
+    from analyze.findings import find_all
+
+    # flat at 3.0, 7.5x the engine's 0.40 bar: a stalled engine run, but maybe the floor of a
+    # model of someone else's (loss_decreasing judges that one)
+    run = _healthy(tmp_path, loss=lambda s: 3.0, producer=producer)
+    assert ("loss_plateau" in {f.code for f in find_all(run)}) == fires

@@ -34,7 +34,9 @@ class Config:
     # --- data and run ---------------------------------------------------------------------
     data: str | None = None  # corpus path (file or directory); None = embedded default corpus
     seed: int = 1337  # seeds init, batching and everything else; same seed => same run.jsonl
-    threads: int = 1  # torch CPU threads, >= 0 (0 = all cores); 1 is fastest at this size (see README)
+    # torch CPU threads, >= 0; 0 = automatic: the usable cores (CPU affinity) split between the
+    # ranks on this machine (moh/threads.py); measured faster than 1 on 2 cores (docs/benchmarks.md)
+    threads: int = 0
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda" (rank r: cuda:LOCAL_RANK)
     dist_timeout: float = 300.0  # seconds a rank waits in a collective before failing (torchrun runs), > 0
 

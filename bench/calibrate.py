@@ -68,8 +68,10 @@ class Member:
 
     def key(self) -> str:
         """Cache key: the configuration alone (no commit, no absolute path), so a checkout
-        anywhere, at any commit, finds the same cached run."""
-        cfg = {"router": self.router, "seed": self.seed, "corpus": self.corpus, "threads": 1}
+        anywhere, at any commit, finds the same cached run; the engine's default config is part
+        of it, so a changed default recipe trains afresh instead of reporting stale runs."""
+        cfg = {"router": self.router, "seed": self.seed, "corpus": self.corpus, "threads": 1,
+               "defaults": _defaults_digest()}
         if self.sets:
             cfg["sets"] = sorted(self.sets)
         blob = json.dumps(cfg, sort_keys=True)
@@ -95,6 +97,12 @@ BROKEN = {
     "no_budget_balance": (("budget_weight=0", "lb_weight=0"), ("budget_miss",)),
     "too_few_epochs": (("pretrain_epochs=3", "instruct_epochs=3"), ("loss_plateau", "loss_not_converging")),
 }
+
+
+def _defaults_digest() -> str:
+    from moh.config import Config
+
+    return hashlib.sha256(json.dumps(Config().to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def broken_population() -> list[Member]:

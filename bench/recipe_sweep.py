@@ -77,7 +77,7 @@ def run_one(name: str, sets: list[str], corpus: str, router: str, seed: int, thr
         "pre_gn": pre["grad_norm_last_step"], "ins_gn": ins["grad_norm_last_step"],
         "heads": ins["heads_mean_last_step"], "em": ins["exact_match"],
         "exact": None if corpus != "reference" else answer == expected_answer(SHARED / "data"),
-        "verdict": rep["verdict"], "codes": rep["codes"],
+        "verdict": rep["verdict"], "failed": rep["failed_criteria"], "codes": rep["codes"],
     })
     return row
 
@@ -90,7 +90,7 @@ def line(r: dict) -> str:
             f"wall {r['wall_s']:5.1f} cpu {r['cpu_s']:5.1f} load {r['load']:.1f} | target {f(r['to_target_s'], 1)}"
             f" (ep {r['target_epoch']}) | loss {f(r['pre_loss'], 3)}/{f(r['ins_loss'], 3)} gn {f(r['pre_gn'])}/"
             f"{f(r['ins_gn'])} heads {f(r['heads'])} em {f(r['em'])} exact {r['exact']} | {r['verdict']} "
-            f"{','.join(r['codes'])}")
+            f"{','.join(r.get('failed', []))} | {','.join(r['codes'])}")
 
 
 def main(argv=None) -> int:

@@ -67,19 +67,24 @@ def run_one(name: str, sets: list[str], corpus: str, router: str, seed: int, thr
         if proc.returncode != 0:
             row["error"] = proc.stderr.strip().splitlines()[-1:] 
             return row
-        ours = analyse(Path(tmp) / "run.jsonl")
-        pre, ins = ours["phases"]["pretrain"], ours["phases"]["instruct"]
-        answer = (ins["mountains"] or {}).get("output")
-        rep = report_run(Path(tmp) / "run.jsonl")
-    row.update({
+        row.update(summarise(Path(tmp) / "run.jsonl", corpus))
+    return row
+
+
+def summarise(path: Path, corpus: str) -> dict:
+    """The figures of one finished run.jsonl (see the module note)."""
+    ours = analyse(path)
+    pre, ins = ours["phases"]["pretrain"], ours["phases"]["instruct"]
+    answer = (ins["mountains"] or {}).get("output")
+    rep = report_run(path)
+    return {
         "to_target_s": ours["time_to_target_s"], "target_epoch": ours["target_epoch"],
         "steps": ours["steps"], "pre_loss": pre["epoch_loss"], "ins_loss": ins["epoch_loss"],
         "pre_gn": pre["grad_norm_last_step"], "ins_gn": ins["grad_norm_last_step"],
         "heads": ins["heads_mean_last_step"], "em": ins["exact_match"],
         "exact": None if corpus != "reference" else answer == expected_answer(SHARED / "data"),
         "verdict": rep["verdict"], "failed": rep["failed_criteria"], "codes": rep["codes"],
-    })
-    return row
+    }
 
 
 def line(r: dict) -> str:
@@ -95,13 +100,25 @@ def line(r: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidate", action="append", required=True)
+    ap.add_argument("--candidate", action="append", default=[])
+    ap.add_argument("--runs", type=Path, nargs="+", default=[],
+                    help="summarise these finished run directories (e.g. bench/calibrate.py's cache) instead")
     ap.add_argument("--corpus", action="append", choices=("embedded", "reference"))
     ap.add_argument("--router", action="append")
     ap.add_argument("--seed", action="append", type=int)
     ap.add_argument("--threads", type=int, default=None, help="--threads for every run (default: the config's)")
     ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "recipe_sweep.jsonl")
     a = ap.parse_args(argv)
+    for d in a.runs:  # calibrate cache names: <corpus>-<router>-s<seed>-<key>
+        name = d.name.rsplit("-", 1)[0]
+        corpus, router, seed = (name.split("-") + ["", "", "s0"])[:3]
+        row = {"candidate": "runs", "corpus": corpus, "router": router, "seed": int(seed[1:] or 0),
+               "rc": 0, "load": float("nan"), "wall_s": float("nan"), "cpu_s": float("nan"),
+               **summarise(d / "run.jsonl", corpus)}
+        if (d / "DONE").exists():  # calibrate's note: the subprocess's wall time and the load after it
+            done = json.loads((d / "DONE").read_text())
+            row.update(wall_s=done["train_s"], load=done["loadavg"][0])
+        print(line(row), flush=True)
     cands = [parse_candidate(c) for c in a.candidate]
     a.jsonl.parent.mkdir(parents=True, exist_ok=True)
     for corpus in a.corpus or ["embedded"]:

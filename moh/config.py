@@ -81,7 +81,7 @@ class Config:
     target_heads: float = 3.5  # adaptive: wanted mean heads per token, 1..n_heads
 
     # --- optimisation ---------------------------------------------------------------------
-    pretrain_epochs: int = 24  # passes over the pre-training sentences, >= 0
+    pretrain_epochs: int = 30  # passes over the pre-training sentences, >= 0 (24 left dense short on ../shared/rustgpt)
     instruct_epochs: int = 30  # passes over the instruction pairs, >= 0
     batch_size: int = 32  # pre-training examples per optimizer step (global, all ranks), >= 1
     instruct_batch_size: int = 8  # instruction examples per optimizer step, >= 1 (few pairs: small)

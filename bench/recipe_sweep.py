@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jsonl", type=Path, default=ROOT / "bench" / "results" / "recipe_sweep.jsonl")
     a = ap.parse_args(argv)
     for d in a.runs:  # calibrate cache names: <corpus>-<router>-s<seed>-<key>
+        if not (d / "run.jsonl").exists() or '"run_end"' not in (d / "run.jsonl").read_text()[-400:]:
+            print(f"{d}: no finished run.jsonl (left out)", file=sys.stderr)
+            continue
         name = d.name.rsplit("-", 1)[0]
         corpus, router, seed = (name.split("-") + ["", "", "s0"])[:3]
         row = {"candidate": "runs", "corpus": corpus, "router": router, "seed": int(seed[1:] or 0),

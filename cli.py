@@ -66,7 +66,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Pre-training batch size."),
     target_heads: Optional[float] = typer.Option(None, help="adaptive: mean heads per token to steer to."),
     log_every: Optional[int] = typer.Option(None, help="Write a step record every N optimizer steps."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (0 = all cores)."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default 0: the usable cores, split between --nproc ranks)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs "
                               "torchrun --standalone --nproc_per_node N -m moh.train (see docs/distributed.md)."),

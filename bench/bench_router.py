@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _engine import Trainer, load_avg, summary, table, write_json  # noqa: E402
+from moh import threads  # noqa: E402
 from moh.config import Config  # noqa: E402
 from moh.data import load_corpus  # noqa: E402
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
 
     from moh.config import parse_override
     base = Config(**dict(parse_override(s) for s in a.set))
-    torch.set_num_threads(base.threads or __import__("os").cpu_count())
+    torch.set_num_threads(threads.resolve(base.threads))
     corpus = load_corpus(base.data)
     trainers = {r: Trainer(base.replace(router=r), corpus) for r in ROUTERS}
     load0 = load_avg()

@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
+
 from _engine import ROOT, load_avg, table, write_json  # noqa: E402
 from moh import schema  # noqa: E402
 from moh.config import Config  # noqa: E402
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
         ["instruction exact match (held prompts)", "n/a", ins["exact_match"], ""],
         ["'How do mountains form?' exact", "yes (per its README)", "yes" if exact else "NO", ""],
     ]
-    print(f"reference corpus {a.data}, router={a.router}, threads={cfg.threads}, "
+    print(f"reference corpus {a.data}, router={a.router}, threads={torch.get_num_threads()} (config {cfg.threads}), "
           f"load avg {load0[0]:.2f} -> {load1[0]:.2f}, our CPU time {cpu_s:.1f} s")
     print(table(["figure", "reference (its machine)", "moh (this machine)", "speed-up"], rows))
     print(f"expected: {expected}\nours:     {answer}")

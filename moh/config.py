@@ -1,8 +1,8 @@
 """Training configuration: one flat dataclass, validated at construction.
 
 Precedence: defaults < TOML file (`--config`) < command-line flags. The defaults train the
-embedded corpus on a 2-core laptop CPU in about two minutes. Every key below carries a one-line
-note of its meaning and sensible range; an unknown key or an out-of-range value raises
+embedded corpus in about 27 CPU-seconds (docs/benchmarks.md, "Issue 14"). Every key below
+carries a one-line note of its meaning and sensible range; an unknown key or an out-of-range value raises
 `ConfigError` whose message starts with the offending field name.
 """
 
@@ -34,7 +34,9 @@ class Config:
     # --- data and run ---------------------------------------------------------------------
     data: str | None = None  # corpus path (file or directory); None = embedded default corpus
     seed: int = 1337  # seeds init, batching and everything else; same seed => same run.jsonl
-    threads: int = 1  # torch CPU threads, >= 0 (0 = all cores); 1 is fastest at this size (see README)
+    # torch CPU threads, >= 0; 0 = automatic: the usable cores (CPU affinity) split between the
+    # ranks on this machine (moh/threads.py); measured faster than 1 on 2 cores (docs/benchmarks.md)
+    threads: int = 0
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda" (rank r: cuda:LOCAL_RANK)
     dist_timeout: float = 300.0  # seconds a rank waits in a collective before failing (torchrun runs), > 0
 
@@ -44,7 +46,9 @@ class Config:
     d_model: int = 128  # residual width; head dim = d_model / n_heads
     d_ff: int = 512  # MLP hidden width, usually 4 * d_model
     max_len: int = 64  # longest sequence in tokens (longer examples are cut); >= 8
-    tie_embeddings: bool = True  # output head shares the token embedding matrix
+    # output head shares the token embedding matrix; untied (the default) reached loss 0.40 at
+    # epoch 16 of 24 on ../shared/rustgpt where tied never did (docs/benchmarks.md, "Issue 14")
+    tie_embeddings: bool = False
     dropout: float = 0.0  # dropout on attention output and MLP, 0..0.5 (0: memorise fast)
 
     # --- router ---------------------------------------------------------------------------
@@ -77,11 +81,11 @@ class Config:
     target_heads: float = 3.5  # adaptive: wanted mean heads per token, 1..n_heads
 
     # --- optimisation ---------------------------------------------------------------------
-    pretrain_epochs: int = 36  # passes over the pre-training sentences, >= 0
-    instruct_epochs: int = 40  # passes over the instruction pairs, >= 0
+    pretrain_epochs: int = 30  # passes over the pre-training sentences, >= 0 (24 left dense short on ../shared/rustgpt)
+    instruct_epochs: int = 30  # passes over the instruction pairs, >= 0
     batch_size: int = 32  # pre-training examples per optimizer step (global, all ranks), >= 1
     instruct_batch_size: int = 8  # instruction examples per optimizer step, >= 1 (few pairs: small)
-    lr: float = 3e-3  # peak learning rate, > 0 (1e-4..1e-2 at this size)
+    lr: float = 2e-3  # peak learning rate, > 0 (1e-4..1e-2 at this size; 3e-3 and up were slower)
     instruct_lr: float = 2e-3  # peak learning rate of the instruction phase, > 0
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak, 0..1
     warmup_steps: int = 30  # linear warmup at the start of each phase, >= 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as mconfig
+from . import threads
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BAD_INPUT = 0, 1, 2, 3
 
@@ -121,7 +122,8 @@ def torchrun(cfg: mconfig.Config, out: Path, nproc: int, *, overwrite: bool, res
     if not quiet:
         err(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m moh.train --out {out} ...")
     env = {**os.environ}
-    env.setdefault("OMP_NUM_THREADS", str(cfg.threads or 1))  # (torchrun warns when it is unset)
+    # torchrun warns when OMP_NUM_THREADS is unset; each rank then sets its own (moh/threads.py)
+    env.setdefault("OMP_NUM_THREADS", str(cfg.threads or max(1, threads.usable_cores() // nproc)))
     proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     got: list[int] = []
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, schema
+from . import distributed, schema, threads
 from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
@@ -101,7 +101,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
     if stop_on is not None and stop_on not in _STOP_LEVELS:
         raise ValueError(f"stop_on must be one of {', '.join(_STOP_LEVELS)}, not {stop_on!r}")
     t0 = time.time()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads.resolve(cfg.threads))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     info = _dist_setup(cfg)

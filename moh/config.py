@@ -34,8 +34,8 @@ class Config:
     # --- data and run ---------------------------------------------------------------------
     data: str | None = None  # corpus path (file or directory); None = embedded default corpus
     seed: int = 1337  # seeds init, batching and everything else; same seed => same run.jsonl
-    # torch CPU threads, >= 0; 0 = automatic: the usable cores (CPU affinity) split between the
-    # ranks on this machine (moh/threads.py); measured faster than 1 on 2 cores (docs/benchmarks.md)
+    # torch CPU threads, >= 0; 0 = automatic: OMP_NUM_THREADS, else the usable cores (CPU affinity)
+    # split between the ranks on this machine (moh/threads.py); measured faster than 1 on 2 cores (docs/benchmarks.md)
     threads: int = 0
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda" (rank r: cuda:LOCAL_RANK)
     dist_timeout: float = 300.0  # seconds a rank waits in a collective before failing (torchrun runs), > 0

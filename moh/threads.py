@@ -1,18 +1,19 @@
 """How many torch CPU threads a training process uses (`threads = 0`, the default: automatic).
 
-Automatic means the cores this process may run on (its CPU affinity, which a container or
-`taskset` can narrow below `os.cpu_count()`), shared evenly between the ranks that torchrun
-started on this machine (LOCAL_WORLD_SIZE), and no more than the cores other work leaves idle
-(usable cores minus the whole part of the 1-minute load average), at least 1. On the 2-core
-machine of docs/benchmarks.md: 2 threads for one process on an idle machine (1.33x faster than
-1), 1 when another job keeps a core busy (there 2 threads were 6-7x SLOWER: each of the
-thousands of small parallel regions per step waits for the thread that is not scheduled), and
-1 per rank under `--nproc 2` (two ranks with 2 threads each would ask for 4 cores).
+Automatic means, in this order: the OMP_NUM_THREADS environment variable when it holds a
+positive count (the usual way to tell a process how many cores it may use: a job scheduler, a
+test runner that starts several trainings side by side, torchrun), else the cores this process
+may run on (its CPU affinity, which a container or `taskset` can narrow below `os.cpu_count()`)
+shared evenly between the ranks torchrun started on this machine (LOCAL_WORLD_SIZE), at least 1.
+On the 2-core machine of docs/benchmarks.md: 2 threads for one process on an idle machine (1.33x
+faster than 1) and 1 per rank under `--nproc 2`.
 
-A run is deterministic for a given thread count; different counts may change the last bits
-of float reductions (MKL splits sums by thread), and the automatic count depends on the load
-at start, so runs meant to match bit for bit fix `threads` (the calibration population and
-the tests use 1).
+The count never depends on how busy the machine is, so the same command gives the same
+run.jsonl on the same machine. That has a price worth knowing: 2 threads on cores that other
+jobs keep busy were measured 6-12x SLOWER than 1 (each of the thousands of small parallel
+regions per step waits for the thread that is not scheduled); on a shared machine pass
+`--threads 1` or set OMP_NUM_THREADS=1 (the test suite does). A run is deterministic for a
+given thread count; different counts may change the last bits of float reductions.
 """
 
 from __future__ import annotations
@@ -36,19 +37,16 @@ def local_ranks() -> int:
         return 1
 
 
-def busy_cores() -> int:
-    """Cores other work keeps busy: the whole part of the 1-minute load average (0 if unknown)."""
+def from_environment() -> int:
+    """A positive OMP_NUM_THREADS, else 0 (unset, empty or not a positive whole number)."""
     try:
-        return int(os.getloadavg()[0])
-    except (AttributeError, OSError):  # no load average on this platform
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
         return 0
 
 
-def resolve(threads: int, busy: int | None = None) -> int:
-    """The thread count for config value `threads` (0 = automatic, see the module note);
-    `busy` overrides the measured busy cores (None = `busy_cores()`)."""
+def resolve(threads: int) -> int:
+    """The thread count for config value `threads` (0 = automatic, see the module note)."""
     if threads > 0:
         return threads
-    cores = usable_cores()
-    busy = busy_cores() if busy is None else busy
-    return max(1, min(cores // local_ranks(), cores - busy))
+    return from_environment() or max(1, usable_cores() // local_ranks())

@@ -1,4 +1,5 @@
-"""`threads = 0` (the default) resolves to the idle usable cores split between the local ranks."""
+"""`threads = 0` (the default) resolves to OMP_NUM_THREADS, else the usable cores split between
+the local ranks; never to anything that depends on the machine's load."""
 
 import os
 import shutil
@@ -10,12 +11,13 @@ import pytest
 from moh import threads
 from moh.config import Config
 
-# busy=0: an idle machine (the load-average part is tested on its own below)
-PRINT_RESOLVED = "from moh import threads; print(threads.resolve(0, busy=0), threads.resolve(3))"
+PRINT_RESOLVED = "from moh import threads; print(threads.resolve(0), threads.resolve(3))"
 
 
 def _resolved(env_extra: dict, prefix: list[str] = ()) -> tuple[int, int]:
-    env = {k: v for k, v in os.environ.items() if k != "LOCAL_WORLD_SIZE"} | env_extra
+    """resolve(0) and resolve(3) in a real child process with a controlled environment."""
+    drop = ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")  # the suite's conftest sets the latter
+    env = {k: v for k, v in os.environ.items() if k not in drop} | env_extra
     out = subprocess.run([*prefix, sys.executable, "-c", PRINT_RESOLVED], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), int(out[1])
@@ -43,33 +45,37 @@ def test_automatic_splits_the_cores_between_local_ranks():
     assert _resolved({"LOCAL_WORLD_SIZE": "junk"})[0] == cores  # a bad value: one rank
 
 
-def test_automatic_leaves_the_busy_cores_to_the_other_work():
-    cores = threads.usable_cores()
-    assert threads.resolve(0, busy=0) == cores
-    assert threads.resolve(0, busy=1) == max(1, cores - 1)
-    assert threads.resolve(0, busy=cores) == 1  # every core busy: one thread, never 0
-    assert threads.resolve(0, busy=cores + 7) == 1
-    assert threads.resolve(2, busy=cores + 7) == 2  # an explicit count is never second-guessed
+def test_omp_num_threads_wins_over_the_cores_but_not_over_an_explicit_count():
+    cores = len(os.sched_getaffinity(0))
+    assert _resolved({"OMP_NUM_THREADS": "5"}) == (5, 3)
+    assert _resolved({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "1"}) == (1, 3)
+    for bad in ("0", "-2", "two", ""):  # not a positive count: ignored, the cores decide
+        assert _resolved({"OMP_NUM_THREADS": bad}) == (cores, 3), bad
 
 
-def test_busy_cores_is_the_whole_part_of_the_load_average():
-    before = int(os.getloadavg()[0])
-    got = threads.busy_cores()
-    after = int(os.getloadavg()[0])
-    assert min(before, after) <= got <= max(before, after)
+def test_automatic_does_not_follow_the_load():
+    # a busy machine must not change the count (same command, same run.jsonl): the answer in a
+    # child is the same while this process keeps a core busy as it is on its own
+    quiet = _resolved({})
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = _resolved({})
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy == quiet
 
 
-def test_train_sets_the_resolved_count(tiny_cfg):
+def test_train_sets_the_resolved_count(tiny_cfg, monkeypatch):
     import torch
 
     from moh.train import train
 
     before = torch.get_num_threads()
     try:
-        lo = threads.resolve(0)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
         train(tiny_cfg(threads=0, pretrain_epochs=1, instruct_epochs=0, eval_prompts=0))
-        hi = threads.resolve(0)  # the load average may move during the run
-        assert min(lo, hi) <= torch.get_num_threads() <= max(lo, hi)
+        assert torch.get_num_threads() == 2
         train(tiny_cfg(threads=1, pretrain_epochs=1, instruct_epochs=0, eval_prompts=0))
         assert torch.get_num_threads() == 1
     finally:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .data import IGNORE_INDEX
+from .difficulty import position_quantiles
 from .routing import Routing, make_router
 
 
@@ -148,6 +149,11 @@ class LM(nn.Module):
         sel = targets != IGNORE_INDEX  # (B, T)
         logits = self.lm_head(x[sel])  # (N, V)
         loss_sum = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+        if self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
+            # the complexity predictor's stop-gradient target, from these same logits
+            u = position_quantiles(self.cfg.complexity_target, logits, targets[sel], sel)
+            for r in routings:
+                r.difficulty = u
         per_token = None
         if token_losses:
             with torch.no_grad():

@@ -1,0 +1,67 @@
+"""Stop-gradient difficulty targets for the adaptive router's complexity predictor.
+
+By default (`complexity_target = "heads"`) the complexity term teaches kappa the head count the
+hard mask used, and that mask was cut by kappa itself: the predictor learns to predict its own
+output, and nothing in the objective says which tokens are hard (docs/routing.md, "Allocation
+that tracks difficulty"). The alternatives here give kappa a target that comes from the model's
+prediction of the token instead:
+
+    loss_rank     the token's next-token cross-entropy
+    entropy_rank  the entropy (nats) of the model's predictive distribution for that token
+
+Each signal is turned into its rank quantile u in [0, 1] within the batch (ties share their
+average rank), so its scale, which falls by orders of magnitude during training, does not
+matter, and then into a budget in heads
+
+    kappa* = k_min + 2 (target_heads - k_min) u
+
+whose batch mean is target_heads: the target asks the predictor to move heads from easy to
+hard tokens, not to use more of them. The signal is computed under no_grad from logits the
+forward pass already made; the complexity term's gradient reaches the predictor only through
+kappa, never the LM head through the target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .alignment import average_ranks
+
+TARGETS = ("heads", "loss_rank", "entropy_rank")  # config complexity_target
+
+
+@torch.no_grad()
+def token_signal(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The raw difficulty of each prediction: logits (N, V), targets (N,) -> (N,) float32."""
+    logits = logits.detach().float()
+    if kind == "loss_rank":
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    if kind == "entropy_rank":
+        logp = logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
+    raise ValueError(f"no difficulty signal for complexity_target {kind!r}")
+
+
+def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of x (N,) scaled to [0, 1] (lowest 0, highest 1, ties averaged); a single token
+    gets 0.5, the middle, since there is nothing to rank it against."""
+    n = x.shape[-1]
+    if n < 2:
+        return torch.full_like(x, 0.5, dtype=torch.float32)
+    return (average_ranks(x) / (n - 1)).float()
+
+
+def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: int) -> torch.Tensor:
+    """kappa* = k_min + 2 (target_heads - k_min) u, kept inside [k_min, n_heads]."""
+    return (k_min + 2.0 * (target_heads - k_min) * u).clamp(k_min, float(n_heads))
+
+
+def position_quantiles(kind: str, logits: torch.Tensor, targets: torch.Tensor,
+                       has_target: torch.Tensor) -> torch.Tensor:
+    """(B, T) rank quantile of each position's difficulty, NaN where there is no target.
+
+    logits (N, V) and targets (N,) are the positions of has_target (B, T) in row-major order,
+    as LM.forward selects them."""
+    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logits.device)
+    out[has_target] = rank_quantiles(token_signal(kind, logits, targets))
+    return out

@@ -106,8 +106,9 @@ def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.
     tokens that have one (real tokens with a next-token target)."""
     if cfg.complexity_target == "heads" or r.difficulty is None:
         return r.hard.sum(-1).to(r.kappa.dtype), w
-    has = torch.isfinite(r.difficulty)
-    u = torch.where(has, r.difficulty, 0.0)
+    d = r.difficulty.detach()  # stop-gradient: the target is not something to move
+    has = torch.isfinite(d)
+    u = torch.where(has, d, 0.0)
     target = budget_target(u, cfg.k_min, cfg.target_heads, r.hard.shape[-1]).to(r.kappa.dtype)
     return target, w * has.float()
 

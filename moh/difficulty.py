@@ -13,10 +13,11 @@ Each signal is turned into its rank quantile u in [0, 1] within the batch (ties 
 average rank), so its scale, which falls by orders of magnitude during training, does not
 matter, and then into a budget in heads
 
-    kappa* = k_min + 2 (target_heads - k_min) u
+    kappa* = k_min + 2 (target_heads - k_min - 1/2) u
 
-whose batch mean is target_heads: the target asks the predictor to move heads from easy to
-hard tokens, not to use more of them. The signal is computed under no_grad from logits the
+whose head count ceil(kappa*) averages target_heads over the batch (defaults: kappa* from 1 to
+5, counts 1..5, mean 3.5): the target asks the predictor to move heads from easy to hard
+tokens, not to use more of them. The signal is computed under no_grad from logits the
 forward pass already made; the complexity term's gradient reaches the predictor only through
 kappa, never the LM head through the target.
 """
@@ -52,8 +53,13 @@ def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
 
 
 def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: int) -> torch.Tensor:
-    """kappa* = k_min + 2 (target_heads - k_min) u, kept inside [k_min, n_heads]."""
-    return (k_min + 2.0 * (target_heads - k_min) * u).clamp(k_min, float(n_heads))
+    """kappa* = k_min + 2 max(target_heads - k_min - 1/2, 0) u, kept inside [k_min, n_heads].
+
+    The mask keeps the ranks j < kappa, ceil(kappa) heads, so for u uniform on [0, 1] the count
+    ceil(kappa*) averages target_heads (k_min integer): the target alone meets the budget, and
+    the threshold need not cut heads regardless of difficulty to get there."""
+    span = 2.0 * max(target_heads - k_min - 0.5, 0.0)
+    return (k_min + span * u).clamp(k_min, float(n_heads))
 
 
 def position_quantiles(kind: str, logits: torch.Tensor, targets: torch.Tensor,

@@ -14,7 +14,7 @@ mean hard heads per token over the balanced heads (moh: the routed ones). The re
 omits the 1/mean_k, so under moh_gates = "released" the same lb_weight pushes k times harder than
 the Switch form, as in the authors' runs. The complexity term teaches the predictor a target
 (config complexity_target): by default the number of heads the hard mask actually used; under
-"loss_rank" / "entropy_rank" the budget kappa* = k_min + 2 (target_heads - k_min) u from the
+"loss_rank" / "entropy_rank" the budget kappa* = k_min + 2 (target_heads - k_min - 1/2) u from the
 rank quantile u of the token's difficulty in the batch (moh/difficulty.py), averaged over the
 tokens that have a next-token target. The budget term's count is the straight-through count: its
 value is the hard count, its gradient the surrogate's, so it steers the count that is measured.

@@ -28,10 +28,13 @@ def test_rank_quantiles_with_ties():
 
 
 def test_budget_target_has_the_target_mean_and_its_bounds():
-    # k_min 1, target 3.5: kappa* = 1 + 5 u -> u = 0, 0.5, 1 give 1, 3.5, 6 (mean 3.5)
+    # k_min 1, target 3.5: kappa* = 1 + 2 (3.5 - 1 - 0.5) u = 1 + 4 u -> 1, 3, 5
     got = budget_target(torch.tensor([0.0, 0.5, 1.0]), 1.0, 3.5, 8)
-    assert got.tolist() == pytest.approx([1.0, 3.5, 6.0])
-    # target 6 of 8 would ask 1 + 10 u: clamped to H = 8 at u = 1
+    assert got.tolist() == pytest.approx([1.0, 3.0, 5.0])
+    # u = 1/8, 3/8, 5/8, 7/8 (evenly spread): kappa* 1.5, 2.5, 3.5, 4.5 -> ceil 2, 3, 4, 5, mean 3.5
+    spread = budget_target(torch.tensor([1 / 8, 3 / 8, 5 / 8, 7 / 8]), 1.0, 3.5, 8)
+    assert spread.ceil().mean().item() == 3.5
+    # target 6 of 8 would ask 1 + 9 u: clamped to H = 8 at u = 1
     assert budget_target(torch.tensor([1.0]), 1.0, 6.0, 8).tolist() == [8.0]
 
 
@@ -64,13 +67,13 @@ def _routing(kappa, difficulty, used) -> Routing:
 
 
 def test_complexity_term_toward_the_difficulty_budget():
-    # H 4, k_min 1, target 2.5: kappa* = 1 + 3 u. Tokens: u 0 -> 1, u 1 -> 4, u 0.5 -> 2.5, and a
-    # position without a target (NaN) that must not count. kappa 2, 2, 2.5, 9 -> gaps 1, 2, 0:
-    # mean square 5/3 over the three target tokens, / H^2 = 16
+    # H 4, k_min 1, target 2.5: kappa* = 1 + 2 u. Tokens: u 0 -> 1, u 1 -> 3, u 0.5 -> 2, and a
+    # position without a target (NaN) that must not count. kappa 2, 2, 2.5, 9 -> gaps 1, 1, 0.5:
+    # mean square 2.25 / 3 over the three target tokens, / H^2 = 16
     cfg = Config(n_heads=4, d_model=32, target_heads=2.5, complexity_target="loss_rank")
     r = _routing([2.0, 2.0, 2.5, 9.0], [0.0, 1.0, 0.5, float("nan")], used=[4, 1, 3, 2])
     got = aux_losses([r], torch.ones(1, 4, dtype=torch.bool), cfg)["complexity"]
-    assert got.item() == pytest.approx(5 / 3 / 16)
+    assert got.item() == pytest.approx(2.25 / 3 / 16)
     # the same routing under the default target: used counts 4, 1, 3, 2 vs kappa 2, 2, 2.5, 9:
     # gaps 2, 1, 0.5, 7 -> (4 + 1 + 0.25 + 49) / 4 / 16, over all four real tokens
     heads = aux_losses([r], torch.ones(1, 4, dtype=torch.bool), cfg.replace(complexity_target="heads"))
@@ -83,8 +86,8 @@ def test_gradient_reaches_kappa_from_the_target_and_not_the_target():
     r.difficulty.requires_grad_(True)  # were the target differentiable, it would get a gradient
     aux_losses([r], torch.ones(1, 3, dtype=torch.bool), cfg)["complexity"].backward()
     # d/dkappa_t of sum_t (kappa_t - kappa*_t)^2 / 3 / 16 = 2 (kappa_t - kappa*_t) / 48
-    # kappa* = 1, 4, 2.5 -> gaps +1, -2, 0
-    assert r.kappa.grad.tolist() == [[pytest.approx(2 / 48), pytest.approx(-4 / 48), 0.0]]
+    # kappa* = 1, 3, 2 -> gaps +1, -1, +0.5
+    assert r.kappa.grad.tolist() == [[pytest.approx(2 / 48), pytest.approx(-2 / 48), pytest.approx(1 / 48)]]
     assert r.difficulty.grad is None
 
 

@@ -124,8 +124,9 @@ def _has_target(idx: torch.Tensor, lengths: torch.Tensor, unk_id: int) -> torch.
 
 @torch.no_grad()
 def token_table(model: LM, tok: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
-    """Per target position: loss (N,), entropy (N,), heads (L, N), complexity (L, N)."""
-    cols: dict[str, list] = {"loss": [], "entropy": [], "heads": [], "complexity": []}
+    """Per target position: loss (N,), entropy (N,), heads, complexity and budget_bound (L, N)
+    (budget_bound: the count is ceil(kappa), the budget cut it rather than the threshold)."""
+    cols: dict[str, list] = {"loss": [], "entropy": [], "heads": [], "complexity": [], "budget_bound": []}
     for idx, lengths in _batches(tok, texts, model.cfg.max_len):
         logits, _, routings = model(idx)
         sel = _has_target(idx, lengths, tok.unk_id)
@@ -136,6 +137,9 @@ def token_table(model: LM, tok: Tokenizer, texts: list[str]) -> dict[str, np.nda
         cols["entropy"].append((-(logp.exp() * logp).sum(-1)).numpy())
         cols["heads"].append(np.stack([r.hard[sel].sum(-1).numpy() for r in routings]))
         cols["complexity"].append(np.stack([r.complexity[sel].numpy() for r in routings]))
+        # the budget, not the threshold, set the count: ceil(kappa) heads (the ranks j < kappa)
+        cols["budget_bound"].append(np.stack([
+            (r.hard[sel].sum(-1) == r.kappa[sel].ceil().clamp(max=r.hard.shape[-1])).numpy() for r in routings]))
     if not cols["loss"]:
         return {}
     return {k: np.concatenate(v, axis=-1).astype(np.float64) for k, v in cols.items()}
@@ -152,6 +156,7 @@ def correlations(table: dict[str, np.ndarray]) -> dict:
             r = float(spearman(torch.from_numpy(table[x][i]), torch.from_numpy(table[y])))
             row[f"{x}_{y}"] = None if np.isnan(r) else r
         row["heads_mean"] = float(table["heads"][i].mean())
+        row["budget_bound"] = float(table["budget_bound"][i].mean())
         layers.append(row)
     mean = {f"{x}_{y}": _mean([lay[f"{x}_{y}"] for lay in layers]) for x, y in PAIRS}
     return {"n_tokens": int(table["loss"].shape[0]), "layers": layers, "mean": mean}

@@ -30,19 +30,20 @@ def test_correlations_of_constructed_tokens():
     # complexity 1..5 against entropy 5, 6, 7, 8, 7: ranks 0, 1, 2.5, 4, 2.5 vs 0..4;
     # centred: (-2, -1, 0, 1, 2) . (-2, -1, 0.5, 2, 0.5) = 8; norms^2 10 and 9.5 -> 8 / sqrt(95)
     table = {"heads": np.array([[1.0, 2, 3, 4, 5]]), "complexity": np.array([[1.0, 2, 3, 4, 5]]),
-             "loss": np.array([0.1, 0.2, 0.3, 0.4, 0.5]), "entropy": np.array([5.0, 6, 7, 8, 7])}
+             "loss": np.array([0.1, 0.2, 0.3, 0.4, 0.5]), "entropy": np.array([5.0, 6, 7, 8, 7]),
+             "budget_bound": np.array([[1.0, 1, 0, 0, 1]])}
     got = allocation.correlations(table)
     lay = got["layers"][0]
     assert lay["heads_loss"] == pytest.approx(1.0)
     assert lay["complexity_entropy"] == pytest.approx(8 / math.sqrt(95))
-    assert got["n_tokens"] == 5 and lay["heads_mean"] == 3.0
+    assert got["n_tokens"] == 5 and lay["heads_mean"] == 3.0 and lay["budget_bound"] == 0.6
     table["entropy"] = np.array([5.0, 4, 3, 2, 1])
     assert allocation.correlations(table)["layers"][0]["heads_entropy"] == pytest.approx(-1.0)
 
 
 def test_a_constant_series_has_no_correlation_and_the_layer_mean_skips_it():
     table = {"heads": np.array([[2.0, 2, 2], [1.0, 2, 3]]), "complexity": np.array([[0.1, 0.2, 0.3]] * 2),
-             "loss": np.array([1.0, 2, 3]), "entropy": np.array([1.0, 2, 3])}
+             "loss": np.array([1.0, 2, 3]), "entropy": np.array([1.0, 2, 3]), "budget_bound": np.ones((2, 3))}
     got = allocation.correlations(table)
     assert got["layers"][0]["heads_loss"] is None  # every token 2 heads: nothing to rank
     assert got["mean"]["heads_loss"] == pytest.approx(1.0)  # layer 1 only

@@ -8,7 +8,10 @@ For each run directory (`moh train --out RUN_DIR`, read: model.pt, run.jsonl), p
 1. Correlations. Spearman's rho (ties share their average rank) of the token's hard head count
    and of its predicted complexity c against the next-token loss and against the model's
    predictive entropy (nats) at that position, on two texts:
-   - train:   every example of the run's corpus (what it was trained on);
+   - instruct: the run's instruction examples, what the final model was last trained on;
+   - pretrain: the run's pre-training examples, trained on first (after the instruction phase
+               the final model has largely forgotten them: mean loss 4.5-7 nats on the default
+               runs, against 0.2 on the instruction text, so they are reported apart);
    - heldout: examples of the other corpus (the embedded one for a run on a data directory, the
               reference trainer's ../shared/rustgpt/data for a run on the embedded corpus) that
               are not training examples and have at most 25% of words outside the run's
@@ -17,8 +20,8 @@ For each run directory (`moh train --out RUN_DIR`, read: model.pt, run.jsonl), p
    Position t's router decides the heads that predict token t + 1, so heads, complexity, loss
    and entropy are all read at t (as moh/alignment.py does during training).
 
-2. Intervention, per layer and one token at a time: on a random sample of training-text
-   positions, the layer's hard mask at that one position is given one head fewer (the selected
+2. Intervention, per layer and one token at a time: on a random sample of positions of the
+   instruction text and, apart, of the pre-training text, the layer's hard mask at that one position is given one head fewer (the selected
    head with the lowest router probability is dropped; not possible at 1 head) or one head more
    (the unselected head with the highest probability is added; not possible at H heads), every
    other position and layer unchanged, and the change of that position's next-token loss is
@@ -82,8 +85,10 @@ def load_run(run_dir: Path) -> tuple[LM, Tokenizer, object]:
 
 
 def texts_of(cfg, tok: Tokenizer) -> dict[str, list[str]]:
-    """{"train": the run's examples, "heldout": in-vocabulary examples of the other corpus}."""
-    train = load_corpus(cfg.data).texts()
+    """{"instruct", "pretrain": the run's examples of each phase, "heldout": mostly in-vocabulary
+    examples of the other corpus}."""
+    corpus = load_corpus(cfg.data)
+    train = corpus.texts()
     other = None if cfg.data is not None else REFERENCE_DATA
     try:
         candidates = load_corpus(other).texts()
@@ -97,7 +102,7 @@ def texts_of(cfg, tok: Tokenizer) -> dict[str, list[str]]:
         return bool(words) and sum(w not in vocab for w in words) <= MAX_UNKNOWN * len(words)
 
     held = [t for t in candidates if t not in seen and mostly_known(t)]
-    return {"train": train, "heldout": held}
+    return {"instruct": corpus.instruct, "pretrain": corpus.pretrain, "heldout": held}
 
 
 # --- per-token table ---------------------------------------------------------------------------
@@ -314,7 +319,8 @@ def measure(run_dir: Path, sample: int, seed: int) -> dict:
            "summary": run_summary(run_dir), "heldout_examples": len(texts["heldout"])}
     for name, t in texts.items():
         out[name] = correlations(token_table(model, tok, t))
-    out["intervention"] = intervention(model, tok, texts["train"], sample, seed)
+    out["intervention"] = {name: intervention(model, tok, texts[name], sample, seed)
+                           for name in ("instruct", "pretrain")}
     return out
 
 
@@ -323,20 +329,21 @@ def _f(x, fmt="+.3f") -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("run", "rho(h,loss) tr/ho", "rho(c,ent) tr/ho", "rho(c,loss) tr", "rho(h,ent) tr",
-            "remove dL Q1..Q4 (L-mean)", "Q4-Q1", "eval pre/ins", "heads", "wall s")
+    head = ("run", "rho(h,loss) ins/pre/ho", "rho(c,ent) ins/pre/ho", "remove dL Q1..Q4 ins (L-mean)",
+            "Q4-Q1 ins/pre", "eval pre/ins", "heads", "wall s")
     lines = [" | ".join(head)]
     for r in results:
-        tr, ho = r["train"]["mean"], r["heldout"]["mean"]
-        qs = [_mean([lay["remove"]["quartiles"][k]["dloss_mean"] for lay in r["intervention"]["layers"]])
+        texts = ("instruct", "pretrain", "heldout")
+        iv = r["intervention"]
+        qs = [_mean([lay["remove"]["quartiles"][k]["dloss_mean"] for lay in iv["instruct"]["layers"]])
               for k in range(4)]
         s = r["summary"]
         lines.append(" | ".join((
             Path(r["run"]).name,
-            f"{_f(tr.get('heads_loss'))}/{_f(ho.get('heads_loss'))}",
-            f"{_f(tr.get('complexity_entropy'))}/{_f(ho.get('complexity_entropy'))}",
-            _f(tr.get("complexity_loss")), _f(tr.get("heads_entropy")),
-            " ".join(_f(q, "+.4f") for q in qs), _f(r["intervention"]["remove_q4_minus_q1_mean"], "+.4f"),
+            "/".join(_f(r[t]["mean"].get("heads_loss")) for t in texts),
+            "/".join(_f(r[t]["mean"].get("complexity_entropy")) for t in texts),
+            " ".join(_f(q, "+.4f") for q in qs),
+            "/".join(_f(iv[t]["remove_q4_minus_q1_mean"], "+.4f") for t in ("instruct", "pretrain")),
             f"{_f(s['eval_loss'].get('pretrain'), '.4f')}/{_f(s['eval_loss'].get('instruct'), '.4f')}",
             " ".join(f"{h:.2f}" for h in s["heads_mean_final"]), _f(s["wall_s"], ".0f"))))
     return "\n".join(lines)

@@ -9,9 +9,10 @@ any other name is its own group. For each run it also asks `moh report RUN --for
 real subprocess: the verdict the tool itself gives) for the final training LM loss of each
 phase, the mean heads, the verdict and the warning findings. Columns, per run:
 
-    rho(h,loss) / rho(c,ent)  mean over layers, train text / held-out text
-    rm Q1..Q4, Q4-Q1          loss change when one head is removed, by complexity quartile,
-                              mean over layers; the margin top minus bottom quartile
+    rho(h,loss) / rho(c,ent)  mean over layers; instruction text / pre-training text / held-out
+    remove Q1..Q4, Q4-Q1      loss change when one head is removed, by complexity quartile,
+                              mean over layers (instruction text); the margin top minus bottom
+                              quartile (instruction / pre-training text)
     lm pre/ins                final training LM loss per phase (the `loss` criterion's value)
     heads                     the `average_heads` criterion's value, pre-training, layer mean
     verdict, warnings         the report's verdict and its warning finding codes
@@ -47,7 +48,8 @@ def criterion(rep: dict, name: str, phase: str) -> float | None:
 
 def row(res: dict) -> dict:
     rep = report(res["run"])
-    layers = res["intervention"]["layers"]
+    iv = res["intervention"]
+    layers = iv["instruct"]["layers"]
     qs = []
     for k in range(4):
         v = [lay["remove"]["quartiles"][k]["dloss_mean"] for lay in layers]
@@ -55,21 +57,22 @@ def row(res: dict) -> dict:
         qs.append(statistics.fmean(v) if v else None)
     name = Path(res["run"]).name
     m = NAME.match(name)
-    return {
-        "run": name, "group": m["group"] if m else name, "seed": res["seed"],
-        "h_loss_tr": res["train"]["mean"].get("heads_loss"), "h_loss_ho": res["heldout"]["mean"].get("heads_loss"),
-        "c_ent_tr": res["train"]["mean"].get("complexity_entropy"),
-        "c_ent_ho": res["heldout"]["mean"].get("complexity_entropy"),
-        "c_loss_tr": res["train"]["mean"].get("complexity_loss"),
-        "rm": qs, "rm_margin": res["intervention"]["remove_q4_minus_q1_mean"],
-        "add_margin": res["intervention"]["add_q4_minus_q1_mean"],
+    out = {"run": name, "group": m["group"] if m else name, "seed": res["seed"], "rm": qs}
+    for t, short in (("instruct", "ins"), ("pretrain", "pre"), ("heldout", "ho")):
+        out[f"h_loss_{short}"] = res[t]["mean"].get("heads_loss")
+        out[f"c_ent_{short}"] = res[t]["mean"].get("complexity_entropy")
+        out[f"c_loss_{short}"] = res[t]["mean"].get("complexity_loss")
+    for t, short in (("instruct", "ins"), ("pretrain", "pre")):
+        out[f"rm_margin_{short}"] = iv[t]["remove_q4_minus_q1_mean"]
+        out[f"add_margin_{short}"] = iv[t]["add_q4_minus_q1_mean"]
+    out |= {
         "lm_pre": criterion(rep, "loss", "pretrain"), "lm_ins": criterion(rep, "loss", "instruct"),
-        "eval_ins": res["summary"]["eval_loss"].get("instruct"),
         "heads": criterion(rep, "average_heads", "pretrain"),
         "verdict": rep["verdict"],
         "warnings": sorted({f["code"] for f in rep["findings"] if f["severity"] in ("warning", "error")}),
         "wall_s": res["summary"]["wall_s"],
     }
+    return out
 
 
 def _f(x, fmt="+.3f") -> str:
@@ -85,16 +88,19 @@ def _ms(xs: list, fmt="+.3f") -> str:
     return f"{format(statistics.fmean(xs), fmt)} ± {format(statistics.stdev(xs), fmt.lstrip('+'))}"
 
 
-RUN_HEAD = ("run", "seed", "ρ(h,loss) tr / ho", "ρ(c,ent) tr / ho", "ρ(c,loss) tr", "remove ΔL Q1 Q2 Q3 Q4",
-            "Q4−Q1", "lm pre / ins", "heads", "verdict, warnings", "wall s")
-GROUP_HEAD = ("objective_corpus", "seeds", "ρ(h,loss) tr", "ρ(h,loss) ho", "ρ(c,ent) tr", "ρ(c,ent) ho",
-              "remove Q4−Q1", "add Q4−Q1", "lm pre", "lm ins", "heads", "wall s")
+RUN_HEAD = ("run", "seed", "ρ(h,loss) ins / pre / ho", "ρ(c,ent) ins / pre / ho", "remove ΔL Q1 Q2 Q3 Q4 (ins)",
+            "remove Q4−Q1 ins / pre", "lm pre / ins", "heads", "verdict, warnings", "wall s")
+GROUP_HEAD = ("objective_corpus", "seeds", "ρ(h,loss) ins", "ρ(h,loss) pre", "ρ(h,loss) ho", "ρ(c,ent) ins",
+              "ρ(c,ent) pre", "ρ(c,ent) ho", "remove Q4−Q1 ins", "remove Q4−Q1 pre", "lm pre", "lm ins", "heads",
+              "wall s")
 
 
 def run_line(r: dict) -> list[str]:
-    return [r["run"], str(r["seed"]), f"{_f(r['h_loss_tr'])} / {_f(r['h_loss_ho'])}",
-            f"{_f(r['c_ent_tr'])} / {_f(r['c_ent_ho'])}", _f(r["c_loss_tr"]),
-            " ".join(_f(q, "+.4f") for q in r["rm"]), _f(r["rm_margin"], "+.4f"),
+    three = ("ins", "pre", "ho")
+    return [r["run"], str(r["seed"]), " / ".join(_f(r[f"h_loss_{t}"]) for t in three),
+            " / ".join(_f(r[f"c_ent_{t}"]) for t in three),
+            " ".join(_f(q, "+.3f") for q in r["rm"]),
+            f"{_f(r['rm_margin_ins'], '+.3f')} / {_f(r['rm_margin_pre'], '+.3f')}",
             f"{_f(r['lm_pre'], '.4f')} / {_f(r['lm_ins'], '.4f')}", _f(r["heads"], ".2f"),
             r["verdict"] + (", " + " ".join(r["warnings"]) if r["warnings"] else ""), _f(r["wall_s"], ".0f")]
 
@@ -104,8 +110,9 @@ def group_lines(rows: list[dict]) -> list[list[str]]:
     for g in dict.fromkeys(r["group"] for r in rows):
         rs = [r for r in rows if r["group"] == g]
         out.append([g, str(len(rs))] + [_ms([r[k] for r in rs], f) for k, f in (
-            ("h_loss_tr", "+.3f"), ("h_loss_ho", "+.3f"), ("c_ent_tr", "+.3f"), ("c_ent_ho", "+.3f"),
-            ("rm_margin", "+.4f"), ("add_margin", "+.4f"), ("lm_pre", ".4f"), ("lm_ins", ".4f"),
+            ("h_loss_ins", "+.3f"), ("h_loss_pre", "+.3f"), ("h_loss_ho", "+.3f"),
+            ("c_ent_ins", "+.3f"), ("c_ent_pre", "+.3f"), ("c_ent_ho", "+.3f"),
+            ("rm_margin_ins", "+.3f"), ("rm_margin_pre", "+.3f"), ("lm_pre", ".4f"), ("lm_ins", ".4f"),
             ("heads", ".2f"), ("wall_s", ".0f"))])
     return out
 

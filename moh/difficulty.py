@@ -17,8 +17,8 @@ matter, and then into a budget in heads
 
 whose head count ceil(kappa*) averages target_heads over the batch (defaults: kappa* from 1 to
 5, counts 1..5, mean 3.5): the target asks the predictor to move heads from easy to hard
-tokens, not to use more of them. The signal is computed under no_grad from logits the
-forward pass already made; the complexity term's gradient reaches the predictor only through
+tokens, not to use more of them. The signal is computed under no_grad from the log-probabilities
+the LM loss already made; the complexity term's gradient reaches the predictor only through
 kappa, never the LM head through the target.
 """
 
@@ -32,13 +32,13 @@ TARGETS = ("heads", "loss_rank", "entropy_rank")  # config complexity_target
 
 
 @torch.no_grad()
-def token_signal(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The raw difficulty of each prediction: logits (N, V), targets (N,) -> (N,) float32."""
-    logits = logits.detach().float()
+def token_signal(kind: str, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The raw difficulty of each prediction from its log-probabilities logp (N, V) (the
+    log_softmax the LM loss already made) and targets (N,) -> (N,) float32."""
+    logp = logp.detach().float()
     if kind == "loss_rank":
-        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        return -logp.gather(1, targets[:, None]).squeeze(1)
     if kind == "entropy_rank":
-        logp = logits.log_softmax(-1)
         return -(logp.exp() * logp).sum(-1)
     raise ValueError(f"no difficulty signal for complexity_target {kind!r}")
 
@@ -62,12 +62,12 @@ def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: i
     return (k_min + span * u).clamp(k_min, float(n_heads))
 
 
-def position_quantiles(kind: str, logits: torch.Tensor, targets: torch.Tensor,
+def position_quantiles(kind: str, logp: torch.Tensor, targets: torch.Tensor,
                        has_target: torch.Tensor) -> torch.Tensor:
     """(B, T) rank quantile of each position's difficulty, NaN where there is no target.
 
-    logits (N, V) and targets (N,) are the positions of has_target (B, T) in row-major order,
-    as LM.forward selects them."""
-    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logits.device)
-    out[has_target] = rank_quantiles(token_signal(kind, logits, targets))
+    logp (N, V) log-probabilities and targets (N,) are the positions of has_target (B, T) in
+    row-major order, as LM.forward selects them."""
+    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logp.device)
+    out[has_target] = rank_quantiles(token_signal(kind, logp, targets))
     return out

@@ -148,10 +148,11 @@ class LM(nn.Module):
         # the vocabulary projection is the largest matmul at this size.
         sel = targets != IGNORE_INDEX  # (B, T)
         logits = self.lm_head(x[sel])  # (N, V)
-        loss_sum = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+        logp = logits.float().log_softmax(-1)  # cross-entropy = log_softmax + nll, split so that
+        loss_sum = F.nll_loss(logp, targets[sel], reduction="sum")  # the target below reuses it
         if self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
-            # the complexity predictor's stop-gradient target, from these same logits
-            u = position_quantiles(self.cfg.complexity_target, logits, targets[sel], sel)
+            # the complexity predictor's stop-gradient target, from these same log-probabilities
+            u = position_quantiles(self.cfg.complexity_target, logp, targets[sel], sel)
             for r in routings:
                 r.difficulty = u
         per_token = None

@@ -41,7 +41,7 @@ def test_budget_target_has_the_target_mean_and_its_bounds():
 def test_signals_of_known_logits():
     # two classes: logits (0, 0) -> p = 1/2 each: loss ln 2, entropy ln 2;
     # logits (ln 3, 0) -> p = (3/4, 1/4): loss of class 1 = ln 4, entropy -(3/4 ln 3/4 + 1/4 ln 1/4)
-    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]])
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)
     targets = torch.tensor([0, 1])
     assert token_signal("loss_rank", logits, targets).tolist() == pytest.approx([math.log(2), math.log(4)])
     h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
@@ -52,7 +52,7 @@ def test_signals_of_known_logits():
 
 def test_position_quantiles_scatter_into_the_target_positions():
     has = torch.tensor([[True, False, True]])
-    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]])  # entropies ln 2 > h(3/4): ranks 1, 0
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)  # entropies ln 2 > h(3/4): ranks 1, 0
     got = position_quantiles("entropy_rank", logits, torch.tensor([0, 1]), has)
     assert got[0, 0].item() == 1.0 and math.isnan(got[0, 1].item()) and got[0, 2].item() == 0.0
 

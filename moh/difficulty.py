@@ -25,8 +25,10 @@ kappa, never the LM head through the target.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from .alignment import average_ranks
+from .distributed import gather_columns
 
 TARGETS = ("heads", "loss_rank", "entropy_rank")  # config complexity_target
 
@@ -69,5 +71,17 @@ def position_quantiles(kind: str, logp: torch.Tensor, targets: torch.Tensor,
     logp (N, V) log-probabilities and targets (N,) are the positions of has_target (B, T) in
     row-major order, as LM.forward selects them."""
     out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logp.device)
-    out[has_target] = rank_quantiles(token_signal(kind, logp, targets))
+    out[has_target] = job_rank_quantiles(token_signal(kind, logp, targets))
     return out
+
+
+def job_rank_quantiles(x: torch.Tensor) -> torch.Tensor:
+    """rank_quantiles over the whole job's batch: under data parallelism every rank's values are
+    gathered (with the rank that owns each) and ranked together, so a 2-rank run trains toward
+    the 1-rank run's targets; the identity of rank_quantiles in one process. A collective: every
+    rank must call it on every training step (LM.forward does, in training mode only)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return rank_quantiles(x)
+    me = float(dist.get_rank())
+    table = gather_columns(torch.stack([x.float(), torch.full_like(x, me, dtype=torch.float32)]))
+    return rank_quantiles(table[0])[table[1] == me]

@@ -150,8 +150,9 @@ class LM(nn.Module):
         logits = self.lm_head(x[sel])  # (N, V)
         logp = logits.float().log_softmax(-1)  # cross-entropy = log_softmax + nll, split so that
         loss_sum = F.nll_loss(logp, targets[sel], reduction="sum")  # the target below reuses it
-        if self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
+        if self.training and self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
             # the complexity predictor's stop-gradient target, from these same log-probabilities
+            # (training steps only: evaluation has no aux loss, and ranks step in lockstep)
             u = position_quantiles(self.cfg.complexity_target, logp, targets[sel], sel)
             for r in routings:
                 r.difficulty = u

@@ -115,8 +115,9 @@ def test_a_missing_run_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 def test_the_command_on_a_trained_run(tmp_path):
     run = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "moh.train", "-q", "--out", str(run), "--threads", "1",
-                    "--set", "pretrain_epochs=2", "--set", "instruct_epochs=1",
+    moh = Path(sys.executable).with_name("moh")
+    subprocess.run([str(moh), "train", "--quiet", "--out", str(run), "--threads", "1",
+                    "--pretrain-epochs", "2", "--instruct-epochs", "1",
                     "--set", "complexity_target=loss_rank"], check=True, capture_output=True, timeout=600)
     out = tmp_path / "a.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "allocation.py"), str(run), "--sample", "100",

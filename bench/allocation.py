@@ -73,8 +73,11 @@ def load_run(run_dir: Path) -> tuple[LM, Tokenizer, object]:
     path = run_dir / "model.pt"
     if not path.is_file():
         raise RunError(f"{run_dir}: no model.pt (train with `moh train --out {run_dir}`)")
-    st = torch.load(path, weights_only=True)
-    cfg = from_dict(st["config"])
+    try:
+        st = torch.load(path, weights_only=True)
+        cfg = from_dict(st["config"])
+    except Exception as e:  # a truncated or foreign file: any of torch's unpickling errors
+        raise RunError(f"{path}: not a moh model file ({type(e).__name__})") from None
     if cfg.router != "adaptive":
         raise RunError(f"{run_dir}: router {cfg.router!r} has no per-token budget to measure")
     tok = Tokenizer.from_dict(st["tokenizer"])

@@ -112,6 +112,14 @@ def test_a_missing_run_is_one_line_and_exit_2(tmp_path):
     assert p.stderr.count("\n") == 1 and "no model.pt" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_a_corrupt_model_file_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "allocation.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "not a moh model file" in p.stderr and "Traceback" not in p.stderr
+
+
 @pytest.mark.slow
 def test_the_command_on_a_trained_run(tmp_path):
     run = tmp_path / "run"

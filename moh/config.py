@@ -22,6 +22,7 @@ ROUTERS = ("dense", "moh", "adaptive")
 NONFINITE_POLICIES = ("skip", "stop")
 TELEMETRY_TIERS = ("basic", "full")  # full: + per-layer heads_hist and prob_mean (bench/bench_telemetry.py)
 DEVICES = ("auto", "cpu", "cuda")
+COMPLEXITY_TARGETS = ("heads", "loss_rank", "entropy_rank")  # moh/difficulty.py TARGETS
 MOH_GATES = ("released", "paper")  # gate arithmetic of the moh router, see docs/routing.md
 
 
@@ -73,7 +74,13 @@ class Config:
     # balanced, the MoH code's), otherwise the Switch form (= 1 when balanced)
     lb_weight: float = 0.01
     z_weight: float = 1e-3  # router z-loss mean(logsumexp(logits)^2); usual 1e-3
-    complexity_weight: float = 0.1  # adaptive: complexity predictor -> heads actually used
+    complexity_weight: float = 0.1  # adaptive: complexity predictor -> its target (complexity_target)
+    # adaptive: what the complexity predictor is trained toward: "heads" (the count its own mask
+    # used: allocation unrelated to difficulty), "entropy_rank" / "loss_rank" (a head budget from
+    # the within-batch rank of the token's predictive entropy / loss, stop-gradient;
+    # moh/difficulty.py). Measured best: entropy_rank with complexity_weight = 1.0; not yet the
+    # default (docs/routing.md, "Allocation that tracks difficulty", says what blocks it)
+    complexity_target: str = "heads"
     budget_weight: float = 2.0  # adaptive: steer mean hard head count to target_heads, 0..10
     # adaptive: router entropy mean(-sum pi log pi) (Huang et al. use 1e-4); 0 = off, the
     # measured default (docs/routing.md, "Entropy term")
@@ -151,6 +158,8 @@ class Config:
         need(1 <= self.moh_topk <= self.n_heads - self.moh_shared, "moh_topk",
              f"must be in [1, n_heads - moh_shared = {self.n_heads - self.moh_shared}]")
         need(self.moh_gates in MOH_GATES, "moh_gates", f"must be one of {', '.join(MOH_GATES)}")
+        need(self.complexity_target in COMPLEXITY_TARGETS, "complexity_target",
+             f"must be one of {', '.join(COMPLEXITY_TARGETS)}")
         for name in ("lb_weight", "z_weight", "complexity_weight", "budget_weight", "entropy_weight"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(1.0 <= self.target_heads <= self.n_heads, "target_heads", f"must be in [1, n_heads={self.n_heads}]")

@@ -5,15 +5,18 @@
 | load_balance  | (H_b / mean_k) * sum_i f_i P_i   (= 1 when balanced)   | moh "paper", adaptive |
 |               | H_b * sum_i f_i P_i              (= k when balanced)   | moh "released" |
 | z             | mean(logsumexp(logits)^2)                             | moh, adaptive  |
-| complexity    | mean((stopgrad(hard count) - kappa)^2) / H^2          | adaptive       |
+| complexity    | mean((stopgrad(target) - kappa)^2) / H^2              | adaptive       |
 | budget        | ((mean count - target_heads) / H)^2                   | adaptive       |
 | entropy       | mean(-sum_i pi_i log pi_i)       (nats, <= log H)      | adaptive       |
 
 f_i: fraction of tokens whose hard mask selects head i; P_i: mean router probability; mean_k:
 mean hard heads per token over the balanced heads (moh: the routed ones). The released MoH code
 omits the 1/mean_k, so under moh_gates = "released" the same lb_weight pushes k times harder than
-the Switch form, as in the authors' runs. The complexity term teaches the predictor the number of
-heads the hard mask actually used. The budget term's count is the straight-through count: its
+the Switch form, as in the authors' runs. The complexity term teaches the predictor a target
+(config complexity_target): by default the number of heads the hard mask actually used; under
+"loss_rank" / "entropy_rank" the budget kappa* = k_min + 2 (target_heads - k_min - 1/2) u from the
+rank quantile u of the token's difficulty in the batch (moh/difficulty.py), averaged over the
+tokens that have a next-token target. The budget term's count is the straight-through count: its
 value is the hard count, its gradient the surrogate's, so it steers the count that is measured.
 The entropy term (Huang et al.'s "dynamic loss"), minimised, sharpens the router so that top-p
 keeps fewer heads. A term that does not apply is None, never 0.
@@ -27,6 +30,7 @@ import torch
 
 from . import schema
 from .config import Config
+from .difficulty import budget_target
 from .routing import Routing
 
 TERMS = schema.AUX_TERMS
@@ -61,12 +65,13 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
                   _masked_sum(torch.logsumexp(r.logits, -1) ** 2, w).view(1)]
         adaptive = r.kappa is not None
         if adaptive:
-            used = r.hard.sum(-1).to(r.kappa.dtype)  # (B, T) hard count, no gradient
+            target, w_c = _complexity_target(r, w, cfg)
             # off (weight 0): logged only, no path into the backward pass
             p = r.probs if cfg.entropy_weight else r.probs.detach()
             ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
-            parts += [_masked_sum((used - r.kappa) ** 2, w).view(1),
-                      _masked_sum(r.count.float(), w).view(1), _masked_sum(ent, w).view(1)]
+            parts += [_masked_sum((target - r.kappa) ** 2, w_c).view(1),
+                      _masked_sum(r.count.float(), w).view(1), _masked_sum(ent, w).view(1),
+                      w_c.sum().view(1)]
         layout.append((hard_b.shape[-1], adaptive))
     flat = torch.cat(parts)
     if reduce is not None:
@@ -85,12 +90,27 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
         pos += 1
         if adaptive:
             H = r.hard.shape[-1]
-            per_term["complexity"].append(flat[pos] / n / H**2)
+            per_term["complexity"].append(flat[pos] / flat[pos + 3].clamp_min(1.0) / H**2)
             mean_count = flat[pos + 1] / n
             per_term["budget"].append(((mean_count - cfg.target_heads) / H) ** 2)
             per_term["entropy"].append(flat[pos + 2] / n)
-            pos += 3
+            pos += 4
     return {t: (torch.stack(v).mean() if v else None) for t, v in per_term.items()}
+
+
+def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """What kappa is trained toward (B, T), with no gradient, and the tokens that count (B, T).
+
+    "heads": the hard count the mask used, over real tokens. A difficulty target: the budget
+    kappa* from the rank quantile of the token's difficulty (moh/difficulty.py), over the
+    tokens that have one (real tokens with a next-token target)."""
+    if cfg.complexity_target == "heads" or r.difficulty is None:
+        return r.hard.sum(-1).to(r.kappa.dtype), w
+    d = r.difficulty.detach()  # stop-gradient: the target is not something to move
+    has = torch.isfinite(d)
+    u = torch.where(has, d, 0.0)
+    target = budget_target(u, cfg.k_min, cfg.target_heads, r.hard.shape[-1]).to(r.kappa.dtype)
+    return target, w * has.float()
 
 
 def weighted_total(aux: dict[str, torch.Tensor | None], cfg: Config) -> torch.Tensor | None:

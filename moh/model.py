@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .data import IGNORE_INDEX
+from .difficulty import position_quantiles
 from .routing import Routing, make_router
 
 
@@ -147,7 +148,14 @@ class LM(nn.Module):
         # the vocabulary projection is the largest matmul at this size.
         sel = targets != IGNORE_INDEX  # (B, T)
         logits = self.lm_head(x[sel])  # (N, V)
-        loss_sum = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+        logp = logits.float().log_softmax(-1)  # cross-entropy = log_softmax + nll, split so that
+        loss_sum = F.nll_loss(logp, targets[sel], reduction="sum")  # the target below reuses it
+        if self.training and self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
+            # the complexity predictor's stop-gradient target, from these same log-probabilities
+            # (training steps only: evaluation has no aux loss, and ranks step in lockstep)
+            u = position_quantiles(self.cfg.complexity_target, logp, targets[sel], sel)
+            for r in routings:
+                r.difficulty = u
         per_token = None
         if token_losses:
             with torch.no_grad():

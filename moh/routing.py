@@ -53,6 +53,9 @@ class Routing:
     # the released MoH arithmetic, H_b sum f_i P_i (= k when balanced)
     balance_per_k: bool = True
     pred_norm: torch.Tensor | None = None  # () mean L2 norm of predictor weight vectors
+    # (B, T) rank quantile in [0, 1] of the difficulty of the token's prediction, NaN where it
+    # has no target; set by LM.forward only under a difficulty complexity_target (moh/difficulty.py)
+    difficulty: torch.Tensor | None = None
 
 
 class DenseRouter(nn.Module):

@@ -17,6 +17,7 @@ from moh.config import Config, ConfigError, load, parse_override
     ({"lr": float("nan")}, "lr"),
     ({"moh_gates": "reference"}, "moh_gates"),
     ({"entropy_weight": -1e-4}, "entropy_weight"),
+    ({"complexity_target": "loss"}, "complexity_target"),
 ])
 def test_bad_values_name_the_field(kw, field):
     with pytest.raises(ConfigError) as e:

@@ -1,0 +1,116 @@
+"""Known answers for the complexity predictor's difficulty targets (moh/difficulty.py, issue 18).
+
+Every expected value is worked out by hand in the comment beside it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moh.config import COMPLEXITY_TARGETS, Config
+from moh.difficulty import TARGETS, budget_target, position_quantiles, rank_quantiles, token_signal
+from moh.losses import aux_losses
+from moh.model import LM
+from moh.routing import Routing
+
+
+def test_config_and_module_name_the_same_targets():
+    assert COMPLEXITY_TARGETS == TARGETS
+
+
+def test_rank_quantiles_with_ties():
+    # values 3, 1, 2, 2, 5 -> ranks 3, 0, 1.5, 1.5, 4 -> / 4
+    got = rank_quantiles(torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0]))
+    assert got.tolist() == pytest.approx([0.75, 0.0, 0.375, 0.375, 1.0])
+    assert rank_quantiles(torch.tensor([7.0])).tolist() == [0.5]  # nothing to rank against
+
+
+def test_budget_target_has_the_target_mean_and_its_bounds():
+    # k_min 1, target 3.5: kappa* = 1 + 2 (3.5 - 1 - 0.5) u = 1 + 4 u -> 1, 3, 5
+    got = budget_target(torch.tensor([0.0, 0.5, 1.0]), 1.0, 3.5, 8)
+    assert got.tolist() == pytest.approx([1.0, 3.0, 5.0])
+    # u = 1/8, 3/8, 5/8, 7/8 (evenly spread): kappa* 1.5, 2.5, 3.5, 4.5 -> ceil 2, 3, 4, 5, mean 3.5
+    spread = budget_target(torch.tensor([1 / 8, 3 / 8, 5 / 8, 7 / 8]), 1.0, 3.5, 8)
+    assert spread.ceil().mean().item() == 3.5
+    # target 6 of 8 would ask 1 + 9 u: clamped to H = 8 at u = 1
+    assert budget_target(torch.tensor([1.0]), 1.0, 6.0, 8).tolist() == [8.0]
+
+
+def test_signals_of_known_logits():
+    # two classes: logits (0, 0) -> p = 1/2 each: loss ln 2, entropy ln 2;
+    # logits (ln 3, 0) -> p = (3/4, 1/4): loss of class 1 = ln 4, entropy -(3/4 ln 3/4 + 1/4 ln 1/4)
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)
+    targets = torch.tensor([0, 1])
+    assert token_signal("loss_rank", logits, targets).tolist() == pytest.approx([math.log(2), math.log(4)])
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert token_signal("entropy_rank", logits, targets).tolist() == pytest.approx([math.log(2), h])
+    with pytest.raises(ValueError):
+        token_signal("heads", logits, targets)
+
+
+def test_position_quantiles_scatter_into_the_target_positions():
+    has = torch.tensor([[True, False, True]])
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)  # entropies ln 2 > h(3/4): ranks 1, 0
+    got = position_quantiles("entropy_rank", logits, torch.tensor([0, 1]), has)
+    assert got[0, 0].item() == 1.0 and math.isnan(got[0, 1].item()) and got[0, 2].item() == 0.0
+
+
+def _routing(kappa, difficulty, used) -> Routing:
+    hard = torch.zeros(1, len(kappa), 4, dtype=torch.bool)
+    for t, n in enumerate(used):
+        hard[0, t, :n] = True
+    return Routing(hard=hard, probs=torch.full((1, len(kappa), 4), 0.25), logits=torch.zeros(1, len(kappa), 4),
+                   balance_heads=slice(0, 4), kappa=torch.tensor([kappa], requires_grad=True),
+                   count=hard.float().sum(-1), difficulty=torch.tensor([difficulty]))
+
+
+def test_complexity_term_toward_the_difficulty_budget():
+    # H 4, k_min 1, target 2.5: kappa* = 1 + 2 u. Tokens: u 0 -> 1, u 1 -> 3, u 0.5 -> 2, and a
+    # position without a target (NaN) that must not count. kappa 2, 2, 2.5, 9 -> gaps 1, 1, 0.5:
+    # mean square 2.25 / 3 over the three target tokens, / H^2 = 16
+    cfg = Config(n_heads=4, d_model=32, target_heads=2.5, complexity_target="loss_rank")
+    r = _routing([2.0, 2.0, 2.5, 9.0], [0.0, 1.0, 0.5, float("nan")], used=[4, 1, 3, 2])
+    got = aux_losses([r], torch.ones(1, 4, dtype=torch.bool), cfg)["complexity"]
+    assert got.item() == pytest.approx(2.25 / 3 / 16)
+    # the same routing under the default target: used counts 4, 1, 3, 2 vs kappa 2, 2, 2.5, 9:
+    # gaps 2, 1, 0.5, 7 -> (4 + 1 + 0.25 + 49) / 4 / 16, over all four real tokens
+    heads = aux_losses([r], torch.ones(1, 4, dtype=torch.bool), cfg.replace(complexity_target="heads"))
+    assert heads["complexity"].item() == pytest.approx(54.25 / 4 / 16)
+
+
+def test_gradient_reaches_kappa_from_the_target_and_not_the_target():
+    cfg = Config(n_heads=4, d_model=32, target_heads=2.5, complexity_target="loss_rank")
+    r = _routing([2.0, 2.0, 2.5], [0.0, 1.0, 0.5], used=[1, 1, 1])
+    r.difficulty.requires_grad_(True)  # were the target differentiable, it would get a gradient
+    aux_losses([r], torch.ones(1, 3, dtype=torch.bool), cfg)["complexity"].backward()
+    # d/dkappa_t of sum_t (kappa_t - kappa*_t)^2 / 3 / 16 = 2 (kappa_t - kappa*_t) / 48
+    # kappa* = 1, 3, 2 -> gaps +1, -1, +0.5
+    assert r.kappa.grad.tolist() == [[pytest.approx(2 / 48), pytest.approx(-2 / 48), pytest.approx(1 / 48)]]
+    assert r.difficulty.grad is None
+
+
+def test_the_model_sets_the_target_and_the_predictor_learns_from_it():
+    cfg = Config(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_len=16, complexity_target="entropy_rank",
+                 lb_weight=0.0, z_weight=0.0, budget_weight=0.0)
+    torch.manual_seed(0)
+    model = LM(cfg, vocab_size=11)
+    idx = torch.randint(3, 11, (2, 8))
+    targets = idx.roll(-1, 1)
+    targets[:, -1] = -100
+    _, _, routings = model(idx, targets)
+    u = routings[0].difficulty
+    assert u is routings[1].difficulty
+    assert torch.isnan(u[:, -1]).all() and torch.isfinite(u[:, :-1]).all()
+    assert u[:, :-1].min().item() == 0.0 and u[:, :-1].max().item() == 1.0  # ranks over 14 tokens
+    aux = aux_losses(routings, torch.ones_like(idx, dtype=torch.bool), cfg)
+    aux["complexity"].backward()
+    w = model.blocks[0].attn.router.complexity.weight
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    # the target came from the logits under no_grad: the final LayerNorm, which only the logits
+    # see (the routers read the blocks' inputs), gets no gradient through it
+    assert model.ln_f.weight.grad is None and model.ln_f.bias.grad is None
+    # the default target leaves difficulty unset (no extra work)
+    _, _, plain = LM(cfg.replace(complexity_target="heads"), 11)(idx, targets)
+    assert plain[0].difficulty is None

@@ -1,7 +1,9 @@
 """The sample logs in sample_logs/ are real `moh train` runs: the report must tell them apart.
 
-A healthy adaptive run and a dense baseline pass with no warning or error finding; each deliberately
-broken run fails and names its fault. Regenerate the logs with sample_logs/regenerate.sh.
+A healthy adaptive run and a dense baseline pass; the dense one with no warning or error finding,
+the adaptive one with exactly one kind: `complexity_uninformative` (its complexity predictor does
+not track token difficulty under the default objective, issue 18; docs/routing.md). Each
+deliberately broken run fails and names its fault. Regenerate the logs with sample_logs/regenerate.sh.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ def serious(doc: dict) -> set[str]:
     return {f["code"] for f in doc["findings"] if f["severity"] in ("warning", "error")}
 
 
-@pytest.mark.parametrize("name", ["healthy_adaptive", "dense_baseline"])
-def test_healthy_samples_pass_without_warnings(name):
+# When the default objective makes complexity track difficulty (complexity_target, issue 18),
+# this expectation must become set() for the adaptive sample too.
+@pytest.mark.parametrize("name, warned", [("healthy_adaptive", {"complexity_uninformative"}),
+                                          ("dense_baseline", set())])
+def test_healthy_samples_pass_with_only_the_known_warning(name, warned):
     code, doc = report(name)
     failed = [c for c in doc["criteria"] if c["status"] == "fail"]
     assert code == 0 and doc["verdict"] == "pass", failed
-    assert serious(doc) == set(), doc["findings"]
+    assert serious(doc) == warned, doc["findings"]
 
 
 def test_sample_without_straight_through_is_caught_as_a_blocked_gradient():

@@ -21,7 +21,7 @@ def watch(*args, cwd=ROOT):
 def test_once_on_finished_runs_gives_the_reports_code():
     ok = watch(SAMPLES / "healthy_adaptive.jsonl", "--once")
     assert ok.returncode == 0, ok.stderr
-    assert "VERDICT PASS" in ok.stdout and "step 968/968" in ok.stdout and "ended: completed" in ok.stdout
+    assert "VERDICT PASS" in ok.stdout and "step 780/780" in ok.stdout and "ended: completed" in ok.stdout
     bad = watch(SAMPLES / "broken_unstable_lr.jsonl", "--once")
     assert bad.returncode == 1 and "VERDICT FAIL" in bad.stdout
     both = watch(SAMPLES / "healthy_adaptive.jsonl", SAMPLES / "broken_no_gradient.jsonl", "--once")
@@ -38,7 +38,7 @@ def test_once_on_a_run_still_going(tmp_path):
     assert p.returncode == 0, p.stderr  # nothing judged yet: not a failure
     assert "running" in p.stdout and "VERDICT" not in p.stdout
     assert "findings so far (early rules)" in p.stdout and "router_grad_zero" in p.stdout
-    assert "step 158/968" in p.stdout and "epoch 9/36" in p.stdout
+    assert "step 152/780" in p.stdout and "epoch 9/30" in p.stdout
 
 
 def test_watch_errors_are_one_line(tmp_path):

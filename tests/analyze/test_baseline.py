@@ -108,7 +108,9 @@ def test_sample_without_straight_through_leaves_the_healthy_band():
 def test_sample_with_unstable_lr_leaves_the_healthy_band():
     series = {s for s, _, _ in _deviating(_report(SAMPLES / "broken_unstable_lr.jsonl", "--baseline",
                                                   SAMPLES / "healthy_adaptive.jsonl"))}
-    assert {"loss", "grad_norm", "heads_mean"} <= series
+    # lr 0.3 without clipping: the loss stays near 5-6 nats and the routing collapses to one
+    # head; its gradient norm spikes (grad_explosion) but most windows stay inside the band
+    assert {"loss", "heads_mean", "head_load_cv"} <= series
 
 
 def test_a_run_against_itself_and_without_baseline():

@@ -53,7 +53,7 @@ def test_report_page_has_every_finding_beside_its_figure(broken):
     assert {f.code for f in broken.findings} == set(re.findall(r'data-code="(\w+)"', page))
     c = broken.counts
     assert f'id="verdict" class="verdict fail">FAIL: {c["pass"]} passed, {c["fail"]} failed' in page
-    assert "<h2>Run configuration</h2>" in page and "<td>config.lr</td><td>0.003</td>" in page
+    assert "<h2>Run configuration</h2>" in page and "<td>config.lr</td><td>0.002</td>" in page
     assert "Eval samples (last 12 of" in page
 
 

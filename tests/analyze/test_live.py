@@ -97,11 +97,11 @@ def test_batches_per_epoch_known_answers():
 def test_planned_steps_match_the_sample_run():
     start = json.loads(_lines("healthy_adaptive.jsonl")[0])
     p = plan.planned_steps(start)
-    # 593 sentences / 32 = 18 batches x 36 epochs; 64 pairs / 8 = 8 batches x 40 epochs
-    assert p == {"pretrain": {"epochs": 36, "steps_per_epoch": 18, "steps": 648},
-                 "instruct": {"epochs": 40, "steps_per_epoch": 8, "steps": 320}}
+    # 593 sentences / 32 = 18 batches x 30 epochs; 64 pairs / 8 = 8 batches x 30 epochs
+    assert p == {"pretrain": {"epochs": 30, "steps_per_epoch": 18, "steps": 540},
+                 "instruct": {"epochs": 30, "steps_per_epoch": 8, "steps": 240}}
     end = json.loads(_lines("healthy_adaptive.jsonl")[-1])
-    assert end["steps"] == 648 + 320
+    assert end["steps"] == 540 + 240
     assert plan.planned_steps({"config": {}, "data": {}}) is None
 
 
@@ -149,9 +149,9 @@ def test_live_progress_and_eta(tmp_path):
     log, live = _replay(tmp_path, "healthy_adaptive.jsonl", 11)  # run_start + 10 steps
     live.update()
     assert live.n_steps == 10 and live.step["step"] == 20
-    assert live.total_steps() == 968
+    assert live.total_steps() == 780
     el = live.step["elapsed"]
-    assert live.eta_s() == pytest.approx((968 - 20) * el / 20)
+    assert live.eta_s() == pytest.approx((780 - 20) * el / 20)
     assert list(live.series["loss"])[-1] == pytest.approx(live.step["loss"])
 
 
@@ -169,7 +169,7 @@ def test_interrupted_run_is_followed_into_its_resume(tmp_path):
         fh.write(json.dumps(resume).encode() + b"\n")
         fh.writelines(lines[11:])
     live.update()
-    assert live.resumes == 1 and live.finished and live.step["step"] == 968
+    assert live.resumes == 1 and live.finished and live.step["step"] == 780
     live.evaluate()
     assert live.report.verdict == "pass"
 
@@ -195,7 +195,7 @@ def test_view_escapes_strings_from_the_log(tmp_path):
     con.print(render([live]))
     text = con.export_text()
     assert "[bold]not markup[/bold] \\x1b[31m" in text
-    assert "step 22/968" in text and "epoch 2/36" in text
+    assert "step 22/780" in text and "epoch 2/30" in text
 
 
 # ---- early rules as a training monitor ------------------------------------------------------
@@ -243,7 +243,8 @@ def test_early_alerts_do_not_repeat_the_engines_alert_or_what_a_resumed_log_show
     assert again.check(0) == []
     fresh = EarlyAlerts(every=1, max_share=1.0)
     for rec in recs[:40]:
-        fresh.write(rec)
+        if rec["event"] != "alert":  # the sample's own engine alerts left out: a log without them
+            fresh.write(rec)
     assert "router_grad_zero" in [c for _, c, _ in fresh.check(0)]
 
 

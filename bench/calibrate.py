@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/calibrate.py [--cache runs/calibrate] [--train-only] [--retrain moh]
                                         [--no-train] [--json bench/results/calibrate.json] [--full]
-                                        [--write-docs]
+                                        [--write-docs] [--keep-model]
 
 A rule threshold is only as good as the healthy runs it leaves alone and the broken runs it
 catches. This trains the healthy population that `moh report` must pass (issue 11):
@@ -118,7 +118,7 @@ def moh_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, str(ROOT / "cli.py")]
 
 
-def train_member(m: Member, cache: Path, *, log=print) -> Path:
+def train_member(m: Member, cache: Path, *, log=print, keep_model: bool = False) -> Path:
     """The member's run.jsonl, trained into the cache unless a finished run is already there."""
     run_dir = cache / m.key()
     done = run_dir / "DONE"
@@ -132,7 +132,9 @@ def train_member(m: Member, cache: Path, *, log=print) -> Path:
     if proc.returncode != 0:
         raise SystemExit(f"calibrate: training {m.name} failed (exit {proc.returncode}): "
                          f"{proc.stderr.strip().splitlines()[-1:] or ''}")
-    for heavy in ("model.pt", "checkpoint.pt"):  # only the log is reported; keep the cache small
+    # only the log is reported; keep the cache small (model.pt stays on request: bench/allocation.py
+    # reads it)
+    for heavy in ("checkpoint.pt",) if keep_model else ("model.pt", "checkpoint.pt"):
         (run_dir / heavy).unlink(missing_ok=True)
     done.write_text(json.dumps({"member": m.__dict__, "cmd": cmd[1:], "train_s": time.time() - t0,
                                 "loadavg": os.getloadavg()}) + "\n")
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="drop this router's cached runs first (repeatable)")
     ap.add_argument("--router", action="append", default=[], choices=ROUTERS, dest="routers",
                     help="with --train-only: train only this router's runs (repeatable)")
+    ap.add_argument("--keep-model", action="store_true",
+                    help="keep each newly trained run's model.pt (for bench/allocation.py)")
     ap.add_argument("--no-train", action="store_true",
                     help="report the runs already in the cache, train nothing (missing runs are listed)")
     ap.add_argument("--full", action="store_true", help="also table every rule statistic on every run")
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             if m not in runs:
                 print(f"calibrate: {m.name} not trained yet (left out)", file=sys.stderr)
     else:
-        runs = {m: train_member(m, args.cache, log=lambda s: print(s, file=sys.stderr)) for m in members}
+        runs = {m: train_member(m, args.cache, log=lambda s: print(s, file=sys.stderr),
+                                keep_model=args.keep_model) for m in members}
     if args.train_only:
         return 0
     from calibrate_report import report_population  # noqa: E402  (torch-free half)

@@ -74,13 +74,16 @@ class Config:
     # balanced, the MoH code's), otherwise the Switch form (= 1 when balanced)
     lb_weight: float = 0.01
     z_weight: float = 1e-3  # router z-loss mean(logsumexp(logits)^2); usual 1e-3
-    complexity_weight: float = 0.1  # adaptive: complexity predictor -> its target (complexity_target)
-    # adaptive: what the complexity predictor is trained toward: "heads" (the count its own mask
-    # used: allocation unrelated to difficulty), "entropy_rank" / "loss_rank" (a head budget from
-    # the within-batch rank of the token's predictive entropy / loss, stop-gradient;
-    # moh/difficulty.py). Measured best: entropy_rank with complexity_weight = 1.0; not yet the
-    # default (docs/routing.md, "Allocation that tracks difficulty", says what blocks it)
-    complexity_target: str = "heads"
+    # adaptive: complexity predictor -> its target (complexity_target); 1.0 with entropy_rank
+    # (the old objective, complexity_target="heads", used 0.1)
+    complexity_weight: float = 1.0
+    # adaptive: what the complexity predictor is trained toward: "entropy_rank" / "loss_rank" (a
+    # head budget from the within-batch rank of the token's predictive entropy / loss,
+    # stop-gradient; moh/difficulty.py) or "heads" (the count its own mask used: allocation
+    # unrelated to difficulty). entropy_rank is the default because it tracked difficulty best in
+    # the A/B and the calibration population (docs/routing.md, "Allocation that tracks
+    # difficulty"); the old objective is `--set complexity_target=heads --set complexity_weight=0.1`
+    complexity_target: str = "entropy_rank"
     budget_weight: float = 2.0  # adaptive: steer mean hard head count to target_heads, 0..10
     # adaptive: router entropy mean(-sum pi log pi) (Huang et al. use 1e-4); 0 = off, the
     # measured default (docs/routing.md, "Entropy term")

@@ -24,7 +24,12 @@ from analyze.loader import load_run
 from analyze.report import build_report
 from analyze.rules.base import MIN_STEPS
 
-IGNORED_FOR_HEALTHY = ("complexity_uninformative",)  # issue 11 part B: a true finding today
+# A true finding on healthy default runs today, left out of their verdict but tabled per run.
+# predictor_growth: with the entropy_rank objective (issue 18) the predictor norm ends at the level
+# of the old objective (~1) but still creeps up over a phase's last quarter (+0.3..+2.9%) on some
+# seeds; not re-tuned on six runs (docs/routing.md, "Allocation that tracks difficulty").
+# complexity_uninformative was here until entropy_rank became the default (fires on 0 of 6 now).
+IGNORED_FOR_HEALTHY = ("predictor_growth",)
 
 
 def _num(x: float) -> str:
@@ -163,27 +168,35 @@ def render(results: dict, members: dict, full: bool = False) -> str:
 
 def _ignored_per_run(results: dict, members: dict) -> list[str]:
     """A rule left out of the healthy verdict (IGNORED_FOR_HEALTHY) still has its values tabled:
-    per run, its statistic on every layer, so the day it must pass shows how far each run is.
+    per run, its statistics on every layer, so the day it must pass shows how far each run is.
+    A rule with joint statistics (fires only when all cross) gets one value per statistic in each
+    cell, and `fires` says whether the run has the finding, not whether one statistic crossed.
     Adaptive runs without a value (too few finite ones in the window) are named below it."""
     lines: list[str] = []
     for code in IGNORED_FOR_HEALTHY:
-        per_run = {name: sorted(((m["layer"], m["value"], m["crossed"], m["statistic"], m["fires"], m["threshold"])
-                                 for m in res["margins"] if m["code"] == code and _judged(m)),
-                                key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0))
+        per_run = {name: [m for m in res["margins"] if m["code"] == code and _judged(m)]
                    for name, res in results.items()}
         per_run = {n: v for n, v in per_run.items() if v}
         if not per_run:
             continue
-        _, _, _, stat, fires, threshold = next(iter(per_run.values()))[0]
-        layers = sorted({t[0] for v in per_run.values() for t in v}, key=lambda li: (li is None, li or 0))
+        stats: list[tuple] = []  # (statistic, fires, threshold) in first-seen order
+        for v in per_run.values():
+            for m in v:
+                if (m["statistic"], m["fires"], m["threshold"]) not in stats:
+                    stats.append((m["statistic"], m["fires"], m["threshold"]))
+        layers = sorted({m["layer"] for v in per_run.values() for m in v}, key=lambda li: (li is None, li or 0))
+        how = "; ".join(f"{_cell(st)} (crosses when {fires} {_num(th)})" for st, fires, th in stats)
         lines += ["", f"## `{code}` on every run that logs its statistic (not counted against healthy runs)", "",
-                  f"{_cell(stat)}, per layer; fires when {fires} {_num(threshold)}.", "",
+                  f"Per layer{', each cell in this order' if len(stats) > 1 else ''}: {how}"
+                  f"{'; the rule fires when all cross' if len(stats) > 1 else ''}.", "",
                   "| run | " + " | ".join("model" if li is None else f"layer {li}" for li in layers) + " | fires |",
                   "|---|" + "---:|" * len(layers) + "---|"]
         for name, vals in per_run.items():
-            by_layer = {t[0]: t[1] for t in vals}
-            lines.append(f"| {name} | " + " | ".join(_num(by_layer.get(li)) for li in layers) +
-                         f" | {'yes' if any(t[2] for t in vals) else 'no'} |")
+            cell = {li: " / ".join(_num(next((m["value"] for m in vals if m["layer"] == li
+                                                and m["statistic"] == st[0]), None)) for st in stats)
+                    for li in layers}
+            fired = any(f.split(":", 1)[1].split("@")[0] == code for f in results[name]["findings"])
+            lines.append(f"| {name} | " + " | ".join(cell[li] for li in layers) + f" | {'yes' if fired else 'no'} |")
         silent = [n for n in results if n not in per_run and members[n][0] == "adaptive"]
         if silent:
             lines += ["", f"No value (fewer than {MIN_STEPS} finite values in the window): {', '.join(silent)}."]

@@ -79,23 +79,41 @@ def test_a_healthy_run_with_a_warning_fails_the_calibration(capsys):
 
 
 def test_ignored_rule_tabled_per_run_and_layer(tmp_path, capsys):
-    """complexity_uninformative is left out of the healthy verdict, but its statistic is tabled
-    per run and layer: known late means 0.1 (layer 0, fires below 0.3) and 0.5 (layer 1, clear)."""
+    """predictor_growth is left out of the healthy verdict, but its two joint statistics are
+    tabled per run and layer, and `fires` says whether the run has the finding: a norm that grows
+    5x and levels off crosses the ratio alone (no finding), one that grows 10x linearly crosses
+    both (a finding on each layer)."""
     import json
 
     from tests.analyze.conftest import synthetic_log
 
-    path = synthetic_log(tmp_path / "a" / "run.jsonl", complexity_uninformative=True)
-    recs = [json.loads(x) for x in path.read_text().splitlines()]
-    for r in recs:
-        for lay in r.get("layers") or []:
-            lay["complexity_loss_corr"] = 0.1 if lay["layer"] == 0 else 0.5
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    runs = {calibrate.Member("adaptive", 7, "embedded"): path,
+    def levelled(path):  # pred_norm 0.1, a rise to 0.5 over 5-25% of the run, then flat: ratio 5
+        recs = [json.loads(x) for x in path.read_text().splitlines()]
+        steps = [r for r in recs if r.get("layers")]
+        for i, r in enumerate(steps):
+            u = min(max((i / len(steps) - 0.05) / 0.2, 0.0), 1.0)
+            for lay in r["layers"]:
+                lay["pred_norm"] = 0.1 + 0.4 * u
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return path
+
+    growing = synthetic_log(tmp_path / "a" / "run.jsonl", predictor_growth=True)
+    flat = levelled(synthetic_log(tmp_path / "b" / "run.jsonl", predictor_growth=True))
+    runs = {calibrate.Member("adaptive", 7, "embedded"): growing,
+            calibrate.Member("adaptive", 8, "embedded"): flat,
             calibrate.Member("dense", 1337, "embedded"): SAMPLES / "dense_baseline.jsonl"}
     assert calibrate_report.report_population(runs) == 0  # the warning does not fail a healthy run
     out = capsys.readouterr().out
-    assert "| embedded-adaptive-s7 | adaptive | embedded | pass | — | warning:complexity_uninformative@L0 |" in out
-    assert "| run | layer 0 | layer 1 | fires |" in out
-    assert "| embedded-adaptive-s7 | 0.1 | 0.5 | yes |" in out
-    assert "embedded-dense-s1337 |" not in out.split("complexity_uninformative` on every run")[1]
+    assert ("| embedded-adaptive-s7 | adaptive | embedded | pass | — | "
+            "warning:predictor_growth@L0, warning:predictor_growth@L1 |") in out
+    assert "| embedded-adaptive-s8 | adaptive | embedded | pass | — | — |" in out
+    table = out.split("`predictor_growth` on every run")[1]
+    assert "| run | layer 0 | layer 1 | fires |" in table and "embedded-dense-s1337 |" not in table
+    rows = {ln.split(" | ")[0].strip("| "): ln.strip("| ").split(" | ") for ln in table.splitlines()
+            if ln.startswith("| embedded-")}
+    assert rows["embedded-adaptive-s7"][-1] == "yes" and rows["embedded-adaptive-s8"][-1] == "no"
+    for name in ("embedded-adaptive-s7", "embedded-adaptive-s8"):
+        for cell in rows[name][1:3]:  # growth ratio / late-rate share, each layer
+            ratio, share = (float(x) for x in cell.split(" / "))
+            assert ratio >= 3  # both grew >= 3x (ratio crossed on both runs)
+            assert (share >= 0.2) == (name == "embedded-adaptive-s7")

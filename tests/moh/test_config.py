@@ -63,3 +63,12 @@ def test_resuming_a_checkpoint_from_before_moh_gates_keeps_the_paper_gates():
     del saved["moh_gates"]  # a checkpoint written before the key existed
     assert resume_config(saved, {}).moh_gates == "paper"
     assert resume_config(Config(router="moh").to_dict(), {}).moh_gates == "released"
+
+
+def test_old_complexity_objective_stays_reachable_from_flags():
+    """The default objective is the difficulty target (issue 18); the one before it is two --set
+    flags away, and the flags really change both fields (not a no-op on an equal default)."""
+    default = Config()
+    assert (default.complexity_target, default.complexity_weight) == ("entropy_rank", 1.0)
+    old = load(None, **dict(parse_override(s) for s in ("complexity_target=heads", "complexity_weight=0.1")))
+    assert (old.complexity_target, old.complexity_weight) == ("heads", 0.1)

@@ -115,3 +115,17 @@ def test_ignored_rule_tabled_per_run_and_layer(tmp_path, capsys):
             ratio, share = (float(x) for x in cell.split(" / "))
             assert ratio >= 3  # both grew >= 3x (ratio crossed on both runs)
             assert (share >= 0.2) == (name == "embedded-adaptive-s7")
+
+
+@pytest.mark.parametrize("keep, left", [(False, {"run.jsonl", "DONE"}),
+                                        (True, {"run.jsonl", "DONE", "model.pt"})])
+def test_trained_member_keeps_the_model_only_on_request(tmp_path, monkeypatch, keep, left):
+    """bench/allocation.py needs model.pt; the cache otherwise keeps only the log. A stand-in for
+    `moh train` writes the three files a real run leaves (log, model, checkpoint)."""
+    fake = ("import sys, pathlib; d = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); "
+            "d.mkdir(parents=True); [(d / n).write_text('x') for n in ('run.jsonl', 'model.pt', 'checkpoint.pt')]")
+    monkeypatch.setattr(calibrate, "moh_command", lambda: [sys.executable, "-c", fake])
+    m = calibrate.Member("adaptive", 3, "embedded")
+    log = calibrate.train_member(m, tmp_path, log=lambda s: None, keep_model=keep)
+    assert log == tmp_path / m.key() / "run.jsonl"
+    assert {p.name for p in (tmp_path / m.key()).iterdir()} == left

@@ -32,9 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import data, layer_sums
+from . import data
 from .config import DEVICES
-from .routing import Routing
 
 
 
@@ -231,23 +230,3 @@ def gather_columns(t: torch.Tensor) -> torch.Tensor:
 def shard(items: list, info: DistInfo) -> list:
     """This rank's contiguous slice of `items` (data.shard; sizes differ by at most one)."""
     return data.shard(items, info.rank, info.world_size)
-
-
-# --- routing statistics -------------------------------------------------------------------------
-
-
-def layer_stats_global(routings: list[Routing], valid: torch.Tensor,
-                       full: bool = False) -> list[dict[str, torch.Tensor | None]]:
-    """`routing.layer_stats` for the whole job: per-layer statistics over every rank's tokens.
-
-    Means are token-weighted (sums and counts are all-reduced, then divided), min and max are
-    all-reduced as MIN / MAX, heads_std comes from the global sums of counts and squared
-    counts (float64: hard counts are small integers, so those sums are exact), head_load is
-    the summed per-head token count divided by the global token count. Two collectives for
-    all layers together (one SUM, one MAX with mins negated); call on logging steps only.
-    A rank with no real token contributes nothing (its min/max are +-inf). `full` adds the
-    optional heads_hist (summed histograms / token count) and prob_mean (summed probabilities
-    / token count), as `routing.layer_stats(full=True)`.
-    """
-    sums = layer_sums.reduce([layer_sums.partial(r, valid, full) for r in routings], sum_, max_)
-    return [layer_sums.finish(s) for s in sums]

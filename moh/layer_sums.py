@@ -4,7 +4,8 @@
 A `Sums` holds, for one layer, sums (token count, sum and sum of squares of per-token unit
 counts, per-unit selection counts, threshold / complexity / entropy sums, ...) and extremes
 (-min, max). Sums add and extremes take the maximum, so the same reduction serves
-- several ranks (`moh.distributed.layer_stats_global`: one SUM and one MAX all-reduce), and
+- several ranks (`moh.monitor.Recorder` under torch.distributed: one SUM and one MAX
+  all-reduce for all layers together), and
 - several forward passes before one optimizer step (`moh.monitor.Recorder`: gradient
   accumulation), where nothing per token survives the forward pass that produced it.
 `finish` turns merged sums into the fields of `routing.layer_stats` (float64 throughout:

@@ -309,9 +309,10 @@ class Recorder:
             optional["tokens"] = int(tokens)
         if skipped is not None:
             optional["skipped"] = bool(skipped)
+        now = time.time()
         rec = schema.record(
-            schema.STEP, step=step, epoch=int(epoch), phase=phase, time=time.time(),
-            elapsed=time.time() - self.t0, loss=loss_f,
+            schema.STEP, step=step, epoch=int(epoch), phase=phase, time=now,
+            elapsed=now - self.t0, loss=loss_f,
             lm_loss=loss_f if lm_loss is None else _float(lm_loss), lr=_float(lr),
             grad_norm=_float(norm), grad_norm_clipped=_float(grad_norm_clipped),
             grad_norms={g: _float(v) for g, v in per.items()},
@@ -325,9 +326,9 @@ class Recorder:
         """The per-layer fields of the step, over every rank's tokens, one host sync.
 
         One process, a layer seen once: `routing.layer_stats` (float32, as `moh train` has
-        always logged). Under torch.distributed: the sums of every layer all-reduced with one
-        SUM and one MAX collective (`moh.distributed.layer_stats_global`'s arithmetic). After
-        accumulation: the merged sums."""
+        always logged). Under torch.distributed: the sums of every layer (moh/layer_sums.py)
+        all-reduced with one SUM and one MAX collective, so means are token-weighted over the
+        job and a rank without real tokens adds nothing. After accumulation: the merged sums."""
         order = sorted(acc)
         parts = [acc[li] for li in order]
         if _world() > 1:

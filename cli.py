@@ -245,9 +245,6 @@ def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_f
     from analyze import criteria as crit
     from analyze import report
 
-    def base(run) -> Path:  # moh train's logs: the engine's set; any other producer: the generic one
-        return crit.GENERIC_CRITERIA_PATH if crit.is_generic(run) else crit.DEFAULT_CRITERIA_PATH
-
     sets: dict = {}
     try:  # a criteria file that fits neither default set is reported before any log is read (exit 2)
         sets[crit.DEFAULT_CRITERIA_PATH] = crit.load_criteria(criteria)
@@ -260,12 +257,12 @@ def _analysis(paths: list[Path], criteria: Optional[Path], strict: bool, input_f
     ref = None if baseline is None else _load(baseline, strict, input_format, "baseline: ", quiet)
     runs = [_load(path, strict, input_format, quiet=quiet) for path in paths]
     try:  # the user file merges over whichever default set a log gets
-        for b in {base(run) for run in runs} - set(sets):
+        for b in {crit.default_path(run) for run in runs} - set(sets):
             sets[b] = crit.load_criteria(criteria, b)
     except crit.CriteriaError as e:
         _err(f"error: {e}")
         raise typer.Exit(2)
-    return [report.build_report(run, sets[base(run)], baseline=ref,
+    return [report.build_report(run, sets[crit.default_path(run)], baseline=ref,
                                 criteria_file=None if criteria is None else str(criteria)) for run in runs]
 
 

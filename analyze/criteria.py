@@ -38,20 +38,21 @@ from .run import Run
 
 __all__ = ["Criterion", "Result", "CriteriaError", "load_criteria", "evaluate", "verdict",
            "criteria_set", "default_target", "DEFAULT_CRITERIA_PATH", "GENERIC_CRITERIA_PATH", "STATUSES",
-           "is_generic", "criteria_for"]
+           "default_path", "criteria_for"]
 
 
-def is_generic(run: Run) -> bool:
-    """Is `run` judged by the generic criteria? Yes when its run_start names a producer other
-    than `moh train` (moh.monitor.Recorder on a user's model writes "moh.monitor"). Logs without
-    a producer (moh train before the field existed, imported reference logs) get the engine's."""
-    return run.generic
+def default_path(run: Run) -> Path:
+    """The default criteria file `run` is judged by: the generic set for a log whose run_start
+    names a producer other than `moh train` (moh.monitor.Recorder on a user's model writes
+    "moh.monitor"; `Run.generic`), else the engine's. Logs without a producer (moh train before
+    the field existed, imported reference logs) get the engine's."""
+    return GENERIC_CRITERIA_PATH if run.generic else DEFAULT_CRITERIA_PATH
 
 
 def criteria_for(run: Run, path: str | Path | None = None) -> list[Criterion]:
-    """The criteria `run` is judged by: the engine's defaults or, for a log `moh train` did not
-    write, the generic set; the user file at `path` (if any) merged over either."""
-    return load_criteria(path, GENERIC_CRITERIA_PATH if is_generic(run) else DEFAULT_CRITERIA_PATH)
+    """The criteria `run` is judged by: its default set (`default_path`), with the user file at
+    `path` (if any) merged over it."""
+    return load_criteria(path, default_path(run))
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -158,8 +159,7 @@ def _window(c: Criterion, values: np.ndarray) -> float:
         first = float(v[:k].mean())
         return float(v[-k:].mean()) / first if first > 0 else math.nan
     if c.window == "spike_ratio":
-        skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
-        rest = values[skip:] if skip < len(values) else values[-1:]
+        rest = _after_warmup(c, values)
         if not len(rest) or not np.isfinite(rest).all():
             # NaN stands for null too, but a norm logged on some steps is logged on all (as the
             # nonfinite rule reads it): a non-finite norm after warmup is judged a failure below
@@ -167,11 +167,17 @@ def _window(c: Criterion, values: np.ndarray) -> float:
         med = float(np.median(rest))
         return float(rest.max()) / med if med > 0 else math.nan
     if c.window == "max_after_warmup":
-        skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
-        rest = values[skip:] if skip < len(values) else values[-1:]
+        rest = _after_warmup(c, values)
         rest = rest[~np.isnan(rest)]
         return float(rest.max()) if len(rest) else math.nan
     raise AssertionError(c.window)
+
+
+def _after_warmup(c: Criterion, values: np.ndarray) -> np.ndarray:
+    """The values after the criterion's warmup (a share of the steps when < 1, else a count);
+    the last value alone when the warmup covers them all."""
+    skip = int(len(values) * c.warmup) if c.warmup < 1 else int(c.warmup)
+    return values[skip:] if skip < len(values) else values[-1:]
 
 
 def _tol(x: float) -> float:
@@ -474,7 +480,7 @@ def criteria_set(run: Run, criteria: list[Criterion] | None = None, path: str | 
     adjusted = [c.name for c in criteria if c.enabled and router in dict(c.by_router)]
     reason = (f"run_start.model.router = {router}" if router else "the log names no router: the "
               "adaptive set's criteria without by_router variants")
-    if is_generic(run):
+    if run.generic:
         reason = (f"generic criteria: run_start.producer = {run.meta.get('producer')}, not "
                   f"{schema.PRODUCER_TRAIN}; " + reason)
     return {"router": router, "source": source, "file": str(path) if path else "default",

@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from analyze.criteria import GENERIC_CRITERIA_PATH, criteria_for, criteria_set, evaluate, is_generic
+from analyze.criteria import (DEFAULT_CRITERIA_PATH, GENERIC_CRITERIA_PATH, criteria_for, criteria_set,
+                              default_path, evaluate)
 from analyze.load import load_run
 from moh import schema
 from moh.monitor import Recorder
@@ -70,7 +71,7 @@ def _healthy(path, **kw):
 
 def test_a_healthy_recorded_run_passes_every_generic_criterion(tmp_path):
     run = _healthy(tmp_path)
-    assert is_generic(run)
+    assert run.generic and default_path(run) == GENERIC_CRITERIA_PATH
     res = evaluate(run, criteria_for(run))
     assert {r.name for r in res} == {"statistics_logged", "router_gradient", "routing_changes", "load_cv",
                                      "max_violation", "dead_units", "no_collapse", "grad_norm", "loss_decreasing"}
@@ -81,7 +82,8 @@ def test_a_healthy_recorded_run_passes_every_generic_criterion(tmp_path):
 
 def test_engine_logs_keep_the_engine_criteria(tmp_path):
     run = _healthy(tmp_path / "a", producer=schema.PRODUCER_TRAIN)
-    assert not is_generic(run) and {"loss", "average_heads", "output_quality"} <= {c.name for c in criteria_for(run)}
+    assert not run.generic and default_path(run) == DEFAULT_CRITERIA_PATH
+    assert {"loss", "average_heads", "output_quality"} <= {c.name for c in criteria_for(run)}
     # a log written before run_start had a producer (moh train or an import): the engine's set
     path = tmp_path / "b" / "run.jsonl"
     _healthy(tmp_path / "b")
@@ -89,7 +91,7 @@ def test_engine_logs_keep_the_engine_criteria(tmp_path):
     start = json.loads(lines[0])
     del start["producer"]
     path.write_text("\n".join([json.dumps(start)] + lines[1:]) + "\n")
-    assert not is_generic(load_run(path))
+    assert not load_run(path).generic
 
 
 @pytest.mark.parametrize("grad, status", [(0.0, "fail"), (0.5e-5, "fail"), (2e-5, "pass"), (0.06, "pass")])

@@ -13,17 +13,7 @@ from moh.model import LM
 from moh.monitor.rows import layer_rows as _rows
 from moh.routing import Routing
 from moh.train import train
-
-
-class _Records:
-    def __init__(self):
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
+from tests.moh.records import Records
 
 
 def test_average_ranks_share_ties():
@@ -104,7 +94,7 @@ def test_token_losses_do_not_change_the_trained_loss(tiny_cfg):
 
 @pytest.mark.parametrize("router", ["adaptive", "moh", "dense"])
 def test_logged_steps_carry_the_alignment_of_each_layer(tiny_cfg, router):
-    sink = _Records()
+    sink = Records()
     assert train(tiny_cfg(router=router, log_every=2), None, sink=sink).status == "completed"
     steps = [r for r in sink.records if r["event"] == schema.STEP]
     values = [layer[f] for r in steps for layer in r["layers"] for f in schema.ALIGNMENT_STATS]

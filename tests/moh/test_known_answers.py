@@ -18,6 +18,7 @@ from moh.config import Config
 from moh.losses import aux_losses, weighted_total
 from moh.optim import clip_, grad_norms
 from moh.routing import Routing, _SelectHeadsST, layer_stats, select_heads
+from tests.moh.records import Records
 
 # ------------------------------------------------------------------------------------------------
 # per-layer stats on a hand-made mask
@@ -292,19 +293,10 @@ def test_clipping_scales_to_min_of_norm_and_clip(clip, post):
 
 
 def test_a_training_run_logs_the_pre_clip_norm_and_the_clipped_one(tmp_path, tiny_cfg):
-    from moh.telemetry import NullSink
     from moh.train import train
 
-    class Keep(NullSink):
-        def __init__(self):
-            self.steps = []
-
-        def write(self, record):
-            if record["event"] == "step":
-                self.steps.append(record)
-
     clip = 0.05  # far below this model's early gradient norms
-    sink = Keep()
+    sink = Records()
     train(tiny_cfg(grad_clip=clip, instruct_epochs=0, eval_prompts=0), None, sink=sink)
     assert sink.steps
     above = [r for r in sink.steps if r["grad_norm"] > clip * 1.01]
@@ -318,19 +310,10 @@ def test_a_training_run_logs_the_pre_clip_norm_and_the_clipped_one(tmp_path, tin
 
 def test_the_trained_loss_is_the_lm_loss_plus_the_weighted_aux_terms(tiny_cfg):
     """What a step optimises: loss = lm_loss + sum_t weight_t * aux_t, each weighted term logged."""
-    from moh.telemetry import NullSink
     from moh.train import train
 
-    class Keep(NullSink):
-        def __init__(self):
-            self.steps = []
-
-        def write(self, record):
-            if record["event"] == "step":
-                self.steps.append(record)
-
     cfg = tiny_cfg(instruct_epochs=0, eval_prompts=0, lb_weight=0.5, z_weight=0.25, budget_weight=3.0)
-    sink = Keep()
+    sink = Records()
     train(cfg, None, sink=sink)
     weights = {"load_balance": 0.5, "z": 0.25, "complexity": cfg.complexity_weight, "budget": 3.0}
     for r in sink.steps:

@@ -14,21 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moh.telemetry import NullSink
 from moh.train import CHECKPOINT, train
+from tests.moh.records import Records
 
 EPOCHS = 4  # 36 optimizer steps of batch 64 on the embedded corpus
 MIN_DROP = 1.0  # nats: LM loss at step 1 minus the mean of the last 3 steps (measured ~1.4)
 MIN_MOVE = 0.05  # L2 norm of (trained - initial) for every routing tensor (measured >= ~0.3)
-
-
-class _Steps(NullSink):
-    def __init__(self):
-        self.steps: list[dict] = []
-
-    def write(self, record: dict) -> None:
-        if record["event"] == "step":
-            self.steps.append(record)
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
@@ -45,7 +36,7 @@ def test_a_tiny_run_learns_and_moves_its_routing_parameters(tmp_path, tiny_cfg, 
     cfg = tiny_cfg(router=router, pretrain_epochs=EPOCHS, instruct_epochs=0, eval_prompts=0)
     # the same config with no epochs writes the initial weights through the same code path
     train(cfg.replace(pretrain_epochs=0), tmp_path / "init")
-    sink = _Steps()
+    sink = Records()
     res = train(cfg, tmp_path / "run", sink=sink)
     assert res.status == "completed" and len(sink.steps) == 36
 

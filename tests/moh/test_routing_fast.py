@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from moh.routing import _SelectHeadsST, fused_linear, select_heads
+from tests.moh.records import Records
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -49,18 +50,10 @@ def test_fused_linear_matches_separate_linears():
 
 def test_full_telemetry_tier_adds_heads_hist_and_prob_mean(tiny_cfg):
     from moh import schema
-    from moh.telemetry import NullSink
     from moh.train import train
 
-    class Keep(NullSink):
-        def __init__(self):
-            self.records = []
-
-        def write(self, record):
-            self.records.append(record)
-
     for router, tier in (("adaptive", "full"), ("dense", "full"), ("adaptive", "basic")):
-        sink = Keep()
+        sink = Records()
         train(tiny_cfg(router=router, telemetry_tier=tier, instruct_epochs=0, eval_prompts=0), None, sink=sink)
         steps = [r for r in sink.records if r["event"] == schema.STEP]
         assert steps and not any(schema.missing_fields(r) for r in steps)

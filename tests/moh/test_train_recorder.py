@@ -17,6 +17,7 @@ from moh import schema
 from moh.monitor import Recorder
 from moh.monitor import recorder as recorder_mod
 from moh.train import train
+from tests.moh.records import Records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "moh", "train.py")
@@ -47,17 +48,6 @@ def test_train_module_makes_no_record_and_no_statistic_of_its_own():
     assert not used & bypass, f"moh/train.py writes or reduces telemetry itself: {sorted(used & bypass)}"
 
 
-class _Sink:
-    def __init__(self):
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
-
-
 def test_a_real_run_logs_exactly_what_the_recorder_emitted(tmp_path, tiny_cfg, monkeypatch):
     emitted = []
     real = recorder_mod.Recorder._emit
@@ -66,7 +56,7 @@ def test_a_real_run_logs_exactly_what_the_recorder_emitted(tmp_path, tiny_cfg, m
         emitted.append(rec)
         real(self, rec)
     monkeypatch.setattr(recorder_mod.Recorder, "_emit", spy)
-    extra = _Sink()
+    extra = Records()
     res = train(tiny_cfg(threads=1, log_every=3, eval_prompts=2), tmp_path, sink=extra)
     assert res.status == "completed"
     lines = open(tmp_path / "run.jsonl", encoding="utf-8").read().splitlines()

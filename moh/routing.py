@@ -147,21 +147,30 @@ class AdaptiveRouter(nn.Module):
         H = self.n_heads
         if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
             proj = fused_linear(x.float(), *self.proj_params())
-        out = proj  # (B, T, H + 2)
+        # one autograd node for the whole head selection (route_reference is its definition)
+        gates, hard, probs, c, kappa, tau, count = _AdaptiveRoute.apply(proj, self)
+        with torch.no_grad():  # a logged statistic: no graph for it
+            pred_norm = 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
+        return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=proj[..., :H],
+                       count=count, tau=tau, complexity=c, kappa=kappa,
+                       balance_heads=slice(0, H), pred_norm=pred_norm)
+
+    def route_reference(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The adaptive routing of the projections `out` (B, T, H + 2) in plain autograd ops:
+        (gates, hard, probs, c, kappa, tau, count). This defines what `_AdaptiveRoute`, the node
+        forward() runs, computes (tests/moh/test_routing_fast.py holds them equal)."""
+        H = self.n_heads
         logits = out[..., :H]  # (B, T, H)
         probs = logits.softmax(-1)
         c = torch.sigmoid(out[..., H])  # (B, T) in [0, 1]
         kappa = self.k_min + (H - self.k_min) * c  # (B, T) in [k_min, H]
         tau = self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(out[..., H + 1])
         tau = tau.clamp(self.tau_lo, self.tau_hi)  # (B, T); only rounding error is clamped
-        # forward: exactly the hard mask; backward: the surrogate's gradient (select_heads)
-        gates, hard = _SelectHeadsST.apply(probs, tau, kappa, self.t1, self.t2)
+        hard, soft = select_heads(probs, tau, kappa, self.t1, self.t2)
+        gates = hard.to(probs.dtype) + (soft - soft.detach())  # forward hard, backward soft
         if not self.straight_through:  # pitfall 1 on purpose: a hard mask with no gradient path
             gates = gates.detach()
-        pred_norm = 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
-        return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=logits,
-                       count=gates.sum(-1), tau=tau, complexity=c, kappa=kappa,
-                       balance_heads=slice(0, H), pred_norm=pred_norm.detach())
+        return gates, hard, probs, c, kappa, tau, gates.sum(-1)
 
 
 class _NarrowLinear(torch.autograd.Function):
@@ -236,6 +245,41 @@ def select_heads(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor,
     return hard, soft
 
 
+def _st_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor, t1: float, t2: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """select_heads' hard mask (B, T, H) in head order, with what its surrogate's gradient
+    needs: the sort order and the two sigmoid factors a (threshold), b (budget), sorted."""
+    H = probs.shape[-1]
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    cum_excl = torch.cat([torch.zeros_like(sorted_p[..., :1]), sorted_p[..., :-1].cumsum(-1)], -1)
+    rank = torch.arange(H, device=probs.device, dtype=probs.dtype)
+    tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)
+    hard_sorted = (cum_excl < tau_) & (rank < kappa_)
+    hard_sorted[..., 0] = True  # at least one head
+    a = torch.sigmoid((tau_ - cum_excl) / t1)  # threshold factor of the surrogate
+    b = torch.sigmoid((kappa_ - rank - 0.5) / t2)  # budget factor
+    # order is a permutation: every slot is written, so no zero fill is needed
+    hard = torch.empty_like(hard_sorted).scatter_(-1, order, hard_sorted)
+    return hard, order, a, b
+
+
+def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch.Tensor, t1: float,
+                 t2: float, need_probs: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The surrogate's gradient for the upstream gradient g (B, T, H) of the gates, head order:
+    (d probs (B, T, H) or None, d tau (B, T), d kappa (B, T))."""
+    gs = g.gather(-1, order)  # gradient w.r.t. soft, in sorted order
+    dz1 = torch.ops.aten.sigmoid_backward(gs * b, a) / t1  # d/d (tau - C_j)
+    dz2 = torch.ops.aten.sigmoid_backward(gs * a, b) / t2  # d/d (kappa - j - 0.5)
+    g_probs = None
+    if need_probs:
+        # C_j = sum_{i<j} p_(i): p_(i) receives -sum_{j>i} dz1_j (the last sorted prob: 0)
+        g_sorted = torch.empty_like(dz1)
+        g_sorted[..., -1] = 0
+        g_sorted[..., :-1] = (-dz1[..., 1:]).flip(-1).cumsum(-1).flip(-1)
+        g_probs = torch.empty_like(g_sorted).scatter_(-1, order, g_sorted)
+    return g_probs, dz1.sum(-1), dz2.sum(-1)
+
+
 class _SelectHeadsST(torch.autograd.Function):
     """`hard.float() + (soft - soft.detach())` from `select_heads`, as one autograd node.
 
@@ -247,16 +291,7 @@ class _SelectHeadsST(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, probs, tau, kappa, t1, t2):  # type: ignore[override]
-        H = probs.shape[-1]
-        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-        cum_excl = torch.cat([torch.zeros_like(sorted_p[..., :1]), sorted_p[..., :-1].cumsum(-1)], -1)
-        rank = torch.arange(H, device=probs.device, dtype=probs.dtype)
-        tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)
-        hard_sorted = (cum_excl < tau_) & (rank < kappa_)
-        hard_sorted[..., 0] = True  # at least one head
-        a = torch.sigmoid((tau_ - cum_excl) / t1)  # threshold factor of the surrogate
-        b = torch.sigmoid((kappa_ - rank - 0.5) / t2)  # budget factor
-        hard = torch.zeros_like(hard_sorted).scatter(-1, order, hard_sorted)
+        hard, order, a, b = _st_select(probs, tau, kappa, t1, t2)
         ctx.save_for_backward(order, a, b)
         ctx.t1, ctx.t2 = t1, t2
         ctx.mark_non_differentiable(hard)
@@ -265,18 +300,71 @@ class _SelectHeadsST(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _g_hard):  # type: ignore[override]
         order, a, b = ctx.saved_tensors
-        gs = g.gather(-1, order)  # gradient w.r.t. soft, in sorted order
-        dz1 = torch.ops.aten.sigmoid_backward(gs * b, a) / ctx.t1  # d/d (tau - C_j)
-        dz2 = torch.ops.aten.sigmoid_backward(gs * a, b) / ctx.t2  # d/d (kappa - j - 0.5)
-        g_tau = dz1.sum(-1) if ctx.needs_input_grad[1] else None
-        g_kappa = dz2.sum(-1) if ctx.needs_input_grad[2] else None
-        g_probs = None
-        if ctx.needs_input_grad[0]:
-            # C_j = sum_{i<j} p_(i): p_(i) receives -sum_{j>i} dz1_j (the last sorted prob: 0)
-            g_sorted = torch.zeros_like(dz1)
-            g_sorted[..., :-1] = (-dz1[..., 1:]).flip(-1).cumsum(-1).flip(-1)
-            g_probs = torch.zeros_like(g_sorted).scatter(-1, order, g_sorted)
-        return g_probs, g_tau, g_kappa, None, None
+        g_probs, g_tau, g_kappa = _st_backward(g, order, a, b, ctx.t1, ctx.t2, ctx.needs_input_grad[0])
+        return (g_probs, g_tau if ctx.needs_input_grad[1] else None,
+                g_kappa if ctx.needs_input_grad[2] else None, None, None)
+
+
+class _AdaptiveRoute(torch.autograd.Function):
+    """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
+    (gates, hard, probs, c, kappa, tau, count).
+
+    The forward pass runs the reference's operations in the same order (equal values, bit for
+    bit); the backward pass is the chain rule through softmax, the two sigmoids, the clamp and
+    the surrogate written out in a few fused steps, in place of the ~60 small autograd nodes of
+    the reference per layer (their dispatch, not their arithmetic, was the router's cost:
+    docs/benchmarks.md). Gradients equal autograd's up to float rounding
+    (tests/moh/test_routing_fast.py, both sides of the clamp, with and without straight-through).
+    """
+
+    @staticmethod
+    def forward(ctx, out, router):  # type: ignore[override]
+        H, k_min = router.n_heads, router.k_min
+        probs = out[..., :H].softmax(-1)
+        c = torch.sigmoid(out[..., H])
+        kappa = k_min + (H - k_min) * c
+        s_t = torch.sigmoid(out[..., H + 1])
+        tau_free = router.tau_min + (router.tau_max - router.tau_min) * s_t
+        tau = tau_free.clamp(router.tau_lo, router.tau_hi)
+        hard, order, a, b = _st_select(probs, tau, kappa, router.t1, router.t2)
+        gates = hard.to(probs.dtype)
+        count = gates.sum(-1)
+        # the clamp passes the gradient where it did not move tau (autograd: lo <= x <= hi)
+        ctx.save_for_backward(probs, c, s_t, tau_free == tau, order, a, b)
+        ctx.router = router
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors
+        ctx.mark_non_differentiable(hard)
+        if not router.straight_through:  # pitfall 1 on purpose: no gradient path from the gates
+            ctx.mark_non_differentiable(hard, gates, count)
+        return gates, hard, probs, c, kappa, tau, count
+
+    @staticmethod
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count):  # type: ignore[override]
+        probs, c, s_t, unclamped, order, a, b = ctx.saved_tensors
+        rt = ctx.router
+        H = rt.n_heads
+        g_sel = None  # upstream gradient of the soft surrogate (gates; count = gates.sum(-1))
+        if rt.straight_through:
+            g_sel = g_gates
+            if g_count is not None:
+                g_sel = g_count.unsqueeze(-1).expand_as(probs) if g_sel is None else g_sel + g_count.unsqueeze(-1)
+        if g_sel is not None:
+            gp_sel, gt_sel, gk_sel = _st_backward(g_sel, order, a, b, rt.t1, rt.t2)
+            g_probs = gp_sel if g_probs is None else g_probs + gp_sel
+            g_tau = gt_sel if g_tau is None else g_tau + gt_sel
+            g_kappa = gk_sel if g_kappa is None else g_kappa + gk_sel
+        g_logits = (torch.zeros_like(probs) if g_probs is None
+                    else torch.ops.aten._softmax_backward_data(g_probs, probs, -1, probs.dtype))
+        if g_kappa is not None:  # kappa = k_min + (H - k_min) c
+            g_k = g_kappa * (H - rt.k_min)
+            g_c = g_k if g_c is None else g_c + g_k
+        g_xc = torch.zeros_like(c) if g_c is None else torch.ops.aten.sigmoid_backward(g_c, c)
+        if g_tau is None:
+            g_xt = torch.zeros_like(s_t)
+        else:  # tau = clamp(tau_min + (tau_max - tau_min) s_t)
+            g_xt = torch.ops.aten.sigmoid_backward(
+                torch.where(unclamped, g_tau, 0.0) * (rt.tau_max - rt.tau_min), s_t)
+        return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
 
 
 ROUTER_CLASSES = {"dense": DenseRouter, "moh": MoHRouter, "adaptive": AdaptiveRouter}

@@ -24,13 +24,14 @@ keeps fewer heads. A term that does not apply is None, never 0.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from . import schema
 from .config import Config
 from .difficulty import budget_target
+from .route_fast import scalars
 from .routing import Routing
 
 TERMS = schema.AUX_TERMS
@@ -45,7 +46,8 @@ def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
-               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+               reference: bool = False) -> dict[str, torch.Tensor | None]:
     """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None.
 
     Every term is a function of token SUMS (per-head f_i and P_i sums, z, complexity and
@@ -53,49 +55,177 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     job's sums before the terms are formed: under data parallelism an autograd-aware all-reduce
     (`distributed.sum_autograd`), so the batch-level statistics (f_i, P_i, mean count) are the
     global batch's and a 2-rank run computes the 1-rank run's terms. None = this process only.
+
+    The sums and the terms are computed by `_layer_sums` and `_terms` in both modes; `reference`
+    lets autograd differentiate them op by op, the default runs them inside the hand-written
+    nodes `_LayerSums` and `_Terms` (same values bit for bit, gradients equal up to rounding,
+    tests/moh/test_losses_fast.py): a few fused steps per layer instead of ~100 tiny autograd
+    nodes, whose dispatch cost more than the rest of the router (docs/benchmarks.md).
     """
     w = valid.float()  # (B, T)
     parts: list[torch.Tensor] = [w.sum().view(1)]
-    layout: list[tuple[int, bool]] = []  # per routed layer: (balanced heads Hb, adaptive?)
+    layout: list[_Layer] = []
+    shared_target: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # one per difficulty tensor
     for r in routings:
         if r.probs is None:  # dense: nothing is routed
             continue
-        hard_b = r.hard[..., r.balance_heads].float()  # (B, T, Hb)
-        parts += [_masked_sum(hard_b, w), _masked_sum(r.probs, w),  # (Hb,) f and P numerators
-                  _masked_sum(torch.logsumexp(r.logits, -1) ** 2, w).view(1)]
+        hard_b = r.hard[..., r.balance_heads]  # (B, T, Hb)
         adaptive = r.kappa is not None
-        if adaptive:
-            target, w_c = _complexity_target(r, w, cfg)
-            # off (weight 0): logged only, no path into the backward pass
-            p = r.probs if cfg.entropy_weight else r.probs.detach()
-            ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
-            parts += [_masked_sum((target - r.kappa) ** 2, w_c).view(1),
-                      _masked_sum(r.count.float(), w).view(1), _masked_sum(ent, w).view(1),
-                      w_c.sum().view(1)]
-        layout.append((hard_b.shape[-1], adaptive))
+        target = w_c = None
+        if adaptive:  # the difficulty target is the same tensor in every layer: made once
+            key = id(r.difficulty) if r.difficulty is not None and cfg.complexity_target != "heads" else None
+            if key is None or key not in shared_target:
+                target_wc = _complexity_target(r, w, cfg)
+                if key is not None:
+                    shared_target[key] = target_wc
+            target, w_c = shared_target[key] if key is not None else target_wc
+        # off (weight 0): logged only, no path into the backward pass
+        ent_grad = bool(cfg.entropy_weight)
+        args = (hard_b, r.probs, r.logits, r.kappa, r.count, w, target, w_c, ent_grad)
+        parts.append(_layer_sums(*args)[0] if reference else _LayerSums.apply(*args))
+        layout.append(_Layer(hard_b.shape[-1], r.hard.shape[-1], adaptive, r.balance_per_k))
     flat = torch.cat(parts)
     if reduce is not None:
         flat = reduce(flat)
+    spec = (tuple(layout), float(cfg.target_heads))
+    terms = _terms(flat, *spec) if reference else _Terms.apply(flat, spec)
+    named = iter(terms)
+    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}
+
+
+class _Layer(NamedTuple):
+    """One routed layer's place in the flat vector of sums."""
+    Hb: int  # balanced heads
+    H: int  # all heads
+    adaptive: bool  # complexity, budget and entropy sums follow the z sum
+    per_k: bool  # load balance divided by the mean head count (Switch form)
+
+
+_ADAPTIVE_TERMS = ("complexity", "budget", "entropy")
+
+
+def _applies(term: str, layout: list[_Layer] | tuple[_Layer, ...]) -> bool:
+    return bool(layout) and (term not in _ADAPTIVE_TERMS or any(l.adaptive for l in layout))
+
+
+def _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):
+    """One layer's token sums: [f numerators (Hb), P numerators (Hb), z] and for the adaptive
+    router [complexity, head count, entropy, complexity tokens]; and logsumexp(logits) (B, T).
+    Differentiable in probs, logits, kappa and count (entropy only when `ent_grad`); the rest
+    are counts."""
+    lse = torch.logsumexp(logits, -1)  # (B, T)
+    out = [_masked_sum(hard_b.float(), w), _masked_sum(probs, w),  # (Hb,) f and P numerators
+           _masked_sum(lse ** 2, w).view(1)]
+    if kappa is not None:
+        p = probs if ent_grad else probs.detach()
+        ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, T) nats
+        out += [_masked_sum((target - kappa) ** 2, w_c).view(1),
+                _masked_sum(count.float(), w).view(1), _masked_sum(ent, w).view(1), w_c.sum().view(1)]
+    return torch.cat(out), lse
+
+
+def _terms(flat: torch.Tensor, layout: tuple[_Layer, ...], target_heads: float) -> list[torch.Tensor]:
+    """The terms that apply (TERMS order, averaged over layers) from the flat sums [n, layer 0's
+    sums, layer 1's, ...]. The Python numbers enter as 0-d tensors (`scalars`: same values)."""
     n = flat[0].clamp_min(1.0)
     per_term: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
     pos = 1
-    for (Hb, adaptive), r in zip(layout, (r for r in routings if r.probs is not None)):
+    for lay in layout:
+        Hb, H = lay.Hb, lay.H
+        Hb_, H_, H2_, th_ = scalars((Hb, H, H**2, target_heads), flat.dtype, flat.device)
         f = flat[pos : pos + Hb] / n  # (Hb,) fraction of tokens per head
         P = flat[pos + Hb : pos + 2 * Hb] / n  # (Hb,) mean probability per head
         pos += 2 * Hb
         mean_k = f.sum().clamp_min(1e-6)  # heads per token among the balanced ones
-        balance = Hb * (f * P).sum()
-        per_term["load_balance"].append(balance / mean_k if r.balance_per_k else balance)
+        balance = Hb_ * (f * P).sum()
+        per_term["load_balance"].append(balance / mean_k if lay.per_k else balance)
         per_term["z"].append(flat[pos] / n)
         pos += 1
-        if adaptive:
-            H = r.hard.shape[-1]
-            per_term["complexity"].append(flat[pos] / flat[pos + 3].clamp_min(1.0) / H**2)
+        if lay.adaptive:
+            per_term["complexity"].append(flat[pos] / flat[pos + 3].clamp_min(1.0) / H2_)
             mean_count = flat[pos + 1] / n
-            per_term["budget"].append(((mean_count - cfg.target_heads) / H) ** 2)
+            per_term["budget"].append(((mean_count - th_) / H_) ** 2)
             per_term["entropy"].append(flat[pos + 2] / n)
             pos += 4
-    return {t: (torch.stack(v).mean() if v else None) for t, v in per_term.items()}
+    return [torch.stack(v).mean() for v in per_term.values() if v]
+
+
+class _LayerSums(torch.autograd.Function):
+    """`_layer_sums` as one autograd node: the same forward values, the chain rule by hand."""
+
+    @staticmethod
+    def forward(ctx, hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):  # type: ignore[override]
+        out, lse = _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad)
+        ctx.save_for_backward(probs, logits, lse, kappa, w, target, w_c)
+        ctx.ent_grad = ent_grad
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        probs, logits, lse, kappa, w, target, w_c = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        Hb = probs.shape[-1]
+        two, minus_two = scalars((2.0, -2.0), g.dtype, g.device)
+        g_probs = g_logits = g_kappa = g_count = None
+        if need[1]:  # P sums: d/dp_i = g_P_i on real tokens
+            g_probs = g[Hb:2 * Hb] * w.unsqueeze(-1)
+            if kappa is not None and ctx.ent_grad:  # ent = -sum p log max(p, 1e-12)
+                pc = probs.clamp_min(1e-12)
+                d_ent = -(pc.log() + torch.where(probs >= 1e-12, probs / pc, 0.0))
+                g_probs = g_probs + (g[2 * Hb + 3] * w).unsqueeze(-1) * d_ent
+        if need[2]:  # z = sum lse^2: d/dlogits = 2 lse softmax(logits)
+            lse_ = lse.unsqueeze(-1)
+            g_logits = ((g[2 * Hb] * two) * w).unsqueeze(-1) * lse_ * (logits - lse_).exp()
+        if kappa is not None:
+            if need[3]:  # complexity = sum w_c (target - kappa)^2
+                g_kappa = (g[2 * Hb + 1] * minus_two) * w_c * (target - kappa)
+            if need[4]:  # head count sum
+                g_count = g[2 * Hb + 2] * w
+        return None, g_probs, g_logits, g_kappa, g_count, None, None, None, None
+
+
+class _Terms(torch.autograd.Function):
+    """`_terms` as one autograd node. Only the probability, z, complexity, head-count and
+    entropy sums carry a gradient: n, the f numerators and the complexity token count are
+    counts of the hard and valid masks (their slots get 0)."""
+
+    @staticmethod
+    def forward(ctx, flat, spec):  # type: ignore[override]
+        ctx.save_for_backward(flat)
+        ctx.spec = spec
+        return tuple(_terms(flat, *spec))
+
+    @staticmethod
+    def backward(ctx, *g_terms):  # type: ignore[override]
+        (flat,) = ctx.saved_tensors
+        layout, target_heads = ctx.spec
+        names = [t for t in TERMS if _applies(t, layout)]
+        layers = [sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS) for t in names]
+        # through the mean over layers: each layer's value receives g / layers
+        gl = dict(zip(names, (g / k for g, k in zip(g_terms, scalars(tuple(layers), flat.dtype, flat.device)))))
+        n = flat[0].clamp_min(1.0)
+        zero = flat.new_zeros(1)
+        per_n = {t: gl[t] / n for t in ("z", "entropy") if t in gl}  # d (sum / n) / d sum, every layer
+        pieces = [zero]
+        pos = 1
+        for lay in layout:
+            Hb, H = lay.Hb, lay.H
+            Hb_, H_, H2_, th_, two_ = scalars((Hb, H, H**2, target_heads, 2.0), flat.dtype, flat.device)
+            f = flat[pos : pos + Hb] / n
+            # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
+            coef = Hb_ * f
+            if lay.per_k:
+                coef = coef / f.sum().clamp_min(1e-6)
+            rest = [per_n["z"]]
+            if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
+                z = pos + 2 * Hb
+                rest += [gl["complexity"] / flat[z + 4].clamp_min(1.0) / H2_,
+                         gl["budget"] * (two_ * ((flat[z + 2] / n - th_) / H_) / H_ / n), per_n["entropy"]]
+            pieces += [torch.zeros_like(f), gl["load_balance"] * (coef / n), torch.stack(rest).view(-1)]
+            if lay.adaptive:
+                pieces.append(zero)  # the complexity token count
+            pos += 2 * Hb + (5 if lay.adaptive else 1)
+        return torch.cat(pieces), None
 
 
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

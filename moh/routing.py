@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .route_fast import _AdaptiveRoute, _SelectHeadsST, row_softmax  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class MoHRouter(nn.Module):
         if proj is None:  # routers in float32 whatever the model dtype; one matmul for all
             proj = fused_linear(x.float(), *self.proj_params())
         logits = proj[..., :Hr]  # (B, T, Hr)
-        probs = logits.softmax(-1)
+        probs = row_softmax(logits)
         top = probs.topk(k, dim=-1).indices
         chosen = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)  # (B, T, Hr)
         routed_gates = probs * chosen
@@ -108,9 +109,9 @@ class MoHRouter(nn.Module):
             gates, hard = routed_gates, chosen
         else:
             n_s = Hs if self.shared is not None else 0  # columns of W_s in proj
-            shared_gates = (proj[..., Hr:Hr + n_s].softmax(-1) if n_s
+            shared_gates = (row_softmax(proj[..., Hr:Hr + n_s]) if n_s
                             else proj.new_ones(*proj.shape[:-1], 1))  # (B, T, Hs)
-            a = proj[..., Hr + n_s:Hr + n_s + 2].softmax(-1)  # (B, T, 2): [a1, a2]
+            a = row_softmax(proj[..., Hr + n_s:Hr + n_s + 2])  # (B, T, 2): [a1, a2]
             if self.released:  # shared gates sum to Hs; both type weights x 2 (they sum to 2)
                 shared_gates, a = shared_gates * Hs, a * 2
             gates = torch.cat([a[..., :1] * shared_gates, a[..., 1:] * routed_gates], dim=-1)
@@ -243,128 +244,6 @@ def select_heads(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor,
     hard = torch.zeros_like(hard_sorted).scatter(-1, order, hard_sorted)
     soft = torch.zeros_like(soft_sorted).scatter(-1, order, soft_sorted)
     return hard, soft
-
-
-def _st_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor, t1: float, t2: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """select_heads' hard mask (B, T, H) in head order, with what its surrogate's gradient
-    needs: the sort order and the two sigmoid factors a (threshold), b (budget), sorted."""
-    H = probs.shape[-1]
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    cum_excl = torch.cat([torch.zeros_like(sorted_p[..., :1]), sorted_p[..., :-1].cumsum(-1)], -1)
-    rank = torch.arange(H, device=probs.device, dtype=probs.dtype)
-    tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)
-    hard_sorted = (cum_excl < tau_) & (rank < kappa_)
-    hard_sorted[..., 0] = True  # at least one head
-    a = torch.sigmoid((tau_ - cum_excl) / t1)  # threshold factor of the surrogate
-    b = torch.sigmoid((kappa_ - rank - 0.5) / t2)  # budget factor
-    # order is a permutation: every slot is written, so no zero fill is needed
-    hard = torch.empty_like(hard_sorted).scatter_(-1, order, hard_sorted)
-    return hard, order, a, b
-
-
-def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch.Tensor, t1: float,
-                 t2: float, need_probs: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """The surrogate's gradient for the upstream gradient g (B, T, H) of the gates, head order:
-    (d probs (B, T, H) or None, d tau (B, T), d kappa (B, T))."""
-    gs = g.gather(-1, order)  # gradient w.r.t. soft, in sorted order
-    dz1 = torch.ops.aten.sigmoid_backward(gs * b, a) / t1  # d/d (tau - C_j)
-    dz2 = torch.ops.aten.sigmoid_backward(gs * a, b) / t2  # d/d (kappa - j - 0.5)
-    g_probs = None
-    if need_probs:
-        # C_j = sum_{i<j} p_(i): p_(i) receives -sum_{j>i} dz1_j (the last sorted prob: 0)
-        g_sorted = torch.empty_like(dz1)
-        g_sorted[..., -1] = 0
-        g_sorted[..., :-1] = (-dz1[..., 1:]).flip(-1).cumsum(-1).flip(-1)
-        g_probs = torch.empty_like(g_sorted).scatter_(-1, order, g_sorted)
-    return g_probs, dz1.sum(-1), dz2.sum(-1)
-
-
-class _SelectHeadsST(torch.autograd.Function):
-    """`hard.float() + (soft - soft.detach())` from `select_heads`, as one autograd node.
-
-    Same forward value (the hard mask) and the same gradient as autograd through
-    `select_heads` (tests/moh/test_routing_fast.py checks both); written out by hand because
-    autograd's ~20 small nodes per layer cost more than the rest of the router at our sizes.
-    Returns (gates float (B, T, H), hard bool (B, T, H)).
-    """
-
-    @staticmethod
-    def forward(ctx, probs, tau, kappa, t1, t2):  # type: ignore[override]
-        hard, order, a, b = _st_select(probs, tau, kappa, t1, t2)
-        ctx.save_for_backward(order, a, b)
-        ctx.t1, ctx.t2 = t1, t2
-        ctx.mark_non_differentiable(hard)
-        return hard.to(probs.dtype), hard
-
-    @staticmethod
-    def backward(ctx, g, _g_hard):  # type: ignore[override]
-        order, a, b = ctx.saved_tensors
-        g_probs, g_tau, g_kappa = _st_backward(g, order, a, b, ctx.t1, ctx.t2, ctx.needs_input_grad[0])
-        return (g_probs, g_tau if ctx.needs_input_grad[1] else None,
-                g_kappa if ctx.needs_input_grad[2] else None, None, None)
-
-
-class _AdaptiveRoute(torch.autograd.Function):
-    """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
-    (gates, hard, probs, c, kappa, tau, count).
-
-    The forward pass runs the reference's operations in the same order (equal values, bit for
-    bit); the backward pass is the chain rule through softmax, the two sigmoids, the clamp and
-    the surrogate written out in a few fused steps, in place of the ~60 small autograd nodes of
-    the reference per layer (their dispatch, not their arithmetic, was the router's cost:
-    docs/benchmarks.md). Gradients equal autograd's up to float rounding
-    (tests/moh/test_routing_fast.py, both sides of the clamp, with and without straight-through).
-    """
-
-    @staticmethod
-    def forward(ctx, out, router):  # type: ignore[override]
-        H, k_min = router.n_heads, router.k_min
-        probs = out[..., :H].softmax(-1)
-        c = torch.sigmoid(out[..., H])
-        kappa = k_min + (H - k_min) * c
-        s_t = torch.sigmoid(out[..., H + 1])
-        tau_free = router.tau_min + (router.tau_max - router.tau_min) * s_t
-        tau = tau_free.clamp(router.tau_lo, router.tau_hi)
-        hard, order, a, b = _st_select(probs, tau, kappa, router.t1, router.t2)
-        gates = hard.to(probs.dtype)
-        count = gates.sum(-1)
-        # the clamp passes the gradient where it did not move tau (autograd: lo <= x <= hi)
-        ctx.save_for_backward(probs, c, s_t, tau_free == tau, order, a, b)
-        ctx.router = router
-        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors
-        ctx.mark_non_differentiable(hard)
-        if not router.straight_through:  # pitfall 1 on purpose: no gradient path from the gates
-            ctx.mark_non_differentiable(hard, gates, count)
-        return gates, hard, probs, c, kappa, tau, count
-
-    @staticmethod
-    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count):  # type: ignore[override]
-        probs, c, s_t, unclamped, order, a, b = ctx.saved_tensors
-        rt = ctx.router
-        H = rt.n_heads
-        g_sel = None  # upstream gradient of the soft surrogate (gates; count = gates.sum(-1))
-        if rt.straight_through:
-            g_sel = g_gates
-            if g_count is not None:
-                g_sel = g_count.unsqueeze(-1).expand_as(probs) if g_sel is None else g_sel + g_count.unsqueeze(-1)
-        if g_sel is not None:
-            gp_sel, gt_sel, gk_sel = _st_backward(g_sel, order, a, b, rt.t1, rt.t2)
-            g_probs = gp_sel if g_probs is None else g_probs + gp_sel
-            g_tau = gt_sel if g_tau is None else g_tau + gt_sel
-            g_kappa = gk_sel if g_kappa is None else g_kappa + gk_sel
-        g_logits = (torch.zeros_like(probs) if g_probs is None
-                    else torch.ops.aten._softmax_backward_data(g_probs, probs, -1, probs.dtype))
-        if g_kappa is not None:  # kappa = k_min + (H - k_min) c
-            g_k = g_kappa * (H - rt.k_min)
-            g_c = g_k if g_c is None else g_c + g_k
-        g_xc = torch.zeros_like(c) if g_c is None else torch.ops.aten.sigmoid_backward(g_c, c)
-        if g_tau is None:
-            g_xt = torch.zeros_like(s_t)
-        else:  # tau = clamp(tau_min + (tau_max - tau_min) s_t)
-            g_xt = torch.ops.aten.sigmoid_backward(
-                torch.where(unclamped, g_tau, 0.0) * (rt.tau_max - rt.tau_min), s_t)
-        return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
 
 
 ROUTER_CLASSES = {"dense": DenseRouter, "moh": MoHRouter, "adaptive": AdaptiveRouter}

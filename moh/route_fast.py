@@ -1,0 +1,183 @@
+"""Fast paths of the routers: hand-written autograd nodes and thread-count care for tiny ops.
+
+The definitions live in moh/routing.py (`select_heads`, `AdaptiveRouter.route_reference`); these
+compute the same values bit for bit and gradients equal to autograd's up to float rounding
+(tests/moh/test_routing_fast.py). Why they exist: at this model's size a router works on a few
+thousand numbers per layer, so its cost is the count of tensor operations (each a dispatch of
+several microseconds on CPU, more for one that multiplies by a Python float: the scalar is
+first copied into a tensor), not their arithmetic; docs/benchmarks.md has the measurements.
+
+- `row_softmax`: a router's softmax on one thread (aten parallelises it at ~256 rows).
+- `_SelectHeadsST`: hard mask forward, the top-p surrogate's gradient backward (one node).
+- `_AdaptiveRoute`: the adaptive router from its projections to gates, mask, probabilities,
+  complexity, budget, threshold and head count: one node for ~60 autograd nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def row_softmax(x: torch.Tensor) -> torch.Tensor:
+    """x.softmax(-1) for a router's few logits per token, run on one CPU thread.
+
+    aten splits a softmax over the last dim between threads once there are more than
+    32768 / (16 * width) rows (256 at 8 heads), so a router's softmax of ~3k numbers was a
+    parallel region of its own: ~60 us on one thread, 300-1,400 us at 2 threads on busy cores
+    (docs/benchmarks.md). Every row is computed by the same code whichever thread runs it, so
+    the values are the same bits (tests/moh/test_routing_fast.py)."""
+    n = torch.get_num_threads()
+    if n == 1 or x.device.type != "cpu":
+        return x.softmax(-1)
+    torch.set_num_threads(1)
+    try:
+        return x.softmax(-1)
+    finally:
+        torch.set_num_threads(n)
+
+
+@functools.lru_cache(maxsize=256)
+def scalars(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Python numbers as 0-d tensors of `dtype`, made once: `x * t` gives the same bits as
+    `x * v` (aten rounds a Python operand to the tensor's dtype first; checked in
+    tests/moh/test_routing_fast.py), minus the tensor aten builds and copies from a Python
+    number on every call (~2-4 us each on this CPU, more than the arithmetic)."""
+    return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
+
+
+@functools.lru_cache(maxsize=64)
+def _ranks(H: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.arange(H, device=device, dtype=dtype)
+
+
+def _consts(H: int, values: tuple[float, ...], dtype: torch.dtype, device: torch.device
+            ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The ranks 0..H-1 and `scalars(values)`."""
+    return _ranks(H, dtype, device), scalars(values, dtype, device)
+
+
+def _st_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor, t1: float, t2: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """select_heads' hard mask (B, T, H) in head order, with what its surrogate's gradient
+    needs: the sort order and the two sigmoid factors a (threshold), b (budget), sorted."""
+    rank, (half, t1_, t2_) = _consts(probs.shape[-1], (0.5, t1, t2), probs.dtype, probs.device)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    # exclusive cumsum from a leading zero, so C_0 is exactly 0 (no cumsum - p rounding)
+    cum_excl = F.pad(sorted_p[..., :-1], (1, 0)).cumsum(-1)
+    tau_, kappa_ = tau.unsqueeze(-1), kappa.unsqueeze(-1)
+    hard_sorted = (cum_excl < tau_) & (rank < kappa_)
+    hard_sorted[..., 0] = True  # at least one head
+    a = torch.sigmoid((tau_ - cum_excl) / t1_)  # threshold factor of the surrogate
+    b = torch.sigmoid((kappa_ - rank - half) / t2_)  # budget factor
+    # order is a permutation: every slot is written, so no zero fill is needed
+    hard = torch.empty_like(hard_sorted).scatter_(-1, order, hard_sorted)
+    return hard, order, a, b
+
+
+def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch.Tensor, t1: float,
+                 t2: float, need_probs: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The surrogate's gradient for the upstream gradient g (B, T, H) of the gates, head order:
+    (MINUS d probs (B, T, H), or None; d tau (B, T); d kappa (B, T)). The sign is left to the
+    caller, which folds it into the subtraction it makes anyway."""
+    _, (t1_, t2_) = _consts(g.shape[-1], (t1, t2), g.dtype, g.device)
+    gs = g.gather(-1, order)  # gradient w.r.t. soft, in sorted order
+    dz1 = torch.ops.aten.sigmoid_backward(gs * b, a) / t1_  # d/d (tau - C_j)
+    dz2 = torch.ops.aten.sigmoid_backward(gs * a, b) / t2_  # d/d (kappa - j - 0.5)
+    minus_g_probs = None
+    if need_probs:
+        # C_j = sum_{i<j} p_(i): p_(i) receives -sum_{j>i} dz1_j (the last sorted prob: 0);
+        # the sums from the end, as a cumsum of the reversed dz1 shifted by one
+        tail = F.pad(dz1.flip(-1)[..., :-1], (1, 0)).cumsum(-1).flip(-1)
+        minus_g_probs = torch.empty_like(tail).scatter_(-1, order, tail)
+    return minus_g_probs, dz1.sum(-1), dz2.sum(-1)
+
+
+class _SelectHeadsST(torch.autograd.Function):
+    """`hard.float() + (soft - soft.detach())` from `select_heads`, as one autograd node.
+
+    Same forward value (the hard mask) and the same gradient as autograd through
+    `select_heads` (tests/moh/test_routing_fast.py checks both); written out by hand because
+    autograd's ~20 small nodes per layer cost more than the rest of the router at our sizes.
+    Returns (gates float (B, T, H), hard bool (B, T, H)).
+    """
+
+    @staticmethod
+    def forward(ctx, probs, tau, kappa, t1, t2):  # type: ignore[override]
+        hard, order, a, b = _st_select(probs, tau, kappa, t1, t2)
+        ctx.save_for_backward(order, a, b)
+        ctx.t1, ctx.t2 = t1, t2
+        ctx.mark_non_differentiable(hard)
+        return hard.to(probs.dtype), hard
+
+    @staticmethod
+    def backward(ctx, g, _g_hard):  # type: ignore[override]
+        order, a, b = ctx.saved_tensors
+        minus_g, g_tau, g_kappa = _st_backward(g, order, a, b, ctx.t1, ctx.t2, ctx.needs_input_grad[0])
+        return (None if minus_g is None else -minus_g, g_tau if ctx.needs_input_grad[1] else None,
+                g_kappa if ctx.needs_input_grad[2] else None, None, None)
+
+
+class _AdaptiveRoute(torch.autograd.Function):
+    """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
+    (gates, hard, probs, c, kappa, tau, count).
+
+    The forward pass runs the reference's operations on the same tensors in the same order
+    (equal values, bit for bit); the backward pass is the chain rule through softmax, the two
+    sigmoids, the clamp and the surrogate in a few fused steps. Gradients equal autograd's up
+    to float rounding (tests/moh/test_routing_fast.py: both sides of the clamp, with and
+    without straight-through, each output alone).
+    """
+
+    @staticmethod
+    def forward(ctx, out, router):  # type: ignore[override]
+        H = router.n_heads
+        _, (k_min, span_k, tau_min, span_t) = _consts(
+            H, (router.k_min, H - router.k_min, router.tau_min, router.tau_max - router.tau_min),
+            out.dtype, out.device)
+        probs = row_softmax(out[..., :H])
+        c = torch.sigmoid(out[..., H])
+        kappa = k_min + span_k * c
+        s_t = torch.sigmoid(out[..., H + 1])
+        tau_free = tau_min + span_t * s_t
+        tau = tau_free.clamp(router.tau_lo, router.tau_hi)
+        hard, order, a, b = _st_select(probs, tau, kappa, router.t1, router.t2)
+        gates = hard.to(probs.dtype)
+        count = gates.sum(-1)
+        ctx.save_for_backward(probs, c, s_t, tau_free, tau, order, a, b)
+        ctx.router, ctx.span_k, ctx.span_t = router, span_k, span_t
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors
+        if router.straight_through:
+            ctx.mark_non_differentiable(hard)
+        else:  # pitfall 1 on purpose: no gradient path from the gates (nor their count)
+            ctx.mark_non_differentiable(hard, gates, count)
+        return gates, hard, probs, c, kappa, tau, count
+
+    @staticmethod
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count):  # type: ignore[override]
+        probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
+        rt = ctx.router
+        g_sel = g_gates if rt.straight_through else None  # upstream gradient of the surrogate
+        if rt.straight_through and g_count is not None:  # count = gates.sum(-1)
+            g_sel = g_count.unsqueeze(-1).expand_as(probs) if g_sel is None else g_sel + g_count.unsqueeze(-1)
+        if g_sel is not None:
+            minus_gp, gt_sel, gk_sel = _st_backward(g_sel, order, a, b, rt.t1, rt.t2)
+            g_probs = -minus_gp if g_probs is None else g_probs - minus_gp
+            g_tau = gt_sel if g_tau is None else g_tau + gt_sel
+            g_kappa = gk_sel if g_kappa is None else g_kappa + gk_sel
+        # softmax: d logits = p (g - sum_i g_i p_i), the formula of aten's softmax backward,
+        # whose kernel for 8-wide rows is ~10x slower than these three operations
+        g_logits = (torch.zeros_like(probs) if g_probs is None
+                    else probs * (g_probs - (g_probs * probs).sum(-1, keepdim=True)))
+        if g_kappa is not None:  # kappa = k_min + (H - k_min) c
+            g_k = g_kappa * ctx.span_k
+            g_c = g_k if g_c is None else g_c + g_k
+        g_xc = torch.zeros_like(c) if g_c is None else torch.ops.aten.sigmoid_backward(g_c, c)
+        if g_tau is None:
+            g_xt = torch.zeros_like(s_t)
+        else:  # tau = clamp(tau_min + (tau_max - tau_min) s_t): the clamp passes the gradient
+            # where it left tau as it was (autograd's lo <= x <= hi, NaN included)
+            g_xt = torch.ops.aten.sigmoid_backward(torch.where(tau_free == tau, g_tau, 0.0) * ctx.span_t, s_t)
+        return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None

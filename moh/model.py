@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .config import Config
 from .data import IGNORE_INDEX
 from .difficulty import position_quantiles
+from .route_fast import _QKVAndRouter
 from .routing import Routing, make_router
 
 
@@ -42,13 +43,13 @@ class CausalSelfAttention(nn.Module):
         if proj_params is not None and x.dtype == torch.float32:
             # The router's projections of x ride along in the qkv matmul: one matmul and one
             # input gradient instead of two (the qkv columns are computed exactly as alone).
+            # One node for cat + linear + split (moh/route_fast.py: same values, leaner backward).
             ws, bs = proj_params()
-            w = torch.cat([self.qkv.weight, *ws])
-            b = torch.cat([self.qkv.bias, *(bi if bi is not None else wi.new_zeros(wi.shape[0])
-                                            for wi, bi in zip(ws, bs))])
-            out = F.linear(x, w, b)  # (B, T, 3C + K)
-            qkv = out[..., : 3 * C]
-            r = self.router(x, proj=out[..., 3 * C:])
+            params = [self.qkv.weight, self.qkv.bias]
+            for wi, bi in zip(ws, bs):
+                params += [wi, bi]
+            qkv, proj = _QKVAndRouter.apply(x, 3 * C, *params)  # (B, T, 3C), (B, T, K)
+            r = self.router(x, proj=proj)
         else:  # dense, or a model dtype other than the routers' float32
             qkv = self.qkv(x)
             r = self.router(x)

@@ -181,3 +181,40 @@ class _AdaptiveRoute(torch.autograd.Function):
             # where it left tau as it was (autograd's lo <= x <= hi, NaN included)
             g_xt = torch.ops.aten.sigmoid_backward(torch.where(tau_free == tau, g_tau, 0.0) * ctx.span_t, s_t)
         return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
+
+
+class _QKVAndRouter(torch.autograd.Function):
+    """The attention's fused matmul: `F.linear(x, cat(W_qkv, W_1, ...), cat(b_qkv, b_1, ...))`
+    split into the qkv block and the router's projections, as one autograd node.
+
+    The forward pass is that one F.linear (the same values as before, bit for bit). Autograd
+    through cat + linear + two slices built two zero-filled (B, T, 3C + K) gradients, added
+    them, and left each weight's gradient as a strided slice of a transposed matrix that
+    AccumulateGrad then copied; here the two upstream gradients are joined once and every
+    parameter gets a contiguous row block of one `g^T x` (docs/benchmarks.md).
+    params: (W_qkv, b_qkv, W_1, b_1, ...), a bias may be None (a zero column block).
+    """
+
+    @staticmethod
+    def forward(ctx, x, n_qkv, *params):  # type: ignore[override]
+        ws, bs = params[0::2], params[1::2]
+        w = torch.cat(ws)
+        b = torch.cat([bi if bi is not None else wi.new_zeros(wi.shape[0]) for wi, bi in zip(ws, bs)])
+        out = F.linear(x, w, b)  # (B, T, 3C + K)
+        ctx.save_for_backward(x, w)
+        ctx.rows = [wi.shape[0] for wi in ws]
+        ctx.has_bias = [bi is not None for bi in bs]
+        return out[..., :n_qkv], out[..., n_qkv:]
+
+    @staticmethod
+    def backward(ctx, g_qkv, g_router):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        g = torch.cat([g_qkv, g_router], -1)
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = g2.mm(w).view(x.shape) if ctx.needs_input_grad[0] else None
+        gw = g2.t().mm(x2).split(ctx.rows)  # (3C + K, C) -> contiguous row blocks
+        gb = g2.sum(0).split(ctx.rows)
+        grads: list[torch.Tensor | None] = []
+        for i, has_b in enumerate(ctx.has_bias):
+            grads += [gw[i], gb[i] if has_b else None]
+        return (gx, None, *grads)

@@ -69,3 +69,142 @@ def test_full_telemetry_tier_adds_heads_hist_and_prob_mean(tiny_cfg):
                 assert layer["prob_mean"] is None and hist[-1] == 1.0
             else:
                 assert len(layer["prob_mean"]) == 4 and abs(sum(layer["prob_mean"]) - 1) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# _AdaptiveRoute (the node AdaptiveRouter.forward runs) against route_reference (plain autograd)
+
+OUTPUTS = ("gates", "hard", "probs", "c", "kappa", "tau", "count")
+
+
+def _router(**kw):
+    from moh.config import Config
+    from moh.routing import AdaptiveRouter
+
+    return AdaptiveRouter(Config(n_heads=8, d_model=32, **kw))
+
+
+def _projections(seed: int, dtype, saturate: bool, B: int = 3, T: int = 7, H: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(B, T, H + 2, generator=g, dtype=dtype) * 2
+    if saturate:  # a third of the tokens at sigmoid 0, a third at 1: tau lands just outside
+        # [tau_lo, tau_hi] and is clamped there; the rest stay inside (both sides of the clamp)
+        u = torch.rand(B, T, generator=g)
+        far = torch.where(u < 1 / 3, -40.0, 40.0).to(dtype)
+        out[..., H + 1] = torch.where(u < 2 / 3, far, out[..., H + 1])
+    return out
+
+
+def _route(router, out, fast: bool, weights: dict[str, torch.Tensor]):
+    """Outputs and d(sum_k weights_k * output_k)/d out, through the node or the reference."""
+    from moh.route_fast import _AdaptiveRoute
+
+    x = out.clone().requires_grad_()
+    res = dict(zip(OUTPUTS, _AdaptiveRoute.apply(x, router) if fast else router.route_reference(x)))
+    loss = sum((res[k] * w).sum() for k, w in weights.items() if res[k].requires_grad)
+    grad = torch.autograd.grad(loss, x)[0] if isinstance(loss, torch.Tensor) else torch.zeros_like(x)
+    return {k: v.detach() for k, v in res.items()}, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("saturate", [False, True], ids=["tau_free", "tau_clamped"])
+@pytest.mark.parametrize("straight_through", [True, False])
+@pytest.mark.parametrize("which", ["all", "gates", "probs", "c", "kappa", "tau", "count"])
+def test_adaptive_route_node_matches_the_reference(dtype, saturate, straight_through, which):
+    router = _router(straight_through=straight_through).to(dtype)
+    out = _projections(3, dtype, saturate)
+    if saturate:  # the case must really clamp, or the clamp's side of the gradient goes untested
+        s = torch.sigmoid(out[..., 9])
+        assert ((0.3 + 0.5 * s < router.tau_lo) | (0.3 + 0.5 * s > router.tau_hi)).any()
+    g = torch.Generator().manual_seed(7)
+    names = [k for k in OUTPUTS if k != "hard"] if which == "all" else [which]
+    weights = {k: torch.randn(out.shape[:-1] + ((8,) if k in ("gates", "probs") else ()), generator=g,
+                              dtype=dtype) for k in names}
+    ref, g_ref = _route(router, out, False, weights)
+    new, g_new = _route(router, out, True, weights)
+    for k in OUTPUTS:  # forward: the same bits
+        assert torch.equal(ref[k], new[k]), k
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_new, g_ref, **tol)
+    if which in ("gates", "count") and not straight_through:
+        assert g_ref.abs().sum() == 0  # detached gates: nothing flows, in either implementation
+    else:
+        assert g_ref.abs().sum() > 0
+
+
+def test_adaptive_router_forward_runs_the_node_with_the_reference_values():
+    router = _router()
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    r = router(x)
+    gates, hard, probs, c, kappa, tau, count = router.route_reference(
+        torch.cat([x @ router.router.weight.T, router.complexity(x), router.threshold(x)], -1))
+    for got, want in ((r.gates, gates), (r.hard, hard), (r.probs, probs), (r.complexity, c),
+                      (r.kappa, kappa), (r.tau, tau), (r.count, count)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert r.pred_norm is not None and not r.pred_norm.requires_grad
+
+
+def test_row_softmax_is_softmax_at_two_threads():
+    from moh.route_fast import row_softmax
+
+    x = torch.randn(40, 30, 8, generator=torch.Generator().manual_seed(0))  # 1200 rows: parallel
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(row_softmax(x[..., :8]), x.softmax(-1))
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scalars_give_the_bits_of_python_numbers(dtype):
+    from moh.route_fast import scalars
+
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3
+    values = (0.1, 0.3, 0.5, 7.0, 1 / 3, 3.5, 64)
+    for v, t in zip(values, scalars(values, dtype, x.device)):
+        assert torch.equal(x * v, x * t) and torch.equal(x / v, x / t)
+        assert torch.equal(v + x, t + x) and torch.equal(x - v, x - t)
+
+
+# ------------------------------------------------------------------------------------------------
+# _QKVAndRouter (the attention's fused matmul) against cat + linear + slices through autograd
+
+
+@pytest.mark.parametrize("C,K", [(128, 10), (32, 6), (32, 12)])  # 394 -> padded to 400; 102; 108 -> 112
+def test_fused_qkv_router_matmul_matches_autograd(C, K):
+    import torch.nn.functional as F
+
+    from moh.route_fast import _QKVAndRouter
+
+    g = torch.Generator().manual_seed(C + K)
+    x = torch.randn(4, 9, C, generator=g)
+    params = [torch.randn(3 * C, C, generator=g), torch.randn(3 * C, generator=g),
+              torch.randn(K - 2, C, generator=g), None,  # a weight without a bias (W_r)
+              torch.randn(1, C, generator=g), torch.randn(1, generator=g),
+              torch.randn(1, C, generator=g), torch.randn(1, generator=g)]
+    leaves = [p.clone().requires_grad_() if p is not None else None for p in params]
+    w_q, w_k = torch.randn(4, 9, 3 * C, generator=g), torch.randn(4, 9, K, generator=g)
+
+    def run(fast):
+        xs = x.clone().requires_grad_()
+        ps = [p.clone().requires_grad_() if p is not None else None for p in params]
+        if fast:
+            qkv, proj = _QKVAndRouter.apply(xs, 3 * C, *ps)
+        else:
+            ws, bs = ps[0::2], ps[1::2]
+            b = torch.cat([bi if bi is not None else wi.new_zeros(wi.shape[0]) for wi, bi in zip(ws, bs)])
+            out = F.linear(xs, torch.cat(ws), b)
+            qkv, proj = out[..., :3 * C], out[..., 3 * C:]
+        loss = (qkv * w_q).sum() + (proj * w_k).sum()
+        inputs = [xs] + [p for p in ps if p is not None]
+        return qkv.detach(), proj.detach(), torch.autograd.grad(loss, inputs)
+
+    q_ref, p_ref, d_ref = run(False)
+    q_new, p_new, d_new = run(True)
+    assert torch.equal(q_ref, q_new) and torch.equal(p_ref, p_new)  # the padding changes no bit
+    for a, b in zip(d_ref, d_new):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
+        assert b.is_contiguous()
+    assert len(leaves) == 8

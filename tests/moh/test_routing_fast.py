@@ -103,7 +103,9 @@ def _route(router, out, fast: bool, weights: dict[str, torch.Tensor]):
     res = dict(zip(OUTPUTS, _AdaptiveRoute.apply(x, router) if fast else router.route_reference(x)))
     loss = sum((res[k] * w).sum() for k, w in weights.items() if res[k].requires_grad)
     grad = torch.autograd.grad(loss, x)[0] if isinstance(loss, torch.Tensor) else torch.zeros_like(x)
-    return {k: v.detach() for k, v in res.items()}, grad
+    out = {k: v.detach() for k, v in res.items()}
+    out["requires_grad"] = tuple(v.requires_grad for v in res.values())  # detached gates stay detached
+    return out, grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -124,12 +126,31 @@ def test_adaptive_route_node_matches_the_reference(dtype, saturate, straight_thr
     new, g_new = _route(router, out, True, weights)
     for k in OUTPUTS:  # forward: the same bits
         assert torch.equal(ref[k], new[k]), k
+    assert ref["requires_grad"] == new["requires_grad"]
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_new, g_ref, **tol)
     if which in ("gates", "count") and not straight_through:
         assert g_ref.abs().sum() == 0  # detached gates: nothing flows, in either implementation
     else:
         assert g_ref.abs().sum() > 0
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_adaptive_route_node_clamp_that_bites(straight_through):
+    """Narrowed bounds clamp tau where the sigmoid is far from saturated, so the clamp's zero
+    gradient is a large difference, not a 1e-8 one (the real bounds only clamp rounding)."""
+    router = _router(straight_through=straight_through).double()
+    router.tau_lo, router.tau_hi = 0.45, 0.65  # tau_min + 0.5 s: clamped for s < 0.3 or s > 0.7
+    out = _projections(11, torch.float64, saturate=False)
+    s = torch.sigmoid(out[..., 9])
+    assert ((s < 0.3) | (s > 0.7)).any() and ((s > 0.3) & (s < 0.7)).any()
+    w = torch.randn(out.shape[:-1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for which in ("tau", "gates"):
+        weights = {which: w.unsqueeze(-1).expand(*w.shape, 8) if which == "gates" else w}
+        ref, g_ref = _route(router, out, False, weights)
+        new, g_new = _route(router, out, True, weights)
+        assert torch.equal(ref["tau"], new["tau"])
+        torch.testing.assert_close(g_new, g_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_adaptive_router_forward_runs_the_node_with_the_reference_values():

@@ -41,7 +41,9 @@ def token_signal(kind: str, logp: torch.Tensor, targets: torch.Tensor) -> torch.
     if kind == "loss_rank":
         return -logp.gather(1, targets[:, None]).squeeze(1)
     if kind == "entropy_rank":
-        return -(logp.exp() * logp).sum(-1)
+        # in place: one (N, V) buffer instead of two (the largest tensors of an adaptive step
+        # after the logits); the same products and sum, so the same bits
+        return -(logp.exp().mul_(logp).sum(-1))
     raise ValueError(f"no difficulty signal for complexity_target {kind!r}")
 
 

@@ -106,7 +106,8 @@ class AdamW:
                 continue
             for p in params:
                 if p not in self.state:
-                    self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                    # the fused kernel reads the step count on the parameter's device (CUDA too)
+                    self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
                                      "exp_avg_sq": torch.zeros_like(p)}
             by_kind: dict[tuple, list[torch.Tensor]] = {}  # foreach ops take one device and dtype
             for p in params:
@@ -142,7 +143,7 @@ class AdamW:
         self.state = {}
         for i, st in sd["state"].items():
             p = params[int(i)]
-            self.state[p] = {"step": torch.as_tensor(st["step"], dtype=torch.float32).clone(),
+            self.state[p] = {"step": torch.as_tensor(st["step"], dtype=torch.float32).to(p.device).clone(),
                              "exp_avg": st["exp_avg"].to(p).clone(), "exp_avg_sq": st["exp_avg_sq"].to(p).clone()}
         for g, sg in zip(self.param_groups, sd["param_groups"]):
             g["lr"] = sg.get("lr", g["lr"])

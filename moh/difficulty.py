@@ -70,8 +70,14 @@ def position_quantiles(kind: str, logp: torch.Tensor, targets: torch.Tensor,
 
     logp (N, V) log-probabilities and targets (N,) are the positions of has_target (B, T) in
     row-major order, as LM.forward selects them."""
-    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logp.device)
-    out[has_target] = job_rank_quantiles(token_signal(kind, logp, targets))
+    return quantiles_at(token_signal(kind, logp, targets), has_target)
+
+
+def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
+    """(B, T) rank quantile of `signal` (N,), the raw difficulty of the positions of has_target
+    (B, T) in row-major order (LM.forward has it from moh/token_loss.py), NaN elsewhere."""
+    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=signal.device)
+    out[has_target] = job_rank_quantiles(signal.detach().float())
     return out
 
 

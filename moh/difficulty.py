@@ -41,9 +41,7 @@ def token_signal(kind: str, logp: torch.Tensor, targets: torch.Tensor) -> torch.
     if kind == "loss_rank":
         return -logp.gather(1, targets[:, None]).squeeze(1)
     if kind == "entropy_rank":
-        # in place: one (N, V) buffer instead of two (the largest tensors of an adaptive step
-        # after the logits); the same products and sum, so the same bits
-        return -(logp.exp().mul_(logp).sum(-1))
+        return -(logp.exp() * logp).sum(-1)
     raise ValueError(f"no difficulty signal for complexity_target {kind!r}")
 
 
@@ -72,8 +70,14 @@ def position_quantiles(kind: str, logp: torch.Tensor, targets: torch.Tensor,
 
     logp (N, V) log-probabilities and targets (N,) are the positions of has_target (B, T) in
     row-major order, as LM.forward selects them."""
-    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=logp.device)
-    out[has_target] = job_rank_quantiles(token_signal(kind, logp, targets))
+    return quantiles_at(token_signal(kind, logp, targets), has_target)
+
+
+def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
+    """(B, T) rank quantile of `signal` (N,), the raw difficulty of the positions of has_target
+    (B, T) in row-major order (LM.forward has it from moh/token_loss.py), NaN elsewhere."""
+    out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=signal.device)
+    out[has_target] = job_rank_quantiles(signal.detach().float())
     return out
 
 

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from .config import Config
 from .data import IGNORE_INDEX
-from .difficulty import position_quantiles
+from .difficulty import quantiles_at
 from .route_fast import _QKVAndRouter
 from .routing import Routing, make_router
+from .token_loss import token_loss
 
 
 
@@ -139,8 +140,8 @@ class LM(nn.Module):
         over target tokens (targets == -100 ignored); the caller divides by the token count
         (the global count under data parallelism, so ranks agree). The first item is then
         None, or with `token_losses` the detached loss of each target token (N,), in the
-        row-major order of `targets != -100` (logged steps: moh/alignment.py). It is taken
-        from the same logits, apart from `loss_sum`, so the trained numbers do not change.
+        row-major order of `targets != -100` (logged steps: moh/alignment.py): the very
+        losses `loss_sum` adds up (moh/token_loss.py), so logging them costs nothing.
         """
         x, routings = self.features(idx)
         if targets is None:
@@ -149,19 +150,16 @@ class LM(nn.Module):
         # the vocabulary projection is the largest matmul at this size.
         sel = targets != IGNORE_INDEX  # (B, T)
         logits = self.lm_head(x[sel])  # (N, V)
-        logp = logits.float().log_softmax(-1)  # cross-entropy = log_softmax + nll, split so that
-        loss_sum = F.nll_loss(logp, targets[sel], reduction="sum")  # the target below reuses it
-        if self.training and self.cfg.router == "adaptive" and self.cfg.complexity_target != "heads":
-            # the complexity predictor's stop-gradient target, from these same log-probabilities
-            # (training steps only: evaluation has no aux loss, and ranks step in lockstep)
-            u = position_quantiles(self.cfg.complexity_target, logp, targets[sel], sel)
+        # the complexity predictor's stop-gradient target (training steps only: evaluation has
+        # no aux loss, and ranks step in lockstep), from the same softmax as the loss
+        target = self.cfg.complexity_target if self.training and self.cfg.router == "adaptive" else "heads"
+        losses, entropy = token_loss(logits.float(), targets[sel], with_entropy=target == "entropy_rank")
+        loss_sum = losses.sum()
+        if target != "heads":
+            u = quantiles_at(entropy if target == "entropy_rank" else losses, sel)
             for r in routings:
                 r.difficulty = u
-        per_token = None
-        if token_losses:
-            with torch.no_grad():
-                per_token = F.cross_entropy(logits.float(), targets[sel], reduction="none")  # (N,)
-        return per_token, loss_sum, routings
+        return (losses.detach() if token_losses else None), loss_sum, routings
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:

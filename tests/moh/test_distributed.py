@@ -59,31 +59,48 @@ def reference(tmp_path_factory):
     return _records(one / "run.jsonl")
 
 
+# Head selection is discrete: where two router probabilities (or a cumulative sum and the
+# threshold) are nearly tied, the reduction order's rounding can flip a token's choice, and the
+# runs part a little from there (chaotically, not by a reduction error). Measured with this
+# config (2026-11-30, after the fused AdamW and moh/token_loss.py): seeds 1-3 never flip
+# (losses 1.4e-7 apart at most); seed 1337 meets a near-tie at step 9, then 1-7 tokens of ~550
+# choose another head (head loads up to 0.013 apart, the complexity term 2e-4) while the losses
+# stay within 1.2e-5. So the arithmetic is held to the tight bounds over the first TIGHT_STEPS
+# logged steps, where a missing reduction shows at once, and the rest of the curve only to the
+# drift bounds of DRIFT.
+TIGHT_STEPS = 8
+DRIFT = {"loss": 1e-3, "aux": 1e-2, "grad_norm": 1e-2, "stat": 0.05, "corr": 0.05}
+
+
 def _same_curve(a, b):
-    """Every logged step of run b matches run a (see the module docstring for the bounds)."""
+    """Every logged step of run b matches run a (bounds above)."""
     sa = [r for r in a if r["event"] == schema.STEP]
     sb = [r for r in b if r["event"] == schema.STEP]
     assert [r["step"] for r in sa] == [r["step"] for r in sb] and len(sa) >= 20
-    for x, y in zip(sa, sb):
+    for n, (x, y) in enumerate(zip(sa, sb)):
+        tight = n < TIGHT_STEPS
         assert x["tokens"] == y["tokens"]  # the job's token count, not rank 0's
         for k in ("loss", "lm_loss"):
-            assert _rel(x[k], y[k]) <= 1e-4, (x["step"], k, x[k], y[k])
+            assert _rel(x[k], y[k]) <= (1e-4 if tight else DRIFT["loss"]), (x["step"], k, x[k], y[k])
         for t in schema.AUX_TERMS:
-            assert _rel(x["aux"][t], y["aux"][t]) <= 1e-4, (x["step"], t)
-        assert _rel(x["grad_norm"], y["grad_norm"]) <= 1e-3  # norms of the synchronised gradients
+            assert _rel(x["aux"][t], y["aux"][t]) <= (1e-4 if tight else DRIFT["aux"]), (x["step"], t)
+        # norms of the synchronised gradients
+        assert _rel(x["grad_norm"], y["grad_norm"]) <= (1e-3 if tight else DRIFT["grad_norm"])
+        stat_tol = 1e-3 if tight else DRIFT["stat"]
         for la, lb in zip(x["layers"], y["layers"]):
             for k in schema.LAYER_STATS:
-                assert abs(la[k] - lb[k]) <= 1e-3, (x["step"], la["layer"], k, la[k], lb[k])
-            assert la["heads_min"] == lb["heads_min"] and la["heads_max"] == lb["heads_max"]
+                assert abs(la[k] - lb[k]) <= stat_tol, (x["step"], la["layer"], k, la[k], lb[k])
+            if tight:
+                assert la["heads_min"] == lb["heads_min"] and la["heads_max"] == lb["heads_max"]
             for k in ("head_load", "heads_hist", "prob_mean"):
-                assert len(la[k]) == len(lb[k]) and max(abs(p - q) for p, q in zip(la[k], lb[k])) <= 1e-3, k
+                assert len(la[k]) == len(lb[k]) and max(abs(p - q) for p, q in zip(la[k], lb[k])) <= stat_tol, k
             assert abs(sum(lb["head_load"]) - lb["heads_mean"]) <= 1e-5  # summed, then normalised
             # rank correlations over the whole job's tokens (gathered, not averaged over ranks);
             # measured: <= 1e-5 apart gathered, up to 0.25 apart from rank 0's tokens alone
             for k in schema.ALIGNMENT_STATS:
                 assert (la[k] is None) == (lb[k] is None), (x["step"], k)
                 if la[k] is not None:
-                    assert abs(la[k] - lb[k]) <= 1e-3, (x["step"], la["layer"], k, la[k], lb[k])
+                    assert abs(la[k] - lb[k]) <= (1e-3 if tight else DRIFT["corr"]), (x["step"], la["layer"], k)
 
 
 def test_two_ranks_match_one_rank(tmp_path, reference):

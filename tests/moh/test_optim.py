@@ -1,4 +1,4 @@
-"""moh.optim.AdamW must be torch.optim.AdamW(foreach=True), bit for bit: the trainer swapped it in
+"""moh.optim.AdamW must be torch.optim.AdamW(fused=True), bit for bit: the trainer swapped it in
 only to avoid torch.optim's 2.8 s torch._dynamo import at every process start."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _torch_adamw(model, cfg, lr):
     """make_optimizer's groups, handed to torch's own AdamW instead."""
     ours = make_optimizer(model, cfg, lr)
     groups = [{k: v for k, v in g.items() if k not in ("betas", "eps")} for g in ours.param_groups]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
     set_lr(opt, lr)
     return opt
 

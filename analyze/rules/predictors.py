@@ -77,11 +77,12 @@ def predictor_growth(ctx: Context) -> list[Finding]:
         ctx.margin("predictor_growth", "a phase's last-quarter growth / its level", growth, PRED_LATE_GROWTH,
                    ">=", layer=li, joint=True)
         if level >= PRED_NORM_LEVEL and growth >= PRED_LATE_GROWTH:
-            ratio = level / first if first > 0 else math.inf
+            ratio = level / first if first > 0 else None  # a zero-initialised predictor has none
+            start = f"{short(ratio)}x its start {short(first)}" if ratio is not None else "from 0"
             out.append(Finding(
                 "predictor_growth", "warning", li,
-                f"predictor weight norm ({where(li)}) ends at {short(level)} ({short(ratio)}x its start "
-                f"{short(first)}; healthy runs end near 1) and has not levelled off: over the last quarter "
+                f"predictor weight norm ({where(li)}) ends at {short(level)} ({start}; healthy runs "
+                f"end near 1) and has not levelled off: over the last quarter "
                 f"of {('phase ' + ph) if ph else 'the run'} it still grew {short(100 * growth)}% "
                 f"({short(mid)} -> {short(end)})",
                 evidence(st[[q, e]], [mid, end], level=level, late_growth=growth, ratio=ratio, phase=ph),

@@ -158,6 +158,19 @@ def test_predictor_growth_needs_both_level_and_late_growth(tmp_path, level, grow
     assert [(f.severity, f.layer) for f in found] == ([("warning", 1)] if fires else []), why
 
 
+def test_predictor_growth_from_a_zero_initialised_predictor(tmp_path):
+    # 0 for the first 10 steps, then 0.05 per step to 4.5 at step 99: +12% over the last quarter
+    recs = make_records(n_steps=100, phases=("pretrain",))
+    for i, r in enumerate(_steps(recs)):
+        for lay in r["layers"]:
+            lay["pred_norm"] = 0.05 * max(i - 9, 0)
+    found = _found(tmp_path, recs, "predictor_growth")
+    assert [(f.severity, f.layer) for f in found] == [("warning", 0), ("warning", 1)]
+    assert found[0].evidence["ratio"] is None and "from 0" in found[0].message
+    assert found[0].evidence["level"] == pytest.approx(0.05 * 88, rel=1e-5)          # steps 95-99
+    assert found[0].evidence["late_growth"] == pytest.approx(4.4 / 3.4 - 1, rel=1e-5)  # 75-79: 3.4
+
+
 def test_predictor_growth_thresholds_are_the_documented_ones():
     assert (predictors.PRED_NORM_LEVEL, predictors.PRED_LATE_GROWTH) == (2.5, 0.02)
 

@@ -94,6 +94,12 @@ BROKEN = {
                     ("grad_explosion", "loss_divergence")),
     "no_budget_balance": (("budget_weight=0", "lb_weight=0"), ("budget_miss",)),
     "too_few_epochs": (("pretrain_epochs=3", "instruct_epochs=3"), ("loss_plateau", "loss_not_converging")),
+    # predictors that grow without bound (issue 18): a budget of every head (target_heads = H) puts
+    # nearly half the complexity targets (u >= 7/13) at the sigmoid's top end, kappa* = H, c* = 1, which only ever-larger
+    # weights approach; a constant LR (no cosine decay) and a 30x router LR keep them climbing
+    # (layer 1: 3.5 -> 7.0 over the run, still +14% over pre-training's last quarter; 9.8 and
+    # still rising after 90 epochs)
+    "runaway_predictor": (("target_heads=8", "min_lr_ratio=1", "router_lr_mult=30"), ("predictor_growth",)),
 }
 
 

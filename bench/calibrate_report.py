@@ -22,15 +22,6 @@ from pathlib import Path
 from analyze.findings import measure_all
 from analyze.loader import load_run
 from analyze.report import build_report
-from analyze.rules.base import MIN_STEPS
-
-# A true finding on healthy default runs today, left out of their verdict but tabled per run.
-# predictor_growth: with the entropy_rank objective (issue 18) the predictor norm ends at the level
-# of the old objective (~1) but still creeps up over a phase's last quarter (+0.3..+2.9%) on some
-# seeds; not re-tuned on six runs (docs/routing.md, "Allocation that tracks difficulty").
-# complexity_uninformative was here until entropy_rank became the default (fires on 0 of 6 now).
-IGNORED_FOR_HEALTHY = ("predictor_growth",)
-
 
 def _num(x: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -55,7 +46,6 @@ def report_run(path: Path) -> dict:
         "failed_criteria": sorted({r.name for r in rep.results if r.status == "fail"}),
         "findings": [f"{f.severity}:{f.code}" + (f"@L{f.layer}" if f.layer is not None else "") for f in bad],
         "codes": sorted({f.code for f in bad}),
-        "unexpected": sorted({f.code for f in bad if f.code not in IGNORED_FOR_HEALTHY}),
         "margins": [m.to_dict() for m in margins],
     }
 
@@ -154,7 +144,6 @@ def render(results: dict, members: dict, full: bool = False) -> str:
         fires = [members[n][2] for n, res in results.items() if members[n][2] and code in res["codes"]]
         lines.append(f"| `{code}` | {n_clear}/{len(healthy)} | "
                      f"{'—' if worst is None else f'{_num(worst[1])} ({worst[0]})'} | {', '.join(fires) or '—'} |")
-    lines += _ignored_per_run(results, members)
     if full:
         lines += ["", "## Every rule statistic on every run (worst layer/phase)", "",
                   "| rule | statistic | threshold | run | layer | phase | value | margin |", "|---|---|---|---|---|---|---|---|"]
@@ -164,43 +153,6 @@ def render(results: dict, members: dict, full: bool = False) -> str:
                              f"{'' if v['layer'] is None else v['layer']} | {v['phase'] or ''} | "
                              f"{_num(v['value'])} | {_num(v['margin'])} |")
     return "\n".join(lines) + "\n"
-
-
-def _ignored_per_run(results: dict, members: dict) -> list[str]:
-    """A rule left out of the healthy verdict (IGNORED_FOR_HEALTHY) still has its values tabled:
-    per run, its statistics on every layer, so the day it must pass shows how far each run is.
-    A rule with joint statistics (fires only when all cross) gets one value per statistic in each
-    cell, and `fires` says whether the run has the finding, not whether one statistic crossed.
-    Adaptive runs without a value (too few finite ones in the window) are named below it."""
-    lines: list[str] = []
-    for code in IGNORED_FOR_HEALTHY:
-        per_run = {name: [m for m in res["margins"] if m["code"] == code and _judged(m)]
-                   for name, res in results.items()}
-        per_run = {n: v for n, v in per_run.items() if v}
-        if not per_run:
-            continue
-        stats: list[tuple] = []  # (statistic, fires, threshold) in first-seen order
-        for v in per_run.values():
-            for m in v:
-                if (m["statistic"], m["fires"], m["threshold"]) not in stats:
-                    stats.append((m["statistic"], m["fires"], m["threshold"]))
-        layers = sorted({m["layer"] for v in per_run.values() for m in v}, key=lambda li: (li is None, li or 0))
-        how = "; ".join(f"{_cell(st)} (crosses when {fires} {_num(th)})" for st, fires, th in stats)
-        lines += ["", f"## `{code}` on every run that logs its statistic (not counted against healthy runs)", "",
-                  f"Per layer{', each cell in this order' if len(stats) > 1 else ''}: {how}"
-                  f"{'; the rule fires when all cross' if len(stats) > 1 else ''}.", "",
-                  "| run | " + " | ".join("model" if li is None else f"layer {li}" for li in layers) + " | fires |",
-                  "|---|" + "---:|" * len(layers) + "---|"]
-        for name, vals in per_run.items():
-            cell = {li: " / ".join(_num(next((m["value"] for m in vals if m["layer"] == li
-                                                and m["statistic"] == st[0]), None)) for st in stats)
-                    for li in layers}
-            fired = any(f.split(":", 1)[1].split("@")[0] == code for f in results[name]["findings"])
-            lines.append(f"| {name} | " + " | ".join(cell[li] for li in layers) + f" | {'yes' if fired else 'no'} |")
-        silent = [n for n in results if n not in per_run and members[n][0] == "adaptive"]
-        if silent:
-            lines += ["", f"No value (fewer than {MIN_STEPS} finite values in the window): {', '.join(silent)}."]
-    return lines
 
 
 DOCS_BEGIN = "<!-- calibrate:begin (bench/calibrate.py --write-docs replaces this part) -->"
@@ -224,8 +176,8 @@ def _members_table(runs: dict) -> str:
 def report_population(runs: dict, *, full: bool = False, json_out: Path | None = None,
                       docs: Path | None = None) -> int:
     """runs: Member -> run.jsonl path. Prints the tables; exit 1 when a healthy run is not clean
-    (verdict fail or a warning/error finding other than IGNORED_FOR_HEALTHY) or a broken run
-    misses every one of its expected codes."""
+    (verdict fail or any warning/error finding: every rule is judged) or a broken run misses
+    every one of its expected codes."""
     from calibrate import BROKEN  # noqa: E402  (sibling module: same directory on sys.path)
 
     results, members = {}, {}
@@ -241,8 +193,8 @@ def report_population(runs: dict, *, full: bool = False, json_out: Path | None =
             want = BROKEN[broken][1]
             if not set(want) & set(res["codes"]):
                 problems.append(f"broken run {name} triggers none of {', '.join(want)} (got {', '.join(res['codes']) or 'none'})")
-        elif res["verdict"] != "pass" or res["unexpected"]:
-            problems.append(f"healthy run {name}: verdict {res['verdict']}, findings {', '.join(res['unexpected']) or 'none'}")
+        elif res["verdict"] != "pass" or res["codes"]:
+            problems.append(f"healthy run {name}: verdict {res['verdict']}, findings {', '.join(res['codes']) or 'none'}")
     for p in problems:
         print(f"calibrate: {p}")
     if docs is not None:

@@ -122,64 +122,81 @@ def test_loss_plateau_thresholds_are_the_documented_ones():
 
 
 # ---- predictor_growth ------------------------------------------------------------------------------
-# 100 logged steps in one phase; levels are means over 5 steps (windows 0-4, 75-79, 95-99) of a curve linear
-# on [0, 80] (slope s1) and on [80, 99] (slope s2): base = 1 + 2 s1, mid = 1 + 77 s1,
-# last = 1 + 80 s1 + 17 s2. Rates: overall (last - base) / 95, recent (last - mid) / 20, so
-# share = 95 (3 s1 + 17 s2) / (20 (78 s1 + 17 s2)), i.e. s2 = s1 (1560 share - 285) / (1615 - 340 share).
+# 100 logged steps in one phase: the norm rises linearly 0.25 -> c over steps 0-50, stays at c to
+# step 75, then climbs linearly, v(i) = c (1 + k (i - 75)) for i >= 75. Levels are means over 5
+# steps: the last quarter's start (steps 75-79) is c (1 + 2k), the end (95-99) c (1 + 22k), so
+# the late growth is 20k / (1 + 2k) and the final level c (1 + 22k); given both, k = g / (20 - 2g)
+# and c = level / (1 + 22k).
 
-def _s2(s1: float, share: float) -> float:
-    return s1 * (1560 * share - 285) / (1615 - 340 * share)
-
-
-def _pred(s1: float, share: float, layer: int = 1) -> list[dict]:
-    s2 = _s2(s1, share)
+def _pred(level: float, growth: float, layer: int = 1) -> list[dict]:
+    k = growth / (20 - 2 * growth)
+    c = level / (1 + 22 * k)
     recs = make_records(n_steps=100, phases=("pretrain",))
     for i, r in enumerate(_steps(recs)):
-        v = 1 + s1 * i if i <= 80 else 1 + s1 * 80 + s2 * (i - 80)
+        v = 0.25 + (c - 0.25) * min(i, 50) / 50 if i < 75 else c * (1 + k * (i - 75))
         for lay in r["layers"]:
             lay["pred_norm"] = v if lay["layer"] == layer else 1.0 + 0.001 * (i % 3)
     return recs
 
 
-def test_predictor_growth_fires_when_not_levelled_off(tmp_path):
-    (f,) = _found(tmp_path, _pred(0.05, 0.21), "predictor_growth")
+def test_predictor_growth_fires_high_and_still_rising(tmp_path):
+    (f,) = _found(tmp_path, _pred(2.6, 0.025), "predictor_growth")
     assert f.severity == "warning" and f.layer == 1
-    assert f.evidence["recent_rate_share"] == pytest.approx(0.21, rel=1e-4)
-    last = 1 + 0.05 * 80 + 17 * _s2(0.05, 0.21)
-    assert f.evidence["ratio"] == pytest.approx(last / 1.1, rel=1e-4)
+    assert f.evidence["level"] == pytest.approx(2.6, rel=1e-5)
+    assert f.evidence["late_growth"] == pytest.approx(0.025, rel=1e-5)
+    assert f.evidence["phase"] == "pretrain"
 
 
-def test_predictor_growth_quiet_once_levelled_off(tmp_path):
-    # grew ~4.5x, as healthy engine runs do, but the last quarter runs at 19% of the overall rate
-    assert _found(tmp_path, _pred(0.05, 0.19), "predictor_growth") == []
+@pytest.mark.parametrize("level, growth, fires, why", [
+    (2.55, 0.021, True, "just past both bounds"),
+    (2.45, 0.50, False, "still climbing fast, but below 2.5: a healthy run's norm ends near 1"),
+    (40.0, 0.019, False, "far above 2.5 but levelled off: +1.9% over the last quarter"),
+    (1.16, 0.029, False, "the worst healthy default run: level 1.16, +2.9% late"),
+])
+def test_predictor_growth_needs_both_level_and_late_growth(tmp_path, level, growth, fires, why):
+    found = _found(tmp_path, _pred(level, growth), "predictor_growth")
+    assert [(f.severity, f.layer) for f in found] == ([("warning", 1)] if fires else []), why
 
 
-def test_predictor_growth_needs_three_fold_growth(tmp_path):
-    # share 0.5 (still growing): s2 = 495/1445 s1, last/base = (1 + 85.8235 s1) / (1 + 2 s1)
-    assert len(_found(tmp_path, _pred(0.026374, 0.5), "predictor_growth", "a")) == 1   # ratio 3.1
-    assert _found(tmp_path, _pred(0.023743, 0.5), "predictor_growth", "b") == []       # ratio 2.9
+def test_predictor_growth_from_a_zero_initialised_predictor(tmp_path):
+    # 0 for the first 10 steps, then 0.05 per step to 4.5 at step 99: +12% over the last quarter
+    recs = make_records(n_steps=100, phases=("pretrain",))
+    for i, r in enumerate(_steps(recs)):
+        for lay in r["layers"]:
+            lay["pred_norm"] = 0.05 * max(i - 9, 0)
+    found = _found(tmp_path, recs, "predictor_growth")
+    assert [(f.severity, f.layer) for f in found] == [("warning", 0), ("warning", 1)]
+    assert found[0].evidence["ratio"] is None and "from 0" in found[0].message
+    assert found[0].evidence["level"] == pytest.approx(0.05 * 88, rel=1e-5)          # steps 95-99
+    assert found[0].evidence["late_growth"] == pytest.approx(4.4 / 3.4 - 1, rel=1e-5)  # 75-79: 3.4
+
+
+def test_predictor_growth_thresholds_are_the_documented_ones():
+    assert (predictors.PRED_NORM_LEVEL, predictors.PRED_LATE_GROWTH) == (2.5, 0.02)
 
 
 def test_predictor_growth_judges_the_end_of_each_phase(tmp_path):
-    # the engine's shape: pre-training rises 0.25 -> 2 and levels off; instruction tuning (a new
-    # LR schedule) steps it up to 2.2 early and levels off again. Over the whole run's last
-    # quarter it still grows (the step up), but at the end of each phase it does not.
+    # the engine's shape at a high level: pre-training rises 0.25 -> 4 and levels off; instruction
+    # tuning (a new LR schedule) steps it up to 4.4 early and levels off again. Over the whole
+    # run's last quarter it still grows (the step up), but at the end of each phase it does not.
     recs = make_records(n_steps=200)   # 100 pre-training, 100 instruction steps
     for i, r in enumerate(_steps(recs)):
         if i < 100:
-            v = 0.25 + 1.75 * min(1.0, i / 50)
+            v = 0.25 + 3.75 * min(1.0, i / 50)
         else:
-            v = 2.0 + 0.2 * min(1.0, (i - 100) / 20)
+            v = 4.0 + 0.4 * min(1.0, (i - 100) / 20)
         for lay in r["layers"]:
             lay["pred_norm"] = v
     assert _found(tmp_path, recs, "predictor_growth", "levelled") == []
-    # the same run, still climbing through the last quarter of instruction tuning: fires there
+    # the same run, still climbing through the last quarter of instruction tuning: 4 + 0.04 (i - 100),
+    # 7.08 at steps 175-179 and 7.88 at 195-199: +11.3% there
     for i, r in enumerate(_steps(recs)):
         for lay in r["layers"]:
-            lay["pred_norm"] = 0.25 + 1.75 * min(1.0, i / 50) if i < 100 else 2.0 + 0.02 * (i - 100)
+            lay["pred_norm"] = 0.25 + 3.75 * min(1.0, i / 50) if i < 100 else 4.0 + 0.04 * (i - 100)
     found = _found(tmp_path, recs, "predictor_growth", "climbing")
     assert [(f.severity, f.layer, f.evidence["phase"]) for f in found] == [("warning", 0, "instruct"),
                                                                          ("warning", 1, "instruct")]
+    assert found[0].evidence["late_growth"] == pytest.approx(0.8 / 7.08, rel=1e-5)
 
 
 def test_predictor_growth_keeps_the_reference_log_and_spares_the_healthy_sample():
@@ -187,7 +204,10 @@ def test_predictor_growth_keeps_the_reference_log_and_spares_the_healthy_sample(
     if not ref.exists():
         pytest.skip("../shared/rustgpt not next to this checkout")
     (f,) = [f for f in findings.find_all(load_run(ref)) if f.code == "predictor_growth"]
-    assert f.layer is None and f.evidence["recent_rate_share"] > predictors.PRED_RATE_SHARE
+    # 1.9 -> 13.6 over 200 epochs, +5.1% over pre-training's last quarter (10.3 -> 10.9)
+    assert f.layer is None and f.evidence["phase"] == "pretrain"
+    assert f.evidence["level"] == pytest.approx(13.56, abs=0.01)
+    assert f.evidence["late_growth"] == pytest.approx(0.051, abs=0.001)
     healthy = load_run(HERE.parents[1] / "sample_logs" / "healthy_adaptive.jsonl")
     assert "predictor_growth" not in {f.code for f in findings.find_all(healthy)}
 

@@ -4,8 +4,8 @@ For each rule: a log just past the threshold (the finding, its severity and laye
 near miss just inside it (no finding). The inputs are placed from the thresholds documented in
 docs/findings.md; the expected sides below are written as literal values, never read from the
 code, so moving a threshold (a CV limit 0.5 -> 0.8, a dead-head share 0.1 -> 0.01, ...) or
-downgrading a severity fails a test here. Not here: predictor_growth (being recalibrated separately,
-its near misses go with that work) and the allocation rule (tests/analyze/test_rule_alignment.py).
+downgrading a severity fails a test here. Not here: predictor_growth (both sides of its two bounds
+in tests/analyze/test_rules_calibrated.py) and the allocation rule (tests/analyze/test_rule_alignment.py).
 
 Logs are real files: tests.analyze.conftest.make_records with the fields under test overwritten,
 written with the schema's encoder and read with the real loader.

@@ -11,6 +11,8 @@ first copied into a tensor), not their arithmetic; docs/benchmarks.md has the me
 - `_SelectHeadsST`: hard mask forward, the top-p surrogate's gradient backward (one node).
 - `_AdaptiveRoute`: the adaptive router from its projections to gates, mask, probabilities,
   complexity, budget, threshold and head count: one node for ~60 autograd nodes.
+- `_QKVAndRouter`: the attention's qkv matmul with the router projections riding along, one node.
+- `scalars`: Python numbers as cached 0-d tensors (also used by moh/losses.py's nodes).
 """
 
 from __future__ import annotations

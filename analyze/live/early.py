@@ -43,12 +43,14 @@ class EarlyAlerts:
     repeated."""
 
     def __init__(self, every: int = 10, path: str | os.PathLike = "run.jsonl",
-                 earlier: str | os.PathLike | None = None, max_share: float = 0.05):
+                 earlier: str | os.PathLike | None = None, max_share: float = 0.01):
         """`earlier`: the log a resumed run appends to, read now (before the run appends): its
         records are evidence too, and what they already show is not alerted again.
         `max_share`: a check is skipped while the training time since the last one is short
         enough that the checks would take more than this share of the run (each check re-reads
-        every record, so on a long run they get dearer; 1.0: never skip)."""
+        every record, so on a long run they get dearer; 1.0: never skip). 1%: at 5% the checks
+        took 4.3% of a 180-step `moh train` run (0.15 s of 3.5 s, cProfile), as much as writing
+        the telemetry itself. The price: after a check that took t seconds the next waits 99 t."""
         if every < 1:
             raise ValueError(f"every must be at least 1, not {every}")
         if not 0 < max_share <= 1:

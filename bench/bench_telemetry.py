@@ -10,9 +10,13 @@ interleaved in one process, same seed, so every variant does exactly the same tr
   default  run.jsonl (JsonlSink, as for --out) written and flushed every log_every = 2 steps;
   full     the same with telemetry_tier = "full" (+ per-layer heads_hist and prob_mean).
 Every logged step also measures the loss alignment (moh/alignment.py).
-Overhead = (variant - off) / off, on process CPU time (robust to other jobs; wall time shown
-too), median over repetitions of the paired differences. A second table times the logging
+Overhead = (variant - off) / off, on process CPU time and on wall time, median over
+repetitions of the paired differences. The goal is judged on CPU time with one thread (robust to
+other jobs) and on wall time with more (run it on a quiet machine): with 2 threads the record's
+small operators run on the main thread while OpenMP's other thread spin-waits, so the process
+CPU time counts them about twice though the run is no longer. A second table times the logging
 work of one step record alone (layer stats, host sync, JSON encode + write) with a Trainer.
+Not included: `moh train`'s early-alert checks (analyze/live/early.py, capped at 1% of the run).
 Goal (issue 7): default <= 2 % of step time. JSON: bench/results/bench_telemetry.json.
 """
 
@@ -29,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from _engine import Trainer, load_avg, summary, table, write_json  # noqa: E402
 from moh import schema  # noqa: E402
@@ -63,9 +66,9 @@ def record_cost(cfg: Config, corpus, tmp: str, n: int = 60) -> dict[str, float]:
     """CPU seconds to build + write one step record, per tier (model after a few steps).
 
     Each record includes the loss alignment (moh/alignment.py: rank correlations of the
-    layers' complexity and head counts with the token losses), as train() logs it; the
-    `token_losses` entry is the one extra op on a logged step's forward pass (the
-    cross-entropy without reduction over the step's logits), timed alone."""
+    layers' complexity and head counts with the token losses), as train() logs it. The token
+    losses themselves cost nothing extra: they are the tensor whose sum is the LM loss
+    (moh/token_loss.py)."""
     tr = Trainer(cfg, corpus)
     for _ in range(5):
         tr.step()
@@ -74,8 +77,6 @@ def record_cost(cfg: Config, corpus, tmp: str, n: int = 60) -> dict[str, float]:
     has_target = targets != IGNORE_INDEX
     with torch.no_grad():
         token_loss, _, _ = tr.model(idx, targets, token_losses=True)
-        x, _ = tr.model.features(idx)
-        logits = tr.model.lm_head(x[has_target]).float()
     sink = JsonlSink(os.path.join(tmp, "rec"), overwrite=True)
     out = {}
     for tier in ("basic", "full"):
@@ -90,10 +91,6 @@ def record_cost(cfg: Config, corpus, tmp: str, n: int = 60) -> dict[str, float]:
             sink.write(rec)
         out[tier] = (time.process_time() - c) / n
     sink.close()
-    c = time.process_time()
-    for _ in range(n):
-        F.cross_entropy(logits, targets[has_target], reduction="none")
-    out["token_losses"] = (time.process_time() - c) / n
     c = time.process_time()
     for _ in range(n):
         loss_alignment(routings, has_target, token_loss)
@@ -141,15 +138,17 @@ def main(argv=None) -> int:
     step_cpu = statistics.median(cpu["off"]) / steps
     rec_rows = [[tier, t * 1e3, 100 * t / cfg.log_every / step_cpu] for tier, t in per_record.items()]
     print("\none step record alone (layer stats + loss alignment + sync + encode + write/flush), CPU;"
-          "\ntoken_losses: the logged step's extra cross-entropy; alignment: the rank correlations alone:")
+          "\nalignment: the rank correlations alone (part of each tier's record):")
     print(table(["tier", "ms/record", f"% of step time at log_every={cfg.log_every}"], rec_rows))
-    ok = res["default"]["cpu_overhead"]["median"] <= GOAL
+    basis = "cpu_overhead" if torch.get_num_threads() == 1 else "wall_overhead"
+    ok = res["default"][basis]["median"] <= GOAL
     print(f"\ngoal default telemetry <= {GOAL:.0%} of step time: {'met' if ok else 'NOT met'} "
-          f"(whole-run {100 * res['default']['cpu_overhead']['median']:.2f} %, "
-          f"per-record estimate {rec_rows[0][2] + rec_rows[2][2]:.2f} %: basic record + token losses)")
+          f"(whole-run {100 * res['default'][basis]['median']:.2f} % {basis.split('_')[0]} time, "
+          f"per-record estimate {rec_rows[0][2]:.2f} %: the basic record)")
     payload = {"config": cfg.to_dict(), "reps": a.reps, "steps_per_run": steps, "loadavg_start": load0,
                "results": res, "record_cpu_s": per_record, "step_cpu_s_off": step_cpu,
                "record_share_of_step": {r[0]: r[2] / 100 for r in rec_rows}, "goal": GOAL, "goal_met": ok,
+               "goal_basis": basis,
                "command": "bench/bench_telemetry.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"wrote {write_json('bench_telemetry', payload)}")
     return 0

@@ -35,6 +35,18 @@ def test_log_band_is_a_ratio_around_a_flat_reference():
     assert len(_deviations("loss", ref, np.full(100, 2.0 / 1.26))) == 10
 
 
+def test_routing_gradients_get_a_factor_of_three():
+    ref = np.full(100, 0.05)  # a flat complexity gradient: the band is 0.05 / 3 .. 0.05 * 3
+    band = B.bands("grad.complexity", (STEPS, ref), (STEPS, ref), 1.0)[0]
+    assert (band.lo, band.hi) == pytest.approx((0.05 / 3, 0.05 * 3))
+    for name in ("grad.router", "grad.complexity", "grad.threshold"):
+        assert _deviations(name, ref, np.full(100, 0.05 * 2.9)) == []
+        assert _deviations(name, ref, np.full(100, 0.05 / 2.9)) == []
+        assert len(_deviations(name, ref, np.full(100, 0.05 * 3.1))) == 10
+        assert len(_deviations(name, ref, np.full(100, 0.05 / 3.1))) == 10
+    assert len(_deviations("grad_norm", ref, np.full(100, 0.05 * 1.3))) == 10  # others keep 1.25
+
+
 def test_band_widens_with_the_reference_spread():
     # reference alternating 1 and 4 inside every window: q10..q90 in log = log 1..log 4 (at least),
     # widened by one spread each side: 4 * 4 = 16 is the top of the band

@@ -43,11 +43,15 @@ def test_sample_without_straight_through_is_caught_as_a_blocked_gradient():
     assert {c["name"] for c in doc["criteria"] if c["status"] == "fail"} >= {"learning"}
 
 
-def test_sample_with_unstable_lr_fails_on_loss_and_flags_the_spikes():
+def test_sample_with_unstable_lr_fails_on_loss_and_flags_the_divergence():
+    # lr 0.3 from the first step, no clip: the loss leaps from 13.9 to 38.6 within four steps and
+    # the routing collapses to one head. Its grad norm starts at ~15 and falls, with no calm
+    # stretch for a spike to stand out from, so grad_explosion is not this sample's signature
+    # (at this engine; seed 1 of the same settings does spike: bench/calibrate.py unstable_lr).
     code, doc = report("broken_unstable_lr")
     assert code == 1 and doc["verdict"] == "fail"
     assert {c["name"] for c in doc["criteria"] if c["status"] == "fail"} >= {"loss", "output_quality"}
-    assert "grad_explosion" in serious(doc)
+    assert {"loss_divergence", "head_collapse", "dead_heads"} <= serious(doc)
 
 
 def test_samples_are_small():

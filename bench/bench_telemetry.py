@@ -42,6 +42,7 @@ from moh.data import load_corpus  # noqa: E402
 from moh.model import IGNORE_INDEX  # noqa: E402
 from moh.routing import layer_stats  # noqa: E402
 from moh.telemetry import JsonlSink  # noqa: E402
+from moh.monitor import Recorder  # noqa: E402
 from moh.monitor.rows import layer_rows as _rows  # noqa: E402
 from moh.train import train  # noqa: E402
 
@@ -95,7 +96,24 @@ def record_cost(cfg: Config, corpus, tmp: str, n: int = 60) -> dict[str, float]:
     for _ in range(n):
         loss_alignment(routings, has_target, token_loss)
     out["alignment"] = (time.process_time() - c) / n
+    out["recorder"] = recorder_cost(cfg, routings, valid, loss, token_loss, has_target, tmp, n)
     return out
+
+
+def recorder_cost(cfg: Config, routings, valid, loss, token_loss, has_target, tmp: str, n: int) -> float:
+    """CPU seconds of one logged step through `moh.monitor.Recorder` as train() drives it:
+    routing() per layer + step() (stats, alignment, one sync, encode, write/flush). No model:
+    the gradient norms are the training step's own (train() calls grad_norms() every step)."""
+    aux = {t: None for t in schema.AUX_TERMS}
+    with Recorder(os.path.join(tmp, "recorder"), n_units=cfg.n_heads, log_every=1, overwrite=True) as rec:
+        c = time.process_time()
+        for i in range(n):
+            for li, r in enumerate(routings):
+                rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
+                            valid=valid, pred_norm=r.pred_norm)
+            rec.step(i + 1, loss=loss, lm_loss=loss, lr=1e-3, aux=aux, aux_weighted=aux, tokens=1,
+                     skipped=False, token_loss=token_loss, has_target=has_target)
+        return (time.process_time() - c) / n
 
 
 def main(argv=None) -> int:
@@ -138,7 +156,8 @@ def main(argv=None) -> int:
     step_cpu = statistics.median(cpu["off"]) / steps
     rec_rows = [[tier, t * 1e3, 100 * t / cfg.log_every / step_cpu] for tier, t in per_record.items()]
     print("\none step record alone (layer stats + loss alignment + sync + encode + write/flush), CPU;"
-          "\nalignment: the rank correlations alone (part of each tier's record):")
+          "\nalignment: the rank correlations alone (part of each tier's record);"
+          "\nrecorder: the basic record as train() makes it (Recorder.routing per layer + Recorder.step):")
     print(table(["tier", "ms/record", f"% of step time at log_every={cfg.log_every}"], rec_rows))
     basis = "cpu_overhead" if torch.get_num_threads() == 1 else "wall_overhead"
     ok = res["default"][basis]["median"] <= GOAL

@@ -60,7 +60,22 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     the step record writes those as null. No host sync."""
     if x.shape[-1] < 2:
         return torch.full(x.shape[:-1], float("nan"), dtype=torch.float64, device=x.device)
-    rx, ry = average_ranks(x), average_ranks(y)
+    return _pearson(average_ranks(x), average_ranks(y))
+
+
+def spearman_rows(table: torch.Tensor) -> torch.Tensor:
+    """`spearman(table[1:], table[0])` for a (1 + K, N) table, ranked in one average_ranks
+    call (each rank call is a dozen small operators: on a logged step they cost more than the
+    arithmetic). Bit-identical to spearman(): a row's ranks do not depend on the other rows,
+    and ranks are half-integers, so every sum below is exact in float64."""
+    if table.shape[-1] < 2:
+        return torch.full(table.shape[:1], float("nan"), dtype=torch.float64, device=table.device)[1:]
+    ranks = average_ranks(table)
+    return _pearson(ranks[1:], ranks[0])
+
+
+def _pearson(rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of the ranks rx (..., N) with the ranks ry (N,)."""
     rx = rx - rx.mean(-1, keepdim=True)
     ry = ry - ry.mean(-1, keepdim=True)
     den = (rx.square().sum(-1) * ry.square().sum(-1)).sqrt()
@@ -91,7 +106,7 @@ def loss_alignment(routings: list[Routing], has_target: torch.Tensor, token_loss
     table = torch.stack(cols)  # (1 + 2 * layers, N)
     if gather is not None:
         table = gather(table)
-    corr = spearman(table[1:], table[0])  # (2 * layers,)
+    corr = spearman_rows(table)  # (2 * layers,)
     out = [dict(none) for _ in routings]
     for j, i in enumerate(adaptive):
         out[i] = {"complexity_loss_corr": corr[2 * j], "heads_loss_corr": corr[2 * j + 1]}

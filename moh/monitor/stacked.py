@@ -24,7 +24,6 @@ import torch
 from .. import schema
 from ..alignment import spearman_rows
 from ..routing import Routing
-from .rows import LIST_STATS
 
 _F32 = torch.float32
 
@@ -82,85 +81,95 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
     hard = hard_all.index_select(1, idx).float()  # (L, N, H)
     counts = hard.sum(-1)  # (L, N) head counts: small integers, exact in float32
-    lo, hi = counts.aminmax(dim=-1, keepdim=True)
-    # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
-    # guaranteed to round alike
-    std = torch.stack([c.std(unbiased=False) for c in counts]).view(L, 1)
-    cols: list[tuple[str, torch.Tensor | None]] = [
-        ("heads_mean", counts.mean(-1, keepdim=True)), ("heads_min", lo), ("heads_max", hi),
-        ("heads_std", std), ("head_load", hard.mean(1)),
-    ]
-    per_token = [name for name, a in (("threshold", "tau"), ("complexity", "complexity"))
-                 if getattr(r0, a) is not None]
+    # every per-token series whose mean / min / max is logged, one row each, so one mean and one
+    # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
+    # where present, then minus each token's entropy (L; mean(-x) is -mean(x) to the bit)
+    per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
+    series = [counts]
     tc_all = None
-    if per_token:  # threshold and complexity of every layer in one (k * L, B*T) table
-        tc_all = torch.stack([getattr(r, a).reshape(-1) for a in ("tau", "complexity")
-                              if getattr(r0, a) is not None for r in rs])
-        tc = tc_all.index_select(1, idx)
-        tc_mean = tc.mean(-1, keepdim=True)
-        tc_lo, tc_hi = tc.aminmax(dim=-1, keepdim=True)
-    for name in ("threshold", "complexity"):
-        if name in per_token:
-            k = per_token.index(name) * L
-            cols += [(f"{name}_mean", tc_mean[k:k + L]), (f"{name}_min", tc_lo[k:k + L]),
-                     (f"{name}_max", tc_hi[k:k + L])]
-        else:
-            cols += [(f"{name}_mean", None), (f"{name}_min", None), (f"{name}_max", None)]
+    if per_token:
+        tc_all = torch.stack([getattr(r, a).reshape(-1) for a in per_token for r in rs])  # (k L, B*T)
+        series.append(tc_all.index_select(1, idx))
     p = None
-    if r0.probs is None:
-        cols.append(("entropy", None))
-    else:
+    if r0.probs is not None:
         Hp = r0.probs.shape[-1]
         p = torch.stack([r.probs for r in rs]).reshape(L, -1, Hp).index_select(1, idx)  # (L, N, Hp)
-        cols.append(("entropy", -(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1, keepdim=True)))
-    cols.append(("pred_norm", None if r0.pred_norm is None
-                 else torch.stack([r.pred_norm.reshape(()) for r in rs]).view(L, 1)))
+        series.append((p * p.clamp_min(1e-12).log()).sum(-1).neg_())
+    table = torch.cat(series) if len(series) > 1 else counts
+    mean = table.mean(-1)
+    lo, hi = table.aminmax(dim=-1)
+    # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
+    # guaranteed to round alike
+    std = torch.stack([c.std(unbiased=False) for c in counts])
+    flat = [mean, lo, hi, std, hard.mean(1)]  # (R,) x 3, (L,), (L, H)
+    if r0.pred_norm is not None:
+        flat.append(torch.stack([r.pred_norm.reshape(()) for r in rs]))
     if full:
         # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
         off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
         bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
-        cols.append(("heads_hist", bins.view(L, H + 1).float() / N))
-        cols.append(("prob_mean", None if p is None else p.mean(1)))
-    if has_target is not None:
-        cols += _alignment(hard_all, tc_all, per_token, L, has_target, token_loss)
-    return _assemble(cols, layers)
+        flat.append(bins.float() / N)
+        if p is not None:
+            flat.append(p.mean(1))
+    corr = None
+    if has_target is not None and token_loss is not None and "complexity" in per_token:
+        corr = _alignment(hard_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
+        flat.append(corr)
+    # one host sync for every value of the step
+    vals = torch.cat([_f32(t.reshape(-1)) for t in flat]).tolist()
+    return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, corr is not None)
 
 
-def _alignment(hard_all: torch.Tensor, tc_all: torch.Tensor | None, per_token: list[str], L: int,
-               has_target: torch.Tensor, token_loss: torch.Tensor | None
-               ) -> list[tuple[str, torch.Tensor | None]]:
-    """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment):
-    one (1 + 2L, N) table over the target tokens, ranked once."""
-    if token_loss is None or "complexity" not in per_token:
-        return [(f, None) for f in schema.ALIGNMENT_STATS]
+def _alignment(hard_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.Tensor,
+               token_loss: torch.Tensor) -> torch.Tensor:
+    """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment),
+    (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
+    tokens, ranked once."""
     tidx = has_target.reshape(-1).nonzero().squeeze(1)
-    k = per_token.index("complexity") * L
-    cx = tc_all[k:k + L].index_select(1, tidx)
-    hc = hard_all.index_select(1, tidx).sum(-1)  # int64 head counts, exact as float
-    table = torch.cat([_f32(token_loss.detach()).reshape(1, -1), _f32(cx), hc.float()])
-    corr = spearman_rows(table)  # (2L,) float64: complexity rows, then head-count rows
-    return [("complexity_loss_corr", corr[:L].view(L, 1)), ("heads_loss_corr", corr[L:].view(L, 1))]
+    cx = cx_all.index_select(1, tidx)
+    hc = hard_all.index_select(1, tidx).sum(-1, dtype=_F32)  # head counts, exact in float32
+    table = torch.cat([_f32(token_loss.detach()).reshape(1, -1), _f32(cx), hc])
+    return spearman_rows(table)
 
 
-def _assemble(cols: list[tuple[str, torch.Tensor | None]], layers: list[int]) -> list[dict]:
-    """One (L, W) float32 table of every present column, read with one host sync, cut into
-    rows in the reference's field order (schema.layer_row)."""
-    present = [_f32(t) for _, t in cols if t is not None]
-    values = torch.cat(present, dim=1).tolist()
+def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int], per_token: list[str],
+              full: bool, aligned: bool, corr: bool) -> list[dict]:
+    """Cut the flat values (laid out as rows() cats them) into `layers` entries, in the
+    reference's field order (routing.layer_stats, then the alignment fields)."""
+    rows_ = L * (1 + len(per_token) + (r0.probs is not None))  # rows of the series table
+    mean, lo, hi = 0, rows_, 2 * rows_
+    pos = 3 * rows_
+    std, load = pos, pos + L
+    pos = load + L * H
+    pred = None
+    if r0.pred_norm is not None:
+        pred, pos = pos, pos + L
+    hist = pmean = None
+    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
+    if full:
+        hist, pos = pos, pos + L * (H + 1)
+        if Hp:
+            pmean, pos = pos, pos + L * Hp
+    cpos = pos if corr else None
     out = []
-    for li, vals in zip(layers, values):
-        row: dict[str, Any] = {"layer": li}
-        pos = 0
-        for name, t in cols:
-            if t is None:
-                row[name] = None
-                continue
-            w = t.shape[1]
-            if name in LIST_STATS:
-                row[name] = vals[pos:pos + w]
+    for l, li in enumerate(layers):
+        row: dict[str, Any] = {"layer": li, "heads_mean": vals[mean + l], "heads_min": vals[lo + l],
+                               "heads_max": vals[hi + l], "heads_std": vals[std + l],
+                               "head_load": vals[load + l * H:load + (l + 1) * H]}
+        for name, attr in (("threshold", "tau"), ("complexity", "complexity")):
+            if attr in per_token:
+                k = (1 + per_token.index(attr)) * L + l
+                row |= {f"{name}_mean": vals[mean + k], f"{name}_min": vals[lo + k], f"{name}_max": vals[hi + k]}
             else:
-                x = vals[pos]
-                row[name] = None if name in schema.ALIGNMENT_STATS and x != x else x  # NaN: undefined
-            pos += w
+                row |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
+        row["entropy"] = None if r0.probs is None else vals[mean + (1 + len(per_token)) * L + l]
+        row["pred_norm"] = None if pred is None else vals[pred + l]
+        if full:
+            row["heads_hist"] = vals[hist + l * (H + 1):hist + (l + 1) * (H + 1)]
+            row["prob_mean"] = None if pmean is None else vals[pmean + l * Hp:pmean + (l + 1) * Hp]
+        if aligned:
+            for j, f in enumerate(schema.ALIGNMENT_STATS):  # NaN: undefined on this step
+                x = None if cpos is None else vals[cpos + j * L + l]
+                row[f] = None if x is None or x != x else x
         out.append(schema.layer_row(**row))
     return out

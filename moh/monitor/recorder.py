@@ -331,7 +331,8 @@ class Recorder:
         """The per-layer fields of the step, over every rank's tokens, one host sync.
 
         One process, a layer seen once: `routing.layer_stats` (float32, as `moh train` has
-        always logged). Under torch.distributed: the sums of every layer (moh/layer_sums.py)
+        always logged), computed for all layers at once by `stacked.rows` when their shapes
+        match (the same values to the bit, a fraction of the operator calls). Under torch.distributed: the sums of every layer (moh/layer_sums.py)
         all-reduced with one SUM and one MAX collective, so means are token-weighted over the
         job and a rank without real tokens adds nothing. After accumulation: the merged sums."""
         order = sorted(acc)

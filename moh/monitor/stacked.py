@@ -28,28 +28,22 @@ from ..routing import Routing
 _F32 = torch.float32
 
 
-def _same(rs: list[Routing], attr: str) -> bool:
-    """All layers have `attr`, with one shape and dtype, or none has it."""
-    ts = [getattr(r, attr) for r in rs]
-    if all(t is None for t in ts):
-        return True
-    if any(t is None for t in ts):
-        return False
-    t0 = ts[0]
-    return all(t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device for t in ts)
+def _signature(r: Routing) -> tuple:
+    """Shape and dtype of each field the step record reads (None where absent)."""
+    return tuple(None if t is None else (t.shape, t.dtype)
+                 for t in (r.hard, r.probs, r.tau, r.complexity, r.pred_norm))
 
 
 def stackable(parts: list[tuple[Routing, torch.Tensor]]) -> bool:
-    """Every layer seen once, with one `valid` tensor and matching routing fields."""
+    """Every layer seen once, with one `valid` tensor and matching routing fields (shapes and
+    dtypes: torch.stack would promote a narrower dtype, changing its bits). Devices are not
+    compared: the reference cannot mix them either (its values meet in one torch.cat)."""
     if not parts:
         return False
-    valid = parts[0][1]
-    if any(v is not valid for _, v in parts):
+    r0, valid = parts[0]
+    sig = _signature(r0)
+    if any(v is not valid or _signature(r) != sig for r, v in parts[1:]):
         return False
-    rs = [r for r, _ in parts]
-    if not all(_same(rs, a) for a in ("hard", "probs", "tau", "complexity", "pred_norm")):
-        return False
-    r0 = rs[0]
     if valid.dtype != torch.bool or valid.numel() * r0.hard.shape[-1] != r0.hard.numel():
         return False  # the reference's boolean indexing decides what happens
     if r0.tau is not None and r0.complexity is not None and r0.tau.dtype != r0.complexity.dtype:
@@ -88,7 +82,7 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     series = [counts]
     tc_all = None
     if per_token:
-        tc_all = torch.stack([getattr(r, a).reshape(-1) for a in per_token for r in rs])  # (k L, B*T)
+        tc_all = torch.stack([getattr(r, a) for a in per_token for r in rs]).reshape(len(per_token) * L, -1)
         series.append(tc_all.index_select(1, idx))
     p = None
     if r0.probs is not None:
@@ -103,7 +97,7 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     std = torch.stack([c.std(unbiased=False) for c in counts])
     flat = [mean, lo, hi, std, hard.mean(1)]  # (R,) x 3, (L,), (L, H)
     if r0.pred_norm is not None:
-        flat.append(torch.stack([r.pred_norm.reshape(()) for r in rs]))
+        flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each
     if full:
         # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
         off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
@@ -116,7 +110,7 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
         corr = _alignment(hard_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
         flat.append(corr)
     # one host sync for every value of the step
-    vals = torch.cat([_f32(t.reshape(-1)) for t in flat]).tolist()
+    vals = torch.cat([_f32(t if t.dim() == 1 else t.reshape(-1)) for t in flat]).tolist()
     return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, corr is not None)
 
 

@@ -73,8 +73,8 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     L, r0 = len(rs), rs[0]
     H = r0.hard.shape[-1]
     hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
-    hard = hard_all.index_select(1, idx).float()  # (L, N, H)
-    counts = hard.sum(-1)  # (L, N) head counts: small integers, exact in float32
+    hard = hard_all.index_select(1, idx)  # (L, N, H) bool
+    counts = hard.sum(-1, dtype=_F32)  # (L, N) head counts: small integers, exact in float32
     # every per-token series whose mean / min / max is logged, one row each, so one mean and one
     # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
     # where present, then minus each token's entropy (L; mean(-x) is -mean(x) to the bit)
@@ -95,7 +95,8 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
     # guaranteed to round alike
     std = torch.stack([c.std(unbiased=False) for c in counts])
-    flat = [mean, lo, hi, std, hard.mean(1)]  # (R,) x 3, (L,), (L, H)
+    # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
+    flat = [mean, lo, hi, std, hard.sum(1, dtype=_F32) / N]  # (R,) x 3, (L,), (L, H)
     if r0.pred_norm is not None:
         flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each
     if full:

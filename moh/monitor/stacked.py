@@ -51,6 +51,12 @@ def stackable(parts: list[tuple[Routing, torch.Tensor]]) -> bool:
     return r0.pred_norm is None or r0.pred_norm.numel() == 1
 
 
+def _take(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """t (L, n, ...) at the tokens idx along dim 1; t itself when idx is every token in order
+    (a batch without padding: the copy would hold the same values in the same layout)."""
+    return t if idx.numel() == n else t.index_select(1, idx)
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == _F32 else t.float()
 
@@ -73,7 +79,8 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     L, r0 = len(rs), rs[0]
     H = r0.hard.shape[-1]
     hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
-    hard = hard_all.index_select(1, idx)  # (L, N, H) bool
+    BT = hard_all.shape[1]
+    hard = _take(hard_all, idx, BT)  # (L, N, H) bool
     counts = hard.sum(-1, dtype=_F32)  # (L, N) head counts: small integers, exact in float32
     # every per-token series whose mean / min / max is logged, one row each, so one mean and one
     # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
@@ -83,11 +90,11 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     tc_all = None
     if per_token:
         tc_all = torch.stack([getattr(r, a) for a in per_token for r in rs]).reshape(len(per_token) * L, -1)
-        series.append(tc_all.index_select(1, idx))
+        series.append(_take(tc_all, idx, BT))
     p = None
     if r0.probs is not None:
         Hp = r0.probs.shape[-1]
-        p = torch.stack([r.probs for r in rs]).reshape(L, -1, Hp).index_select(1, idx)  # (L, N, Hp)
+        p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT)  # (L, N, Hp)
         series.append((p * p.clamp_min(1e-12).log()).sum(-1).neg_())
     table = torch.cat(series) if len(series) > 1 else counts
     mean = table.mean(-1)
@@ -121,8 +128,9 @@ def _alignment(hard_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.T
     (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
     tokens, ranked once."""
     tidx = has_target.reshape(-1).nonzero().squeeze(1)
-    cx = cx_all.index_select(1, tidx)
-    hc = hard_all.index_select(1, tidx).sum(-1, dtype=_F32)  # head counts, exact in float32
+    BT = hard_all.shape[1]
+    cx = _take(cx_all, tidx, BT)
+    hc = _take(hard_all, tidx, BT).sum(-1, dtype=_F32)  # head counts, exact in float32
     table = torch.cat([_f32(token_loss.detach()).reshape(1, -1), _f32(cx), hc])
     return spearman_rows(table)
 

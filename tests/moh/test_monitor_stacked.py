@@ -36,13 +36,14 @@ def text(rows):
 _CORPUS = load_corpus(None)
 
 
-def real_step(tiny_cfg, router, steps=3):
+def real_step(tiny_cfg, router, steps=3, padded=True):
     """Routings, valid mask, targets and per-token losses of a real batch, after `steps`
     optimizer steps (so the adaptive router's counts and complexities vary)."""
     torch.manual_seed(0)
     cfg = tiny_cfg(router=router)
     tok = Tokenizer.fit(_CORPUS.texts())
-    seqs = [tok.encode(t) for t in _CORPUS.instruct]  # instruction pairs: padded batches
+    # instruction pairs: padded batches; pre-training text: full ones (every token valid)
+    seqs = [tok.encode(t) for t in (_CORPUS.instruct if padded else _CORPUS.pretrain)]
     batches = make_batches(seqs, 16, seed=0, epoch=0, pad_id=tok.pad_id, max_len=cfg.max_len)
     model = LM(cfg, tok.vocab_size)
     opt = make_optimizer(model, cfg, 3e-3)
@@ -54,7 +55,7 @@ def real_step(tiny_cfg, router, steps=3):
     idx, targets = batches[steps]
     token_loss, _, routings = model(idx, targets, token_losses=True)
     valid = idx != tok.pad_id
-    assert not bool(valid.all())  # padding: the valid-token indexing is exercised
+    assert bool(valid.all()) != padded  # both branches of the valid-token selection
     parts = [(Routing(hard=r.hard.detach().bool(), probs=None if r.probs is None else r.probs.detach().float(),
                       tau=r.tau, complexity=r.complexity, pred_norm=r.pred_norm), valid) for r in routings]
     return parts, targets != IGNORE_INDEX, token_loss
@@ -62,8 +63,9 @@ def real_step(tiny_cfg, router, steps=3):
 
 @pytest.mark.parametrize("router", ["adaptive", "moh", "dense"])
 @pytest.mark.parametrize("full", [False, True])
-def test_stacked_rows_are_the_reference_to_the_bit(tiny_cfg, router, full):
-    parts, has_target, token_loss = real_step(tiny_cfg, router)
+@pytest.mark.parametrize("padded", [True, False])
+def test_stacked_rows_are_the_reference_to_the_bit(tiny_cfg, router, full, padded):
+    parts, has_target, token_loss = real_step(tiny_cfg, router, padded=padded)
     for ht, tl in ((None, None), (has_target, None), (has_target, token_loss)):
         fast = stacked.rows(parts, [0, 1], full, ht, tl)
         assert fast is not None  # same shapes: the stacked path is taken

@@ -127,11 +127,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3, help="pre-training epochs per run")
+    ap.add_argument("--records-only", type=int, metavar="N", default=0,
+                    help="only time N step records (no whole runs, no JSON): one line, e.g. to "
+                         "alternate two trees on PYTHONPATH")
     a = ap.parse_args(argv)
 
     cfg = Config(pretrain_epochs=a.epochs, instruct_epochs=0, eval_prompts=0)
     corpus = load_corpus(cfg.data)
     load0 = load_avg()
+    if a.records_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = record_cost(cfg, corpus, tmp, n=a.records_only)
+        print(f"threads={torch.get_num_threads()} load {load0[0]:.2f} ms/record: "
+              + " ".join(f"{k}={v * 1e3:.3f}" for k, v in rec.items()))
+        return 0
     cpu = {v: [] for v in VARIANTS}
     wall = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,10 @@ repetitions of the paired differences. The goal is judged on CPU time with one t
 other jobs) and on wall time with more (run it on a quiet machine): with 2 threads the record's
 small operators run on the main thread while OpenMP's other thread spin-waits, so the process
 CPU time counts them about twice though the run is no longer. A second table times the logging
-work of one step record alone (layer stats, host sync, JSON encode + write) with a Trainer.
+work of one step record alone (layer stats, host sync, JSON encode + write) with a Trainer:
+`recorder` rows as train() makes it (Recorder.routing per layer + Recorder.step, which takes the
+stacked all-layers path of moh/monitor/stacked.py), `basic` / `full` rows with the per-layer
+reference functions (routing.layer_stats, alignment.loss_alignment, monitor.rows.layer_rows).
 Not included: `moh train`'s early-alert checks (analyze/live/early.py, capped at 1% of the run).
 Goal (issue 7): default <= 2 % of step time. JSON: bench/results/bench_telemetry.json.
 """
@@ -42,6 +45,7 @@ from moh.data import load_corpus  # noqa: E402
 from moh.model import IGNORE_INDEX  # noqa: E402
 from moh.routing import layer_stats  # noqa: E402
 from moh.telemetry import JsonlSink  # noqa: E402
+from moh.monitor import Recorder  # noqa: E402
 from moh.monitor.rows import layer_rows as _rows  # noqa: E402
 from moh.train import train  # noqa: E402
 
@@ -95,18 +99,48 @@ def record_cost(cfg: Config, corpus, tmp: str, n: int = 60) -> dict[str, float]:
     for _ in range(n):
         loss_alignment(routings, has_target, token_loss)
     out["alignment"] = (time.process_time() - c) / n
+    for tier in ("basic", "full"):
+        out["recorder" + (" full" if tier == "full" else "")] = recorder_cost(
+            cfg, routings, valid, loss, token_loss, has_target, tmp, n, full=tier == "full")
     return out
+
+
+def recorder_cost(cfg: Config, routings, valid, loss, token_loss, has_target, tmp: str, n: int,
+                  full: bool = False) -> float:
+    """CPU seconds of one logged step through `moh.monitor.Recorder` as train() drives it:
+    routing() per layer + step() (stats, alignment, one sync, encode, write/flush). No model:
+    the gradient norms are the training step's own (train() calls grad_norms() every step)."""
+    aux = {t: None for t in schema.AUX_TERMS}
+    with Recorder(os.path.join(tmp, "recorder"), n_units=cfg.n_heads, log_every=1, overwrite=True,
+                  full=full) as rec:
+        c = time.process_time()
+        for i in range(n):
+            for li, r in enumerate(routings):
+                rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
+                            valid=valid, pred_norm=r.pred_norm)
+            rec.step(i + 1, loss=loss, lm_loss=loss, lr=1e-3, aux=aux, aux_weighted=aux, tokens=1,
+                     skipped=False, token_loss=token_loss, has_target=has_target)
+        return (time.process_time() - c) / n
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3, help="pre-training epochs per run")
+    ap.add_argument("--records-only", type=int, metavar="N", default=0,
+                    help="only time N step records (no whole runs, no JSON): one line, e.g. to "
+                         "alternate two trees on PYTHONPATH")
     a = ap.parse_args(argv)
 
     cfg = Config(pretrain_epochs=a.epochs, instruct_epochs=0, eval_prompts=0)
     corpus = load_corpus(cfg.data)
     load0 = load_avg()
+    if a.records_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = record_cost(cfg, corpus, tmp, n=a.records_only)
+        print(f"threads={torch.get_num_threads()} load {load0[0]:.2f} ms/record: "
+              + " ".join(f"{k}={v * 1e3:.3f}" for k, v in rec.items()))
+        return 0
     cpu = {v: [] for v in VARIANTS}
     wall = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,13 +172,16 @@ def main(argv=None) -> int:
     step_cpu = statistics.median(cpu["off"]) / steps
     rec_rows = [[tier, t * 1e3, 100 * t / cfg.log_every / step_cpu] for tier, t in per_record.items()]
     print("\none step record alone (layer stats + loss alignment + sync + encode + write/flush), CPU;"
-          "\nalignment: the rank correlations alone (part of each tier's record):")
+          "\nalignment: the rank correlations alone (part of each tier's record);"
+          "\nrecorder: the record as train() makes it (Recorder.routing per layer + Recorder.step;"
+          "\nbasic and full are the per-layer reference functions):")
     print(table(["tier", "ms/record", f"% of step time at log_every={cfg.log_every}"], rec_rows))
+    share = {r[0]: r[2] for r in rec_rows}
     basis = "cpu_overhead" if torch.get_num_threads() == 1 else "wall_overhead"
     ok = res["default"][basis]["median"] <= GOAL
     print(f"\ngoal default telemetry <= {GOAL:.0%} of step time: {'met' if ok else 'NOT met'} "
           f"(whole-run {100 * res['default'][basis]['median']:.2f} % {basis.split('_')[0]} time, "
-          f"per-record estimate {rec_rows[0][2]:.2f} %: the basic record)")
+          f"per-record estimate {share['recorder']:.2f} %: the basic record through the Recorder)")
     payload = {"config": cfg.to_dict(), "reps": a.reps, "steps_per_run": steps, "loadavg_start": load0,
                "results": res, "record_cpu_s": per_record, "step_cpu_s_off": step_cpu,
                "record_share_of_step": {r[0]: r[2] / 100 for r in rec_rows}, "goal": GOAL, "goal_met": ok,

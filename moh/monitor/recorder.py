@@ -38,6 +38,7 @@ from ..optim import grad_norms
 from ..routing import Routing, layer_stats
 from ..telemetry import JsonlSink, Sink
 from . import groups as grouping
+from . import stacked
 from .rows import layer_rows
 
 Extract = Callable[[nn.Module, tuple, Any], "Mapping[str, Any] | None"]
@@ -135,6 +136,7 @@ class Recorder:
         self._acc: dict[int, tuple[Routing, torch.Tensor] | layer_sums.Sums] = {}
         self._layers: set[int] = set()
         self._hooks: list = []
+        self._ones: torch.Tensor | None = None  # routing()'s default `valid`, never written to
         self._held: list[dict] = []  # records waiting for run_start (see _write)
         self._norms: tuple[torch.Tensor, dict] | None = None  # grad_norms() of the step in progress
         self._forced = False
@@ -190,8 +192,11 @@ class Recorder:
         elif n != self.n_units:
             raise ValueError(f"layer {layer}: {n} units selected, earlier routing had {self.n_units}")
         lead = selected.shape[:-1]
-        if valid is None:
-            valid = torch.ones(lead, dtype=torch.bool, device=selected.device)
+        if valid is None:  # one all-true mask shared by the step's layers (stacked.rows needs one)
+            ones = self._ones
+            if ones is None or ones.shape != lead or ones.device != selected.device:
+                ones = self._ones = torch.ones(lead, dtype=torch.bool, device=selected.device)
+            valid = ones
 
         def det(t):
             return None if t is None else t.detach()
@@ -326,11 +331,18 @@ class Recorder:
         """The per-layer fields of the step, over every rank's tokens, one host sync.
 
         One process, a layer seen once: `routing.layer_stats` (float32, as `moh train` has
-        always logged). Under torch.distributed: the sums of every layer (moh/layer_sums.py)
+        always logged), computed for all layers at once by `stacked.rows` when their shapes
+        match (the same values to the bit, a fraction of the operator calls). Under torch.distributed: the sums of every layer (moh/layer_sums.py)
         all-reduced with one SUM and one MAX collective, so means are token-weighted over the
         job and a rank without real tokens adds nothing. After accumulation: the merged sums."""
         order = sorted(acc)
         parts = [acc[li] for li in order]
+        if _world() == 1 and all(isinstance(p, tuple) for p in parts):
+            # every layer seen once with matching shapes: all layers' reductions at once, the
+            # same values (moh/monitor/stacked.py); None = not stackable, reduce per layer
+            rows = stacked.rows(parts, order, self.full, has_target, token_loss)
+            if rows is not None:
+                return rows
         if _world() > 1:
             sums = [layer_sums.partial(*p, self.full) if isinstance(p, tuple) else p for p in parts]
             stats = [layer_sums.finish(s) for s in layer_sums.reduce(sums, distributed.sum_, distributed.max_)]

@@ -170,3 +170,12 @@ def test_without_the_definition_the_field_is_not_a_column(tmp_path):
     out = subprocess.run([sys.executable, "probe.py", str(tmp_path / "run.jsonl")], cwd=tree,
                          capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
     assert out.returncode != 0 and "unknown fields ['probe_stat']" in out.stderr
+
+
+def test_encode_record_tags_non_finite_floats_at_any_depth_and_leaves_finite_ones():
+    finite = {"event": "step", "loss": 0.1, "layers": [{"heads_mean": 1.5, "head_load": [0.25, 1e-30]}]}
+    assert schema.encode_record(finite) == json.dumps(finite, separators=(",", ":"))
+    bad = {"event": "step", "loss": 0.1, "layers": [{"heads_mean": float("nan"), "head_load": [float("-inf"), 0.5]}]}
+    line = schema.encode_record(bad)
+    assert json.loads(line)["layers"][0] == {"heads_mean": "NaN", "head_load": ["-Infinity", 0.5]}
+    assert bad["layers"][0]["head_load"][0] == float("-inf")  # the caller's record is not changed

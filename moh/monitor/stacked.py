@@ -1,0 +1,178 @@
+"""A logged step's `layers` entries for all layers at once, on one process (issue 14).
+
+`routing.layer_stats` per layer + `alignment.loss_alignment` + `rows.layer_rows` is the
+reference; on the engine's shapes (N ~ 224 tokens x 8 heads) its cost is the dispatch of a
+few hundred small operators, not arithmetic. When every layer of the step has the same shapes,
+dtypes, fields and `valid` tensor (the engine's case, and a user model with identical blocks),
+this path stacks the layers into (L, N, H) tensors and makes each reduction once, indexes the
+valid and target tokens once each, ranks the loss and every layer's series in one call, and
+reads every value with one `tolist()`. Otherwise `rows()` returns None and the caller takes the
+reference path.
+
+The written values are bit-identical to the reference (tests/moh/test_monitor_stacked.py
+compares them field by field): each reduction runs over the same tokens in the same order,
+only batched over a leading layer dimension. Reductions whose bits could depend on that
+(heads_std's Welford / two-pass choice) stay per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import schema
+from ..alignment import spearman_rows
+from ..routing import Routing
+
+_F32 = torch.float32
+
+
+def _signature(r: Routing) -> tuple:
+    """Shape and dtype of each field the step record reads (None where absent)."""
+    return tuple(None if t is None else (t.shape, t.dtype)
+                 for t in (r.hard, r.probs, r.tau, r.complexity, r.pred_norm))
+
+
+def stackable(parts: list[tuple[Routing, torch.Tensor]]) -> bool:
+    """Every layer seen once, with one `valid` tensor and matching routing fields (shapes and
+    dtypes: torch.stack would promote a narrower dtype, changing its bits). Devices are not
+    compared: the reference cannot mix them either (its values meet in one torch.cat)."""
+    if not parts:
+        return False
+    r0, valid = parts[0]
+    sig = _signature(r0)
+    if any(v is not valid or _signature(r) != sig for r, v in parts[1:]):
+        return False
+    if valid.dtype != torch.bool or valid.numel() * r0.hard.shape[-1] != r0.hard.numel():
+        return False  # the reference's boolean indexing decides what happens
+    if r0.tau is not None and r0.complexity is not None and r0.tau.dtype != r0.complexity.dtype:
+        return False  # stacked together below: a promotion would change the narrower one's bits
+    return r0.pred_norm is None or r0.pred_norm.numel() == 1
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """t (L, n, ...) at the tokens idx along dim 1; t itself when idx is every token in order
+    (a batch without padding: the copy would hold the same values in the same layout)."""
+    return t if idx.numel() == n else t.index_select(1, idx)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == _F32 else t.float()
+
+
+def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: bool,
+         has_target: torch.Tensor | None, token_loss: torch.Tensor | None) -> list[dict] | None:
+    """The step record's `layers` (as `Recorder._layer_rows` on one process writes them), or
+    None when the layers cannot be stacked (the caller then reduces layer by layer).
+    `has_target` None: no alignment fields; else `token_loss` None writes them as null."""
+    if not stackable(parts):
+        return None
+    if has_target is not None and (has_target.dtype != torch.bool or has_target.numel() != parts[0][1].numel()):
+        return None
+    rs = [r for r, _ in parts]
+    v = parts[0][1].reshape(-1)
+    idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
+    N = idx.numel()
+    if N == 0:  # the reference's min() of no tokens raises: let it say so
+        return None
+    L, r0 = len(rs), rs[0]
+    H = r0.hard.shape[-1]
+    hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
+    BT = hard_all.shape[1]
+    hard = _take(hard_all, idx, BT)  # (L, N, H) bool
+    counts = hard.sum(-1, dtype=_F32)  # (L, N) head counts: small integers, exact in float32
+    # every per-token series whose mean / min / max is logged, one row each, so one mean and one
+    # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
+    # where present, then minus each token's entropy (L; mean(-x) is -mean(x) to the bit)
+    per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
+    series = [counts]
+    tc_all = None
+    if per_token:
+        tc_all = torch.stack([getattr(r, a) for a in per_token for r in rs]).reshape(len(per_token) * L, -1)
+        series.append(_take(tc_all, idx, BT))
+    p = None
+    if r0.probs is not None:
+        Hp = r0.probs.shape[-1]
+        p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT)  # (L, N, Hp)
+        series.append((p * p.clamp_min(1e-12).log()).sum(-1).neg_())
+    table = torch.cat(series) if len(series) > 1 else counts
+    mean = table.mean(-1)
+    lo, hi = table.aminmax(dim=-1)
+    # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
+    # guaranteed to round alike
+    std = torch.stack([c.std(unbiased=False) for c in counts])
+    # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
+    flat = [mean, lo, hi, std, hard.sum(1, dtype=_F32) / N]  # (R,) x 3, (L,), (L, H)
+    if r0.pred_norm is not None:
+        flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each
+    if full:
+        # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
+        off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
+        bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
+        flat.append(bins.float() / N)
+        if p is not None:
+            flat.append(p.mean(1))
+    corr = None
+    if has_target is not None and token_loss is not None and "complexity" in per_token:
+        corr = _alignment(hard_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
+        flat.append(corr)
+    # one host sync for every value of the step
+    vals = torch.cat([_f32(t if t.dim() == 1 else t.reshape(-1)) for t in flat]).tolist()
+    return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, corr is not None)
+
+
+def _alignment(hard_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.Tensor,
+               token_loss: torch.Tensor) -> torch.Tensor:
+    """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment),
+    (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
+    tokens, ranked once."""
+    tidx = has_target.reshape(-1).nonzero().squeeze(1)
+    BT = hard_all.shape[1]
+    cx = _take(cx_all, tidx, BT)
+    hc = _take(hard_all, tidx, BT).sum(-1, dtype=_F32)  # head counts, exact in float32
+    table = torch.cat([_f32(token_loss.detach()).reshape(1, -1), _f32(cx), hc])
+    return spearman_rows(table)
+
+
+def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int], per_token: list[str],
+              full: bool, aligned: bool, corr: bool) -> list[dict]:
+    """Cut the flat values (laid out as rows() cats them) into `layers` entries, in the
+    reference's field order (routing.layer_stats, then the alignment fields)."""
+    rows_ = L * (1 + len(per_token) + (r0.probs is not None))  # rows of the series table
+    mean, lo, hi = 0, rows_, 2 * rows_
+    pos = 3 * rows_
+    std, load = pos, pos + L
+    pos = load + L * H
+    pred = None
+    if r0.pred_norm is not None:
+        pred, pos = pos, pos + L
+    hist = pmean = None
+    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
+    if full:
+        hist, pos = pos, pos + L * (H + 1)
+        if Hp:
+            pmean, pos = pos, pos + L * Hp
+    cpos = pos if corr else None
+    out = []
+    for l, li in enumerate(layers):
+        row: dict[str, Any] = {"layer": li, "heads_mean": vals[mean + l], "heads_min": vals[lo + l],
+                               "heads_max": vals[hi + l], "heads_std": vals[std + l],
+                               "head_load": vals[load + l * H:load + (l + 1) * H]}
+        for name, attr in (("threshold", "tau"), ("complexity", "complexity")):
+            if attr in per_token:
+                k = (1 + per_token.index(attr)) * L + l
+                row |= {f"{name}_mean": vals[mean + k], f"{name}_min": vals[lo + k], f"{name}_max": vals[hi + k]}
+            else:
+                row |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
+        row["entropy"] = None if r0.probs is None else vals[mean + (1 + len(per_token)) * L + l]
+        row["pred_norm"] = None if pred is None else vals[pred + l]
+        if full:
+            row["heads_hist"] = vals[hist + l * (H + 1):hist + (l + 1) * (H + 1)]
+            row["prob_mean"] = None if pmean is None else vals[pmean + l * Hp:pmean + (l + 1) * Hp]
+        if aligned:
+            for j, f in enumerate(schema.ALIGNMENT_STATS):  # NaN: undefined on this step
+                x = None if cpos is None else vals[cpos + j * L + l]
+                row[f] = None if x is None or x != x else x
+        out.append(schema.layer_row(**row))
+    return out

@@ -17,9 +17,9 @@ matter, and then into a budget in heads
 
 whose head count ceil(kappa*) averages target_heads over the batch (defaults: kappa* from 1 to
 5, counts 1..5, mean 3.5): the target asks the predictor to move heads from easy to hard
-tokens, not to use more of them. The signal is computed under no_grad from the log-probabilities
-the LM loss already made; the complexity term's gradient reaches the predictor only through
-kappa, never the LM head through the target.
+tokens, not to use more of them. The signal comes, detached, from the softmax the LM loss already
+made (moh/token_loss.py: the per-token loss, or the entropy); the complexity term's gradient
+reaches the predictor only through kappa, never the LM head through the target.
 """
 
 from __future__ import annotations
@@ -31,18 +31,6 @@ from .alignment import average_ranks
 from .distributed import gather_columns
 
 TARGETS = ("heads", "loss_rank", "entropy_rank")  # config complexity_target
-
-
-@torch.no_grad()
-def token_signal(kind: str, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The raw difficulty of each prediction from its log-probabilities logp (N, V) (the
-    log_softmax the LM loss already made) and targets (N,) -> (N,) float32."""
-    logp = logp.detach().float()
-    if kind == "loss_rank":
-        return -logp.gather(1, targets[:, None]).squeeze(1)
-    if kind == "entropy_rank":
-        return -(logp.exp() * logp).sum(-1)
-    raise ValueError(f"no difficulty signal for complexity_target {kind!r}")
 
 
 def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
@@ -62,15 +50,6 @@ def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: i
     the threshold need not cut heads regardless of difficulty to get there."""
     span = 2.0 * max(target_heads - k_min - 0.5, 0.0)
     return (k_min + span * u).clamp(k_min, float(n_heads))
-
-
-def position_quantiles(kind: str, logp: torch.Tensor, targets: torch.Tensor,
-                       has_target: torch.Tensor) -> torch.Tensor:
-    """(B, T) rank quantile of each position's difficulty, NaN where there is no target.
-
-    logp (N, V) log-probabilities and targets (N,) are the positions of has_target (B, T) in
-    row-major order, as LM.forward selects them."""
-    return quantiles_at(token_signal(kind, logp, targets), has_target)
 
 
 def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from moh.config import COMPLEXITY_TARGETS, Config
-from moh.difficulty import TARGETS, budget_target, position_quantiles, rank_quantiles, token_signal
+from moh.difficulty import TARGETS, budget_target, quantiles_at, rank_quantiles
 from moh.losses import aux_losses
 from moh.model import LM
 from moh.routing import Routing
@@ -38,23 +38,34 @@ def test_budget_target_has_the_target_mean_and_its_bounds():
     assert budget_target(torch.tensor([1.0]), 1.0, 6.0, 8).tolist() == [8.0]
 
 
-def test_signals_of_known_logits():
-    # two classes: logits (0, 0) -> p = 1/2 each: loss ln 2, entropy ln 2;
-    # logits (ln 3, 0) -> p = (3/4, 1/4): loss of class 1 = ln 4, entropy -(3/4 ln 3/4 + 1/4 ln 1/4)
-    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)
-    targets = torch.tensor([0, 1])
-    assert token_signal("loss_rank", logits, targets).tolist() == pytest.approx([math.log(2), math.log(4)])
-    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    assert token_signal("entropy_rank", logits, targets).tolist() == pytest.approx([math.log(2), h])
-    with pytest.raises(ValueError):
-        token_signal("heads", logits, targets)
-
-
-def test_position_quantiles_scatter_into_the_target_positions():
+def test_quantiles_scatter_into_the_target_positions():
     has = torch.tensor([[True, False, True]])
-    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).log_softmax(-1)  # entropies ln 2 > h(3/4): ranks 1, 0
-    got = position_quantiles("entropy_rank", logits, torch.tensor([0, 1]), has)
+    got = quantiles_at(torch.tensor([math.log(2), 0.5]), has)  # ranks 1, 0
     assert got[0, 0].item() == 1.0 and math.isnan(got[0, 1].item()) and got[0, 2].item() == 0.0
+
+
+@pytest.mark.parametrize("kind", ["entropy_rank", "loss_rank"])
+def test_the_model_ranks_the_signal_its_target_names(kind):
+    """LM.forward's difficulty is the rank quantile of each target position's predictive
+    entropy (entropy_rank) or next-token loss (loss_rank), computed here from its own logits."""
+    torch.manual_seed(0)
+    cfg = Config(n_layers=1, n_heads=4, d_model=32, d_ff=64, max_len=16, complexity_target=kind)
+    model = LM(cfg, vocab_size=30).train()
+    idx, targets = torch.randint(0, 30, (3, 12)), torch.randint(0, 30, (3, 12))
+    targets[0, -4:] = -100  # positions without a target get NaN
+    _, _, routings = model(idx, targets)
+    has = targets != -100
+    with torch.no_grad():
+        x, _ = model.features(idx)
+        logp = model.lm_head(x[has]).float().log_softmax(-1)
+    signal = (-(logp.exp() * logp).sum(-1) if kind == "entropy_rank"
+              else -logp.gather(1, targets[has][:, None]).squeeze(1))
+    want = rank_quantiles(signal)
+    got = routings[0].difficulty
+    assert torch.isnan(got[~has]).all()
+    torch.testing.assert_close(got[has], want)
+    other = -(logp.exp() * logp).sum(-1) if kind == "loss_rank" else -logp.gather(1, targets[has][:, None]).squeeze(1)
+    assert not torch.allclose(got[has], rank_quantiles(other))  # the two signals rank differently here
 
 
 def _routing(kappa, difficulty, used) -> Routing:

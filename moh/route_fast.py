@@ -8,7 +8,6 @@ several microseconds on CPU, more for one that multiplies by a Python float: the
 first copied into a tensor), not their arithmetic; docs/benchmarks.md has the measurements.
 
 - `row_softmax`: a router's softmax on one thread (aten parallelises it at ~256 rows).
-- `_SelectHeadsST`: hard mask forward, the top-p surrogate's gradient backward (one node).
 - `_AdaptiveRoute`: the adaptive router from its projections to gates, mask, probabilities,
   complexity, budget, threshold and head count: one node for ~60 autograd nodes.
 - `_QKVAndRouter`: the attention's qkv matmul with the router projections riding along, one node.
@@ -95,31 +94,6 @@ def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch
         tail = F.pad(dz1.flip(-1)[..., :-1], (1, 0)).cumsum(-1).flip(-1)
         minus_g_probs = torch.empty_like(tail).scatter_(-1, order, tail)
     return minus_g_probs, dz1.sum(-1), dz2.sum(-1)
-
-
-class _SelectHeadsST(torch.autograd.Function):
-    """`hard.float() + (soft - soft.detach())` from `select_heads`, as one autograd node.
-
-    Same forward value (the hard mask) and the same gradient as autograd through
-    `select_heads` (tests/moh/test_routing_fast.py checks both); written out by hand because
-    autograd's ~20 small nodes per layer cost more than the rest of the router at our sizes.
-    Returns (gates float (B, T, H), hard bool (B, T, H)).
-    """
-
-    @staticmethod
-    def forward(ctx, probs, tau, kappa, t1, t2):  # type: ignore[override]
-        hard, order, a, b = _st_select(probs, tau, kappa, t1, t2)
-        ctx.save_for_backward(order, a, b)
-        ctx.t1, ctx.t2 = t1, t2
-        ctx.mark_non_differentiable(hard)
-        return hard.to(probs.dtype), hard
-
-    @staticmethod
-    def backward(ctx, g, _g_hard):  # type: ignore[override]
-        order, a, b = ctx.saved_tensors
-        minus_g, g_tau, g_kappa = _st_backward(g, order, a, b, ctx.t1, ctx.t2, ctx.needs_input_grad[0])
-        return (None if minus_g is None else -minus_g, g_tau if ctx.needs_input_grad[1] else None,
-                g_kappa if ctx.needs_input_grad[2] else None, None, None)
 
 
 class _AdaptiveRoute(torch.autograd.Function):

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import Config
-from .route_fast import _AdaptiveRoute, _SelectHeadsST, row_softmax  # noqa: F401 (re-exported)
+from .route_fast import _AdaptiveRoute, row_softmax
 
 
 @dataclass

@@ -17,7 +17,8 @@ import torch
 from moh.config import Config
 from moh.losses import aux_losses, weighted_total
 from moh.optim import clip_, grad_norms
-from moh.routing import Routing, _SelectHeadsST, layer_stats, select_heads
+from moh.route_fast import _st_backward, _st_select
+from moh.routing import Routing, layer_stats, select_heads
 from tests.moh.records import Records
 
 # ------------------------------------------------------------------------------------------------
@@ -92,12 +93,12 @@ RANK_OF_HEAD = [2, 1, 0, 3]  # stable sort: of the two 0.125s, head 0 comes befo
 def _select(tau: float, kappa: float, fast: bool) -> torch.Tensor:
     probs = torch.tensor([[PROBS]], dtype=torch.float32)
     t, k = torch.tensor([[tau]]), torch.tensor([[kappa]])
-    if fast:  # the autograd node the model runs
-        return _SelectHeadsST.apply(probs, t, k, 0.1, 1.0)[1][0, 0]
+    if fast:  # the selection the model's autograd node (route_fast._AdaptiveRoute) runs
+        return _st_select(probs, t, k, 0.1, 1.0)[0][0, 0]
     return select_heads(probs, t, k, 0.1, 1.0)[0][0, 0]
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "SelectHeadsST"])
+@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
 @pytest.mark.parametrize("kappa,count", [
     (0.5, 1),   # below one head: the top head is kept anyway
     (1.0, 1),   # integer: rank 0 only (rank 1 < 1 is false)
@@ -115,7 +116,7 @@ def test_budget_at_integer_and_half_integer_kappa(fast, kappa, count):
     assert kept_ranks == list(range(count)), "the budget keeps the most probable heads"
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "SelectHeadsST"])
+@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
 @pytest.mark.parametrize("tau,count", [
     (0.5, 1),          # C_1 = 0.5 is not < 0.5
     (0.5000001, 2),    # just above: rank 1 joins
@@ -129,7 +130,7 @@ def test_threshold_is_strict_on_the_exclusive_cumulative_probability(fast, tau, 
     assert int(hard.sum()) == count
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "SelectHeadsST"])
+@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
 def test_the_most_probable_head_is_kept_even_at_zero_threshold_and_budget(fast):
     hard = _select(tau=0.0, kappa=0.0, fast=fast)
     assert hard.tolist() == [False, False, True, False]  # head 2 (p = 0.5) alone
@@ -361,15 +362,16 @@ def test_straight_through_gradient_matches_finite_differences_of_the_surrogate(t
     tau, kappa = torch.tensor(0.62, dtype=torch.float64), torch.tensor(2.7, dtype=torch.float64)
     w = torch.tensor([0.7, -1.3, 2.0, 0.4, -0.6], dtype=torch.float64)  # an arbitrary upstream gradient
 
-    p_in, t_in, k_in = (x.clone().requires_grad_() for x in (probs, tau, kappa))
-    gates, hard = _SelectHeadsST.apply(p_in.view(1, 1, -1), t_in.view(1, 1), k_in.view(1, 1), t1, t2)
-    (gates.view(-1) * w).sum().backward()
+    # the selection and hand-written backward the model's node (route_fast._AdaptiveRoute) runs
+    hard, order, a, b = _st_select(probs.view(1, 1, -1), tau.view(1, 1), kappa.view(1, 1), t1, t2)
+    minus_g, g_tau, g_kappa = _st_backward(w.view(1, 1, -1), order, a, b, t1, t2, True)
+    p_grad, t_grad, k_grad = -minus_g.view(-1), g_tau.view(()), g_kappa.view(())
 
     def f(p, t, k):
         return float((_surrogate(p, t, k, t1, t2) * w).sum())
 
     eps = 1e-6
-    for name, x, got in (("tau", tau, t_in.grad), ("kappa", kappa, k_in.grad)):
+    for name, x, got in (("tau", tau, t_grad), ("kappa", kappa, k_grad)):
         plus = f(probs, x + eps, kappa) if name == "tau" else f(probs, tau, x + eps)
         minus = f(probs, x - eps, kappa) if name == "tau" else f(probs, tau, x - eps)
         assert got.item() == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-9), name
@@ -377,7 +379,7 @@ def test_straight_through_gradient_matches_finite_differences_of_the_surrogate(t
         e = torch.zeros(5, dtype=torch.float64)
         e[h] = eps
         fd = (f(probs + e, tau, kappa) - f(probs - e, tau, kappa)) / (2 * eps)
-        assert p_in.grad[h].item() == pytest.approx(fd, rel=1e-6, abs=1e-9), f"probs[{h}]"
-    assert p_in.grad.abs().sum() > 0 and t_in.grad.abs() > 0 and k_in.grad.abs() > 0
+        assert p_grad[h].item() == pytest.approx(fd, rel=1e-6, abs=1e-9), f"probs[{h}]"
+    assert p_grad.abs().sum() > 0 and t_grad.abs() > 0 and k_grad.abs() > 0
     # the forward value is the hard mask: ranks 0, 1, 2 pass kappa 2.7; C = 0, .4, .7 -> tau .62 keeps 2
     assert hard.view(-1).tolist() == [False, True, False, True, False]

@@ -3,38 +3,8 @@
 import pytest
 import torch
 
-from moh.routing import _SelectHeadsST, fused_linear, select_heads
+from moh.routing import fused_linear
 from tests.moh.records import Records
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_select_heads_st_matches_autograd_through_select_heads(seed):
-    g = torch.Generator().manual_seed(seed)
-    B, T, H = 3, 7, 8
-    logits = torch.randn(B, T, H, generator=g, dtype=torch.float64, requires_grad=True)
-    tau_in = torch.rand(B, T, generator=g, dtype=torch.float64, requires_grad=True)
-    kappa_in = (1 + 7 * torch.rand(B, T, generator=g, dtype=torch.float64)).requires_grad_()
-    w = torch.randn(B, T, H, generator=g, dtype=torch.float64)
-
-    def run(fast):
-        probs = logits.softmax(-1)
-        tau, kappa = 0.3 + 0.5 * tau_in, kappa_in * 1.0
-        if fast:
-            gates, hard = _SelectHeadsST.apply(probs, tau, kappa, 0.1, 1.0)
-        else:
-            hard, soft = select_heads(probs, tau, kappa, 0.1, 1.0)
-            gates = hard.to(probs.dtype) + (soft - soft.detach())
-        loss = (gates * w).sum() + gates.sum(-1).pow(2).sum()
-        grads = torch.autograd.grad(loss, [logits, tau_in, kappa_in])
-        return gates.detach(), hard, grads
-
-    g_ref, h_ref, d_ref = run(False)
-    g_new, h_new, d_new = run(True)
-    assert torch.equal(h_ref, h_new)
-    assert torch.equal(g_ref, g_new) and torch.equal(g_new, h_new.double())
-    for a, b in zip(d_ref, d_new):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        assert a.abs().sum() > 0
 
 
 def test_fused_linear_matches_separate_linears():

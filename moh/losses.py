@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
-from . import schema
+from . import native, schema
 from .config import Config
 from .difficulty import budget_target
-from .route_fast import scalars
+from .route_fast import _rows, scalars
 from .routing import Routing
 
 TERMS = schema.AUX_TERMS
@@ -124,30 +125,74 @@ def _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):
     return torch.cat(out), lse
 
 
-def _terms(flat: torch.Tensor, layout: tuple[_Layer, ...], target_heads: float) -> list[torch.Tensor]:
+def _consts(xp, flat, values: tuple[float, ...]) -> tuple:
+    """Python numbers in flat's float type: cached 0-d tensors for torch (`scalars`: the same
+    values), numpy scalars for numpy."""
+    if xp is torch:
+        return scalars(values, flat.dtype, flat.device)
+    return tuple(flat.dtype.type(v) for v in values)
+
+
+def _terms(flat, layout: tuple[_Layer, ...], target_heads: float, xp=torch) -> list:
     """The terms that apply (TERMS order, averaged over layers) from the flat sums [n, layer 0's
-    sums, layer 1's, ...]. The Python numbers enter as 0-d tensors (`scalars`: same values)."""
-    n = flat[0].clamp_min(1.0)
-    per_term: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
+    sums, layer 1's, ...]. `xp`: torch for tensors (differentiable; the reference), numpy for
+    the same arithmetic on a CPU array (`_Terms`: ~40 operations on ~40 numbers, where each
+    torch operation costs microseconds of dispatch and numpy's a fraction of one)."""
+    n = flat[0].clip(min=1.0)
+    per_term: dict[str, list] = {t: [] for t in TERMS}
     pos = 1
     for lay in layout:
         Hb, H = lay.Hb, lay.H
-        Hb_, H_, H2_, th_ = scalars((Hb, H, H**2, target_heads), flat.dtype, flat.device)
+        Hb_, H_, H2_, th_ = _consts(xp, flat, (Hb, H, H**2, target_heads))
         f = flat[pos : pos + Hb] / n  # (Hb,) fraction of tokens per head
         P = flat[pos + Hb : pos + 2 * Hb] / n  # (Hb,) mean probability per head
         pos += 2 * Hb
-        mean_k = f.sum().clamp_min(1e-6)  # heads per token among the balanced ones
+        mean_k = f.sum().clip(min=1e-6)  # heads per token among the balanced ones
         balance = Hb_ * (f * P).sum()
         per_term["load_balance"].append(balance / mean_k if lay.per_k else balance)
         per_term["z"].append(flat[pos] / n)
         pos += 1
         if lay.adaptive:
-            per_term["complexity"].append(flat[pos] / flat[pos + 3].clamp_min(1.0) / H2_)
+            per_term["complexity"].append(flat[pos] / flat[pos + 3].clip(min=1.0) / H2_)
             mean_count = flat[pos + 1] / n
             per_term["budget"].append(((mean_count - th_) / H_) ** 2)
             per_term["entropy"].append(flat[pos + 2] / n)
             pos += 4
-    return [torch.stack(v).mean() for v in per_term.values() if v]
+    return [xp.stack(v).mean() for v in per_term.values() if v]
+
+
+def _terms_backward(flat, g_terms, layout: tuple[_Layer, ...], target_heads: float, xp=torch):
+    """d (sum_t g_t term_t) / d flat for `_terms`' flat sums, by hand (torch or numpy, as there).
+    Only the probability, z, complexity, head-count and entropy sums carry a gradient: n, the
+    f numerators and the complexity token count are counts of the hard and valid masks (their
+    slots get 0)."""
+    names = [t for t in TERMS if _applies(t, layout)]
+    layers = [sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS) for t in names]
+    # through the mean over layers: each layer's value receives g / layers
+    gl = dict(zip(names, (g / k for g, k in zip(g_terms, _consts(xp, flat, tuple(layers))))))
+    n = flat[0].clip(min=1.0)
+    zero = xp.zeros_like(flat[:1])
+    per_n = {t: gl[t] / n for t in ("z", "entropy") if t in gl}  # d (sum / n) / d sum, every layer
+    pieces = [zero]
+    pos = 1
+    for lay in layout:
+        Hb, H = lay.Hb, lay.H
+        Hb_, H_, H2_, th_, two_ = _consts(xp, flat, (Hb, H, H**2, target_heads, 2.0))
+        f = flat[pos : pos + Hb] / n
+        # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
+        coef = Hb_ * f
+        if lay.per_k:
+            coef = coef / f.sum().clip(min=1e-6)
+        rest = [per_n["z"]]
+        if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
+            z = pos + 2 * Hb
+            rest += [gl["complexity"] / flat[z + 4].clip(min=1.0) / H2_,
+                     gl["budget"] * (two_ * ((flat[z + 2] / n - th_) / H_) / H_ / n), per_n["entropy"]]
+        pieces += [xp.zeros_like(f), gl["load_balance"] * (coef / n), xp.stack(rest).reshape(-1)]
+        if lay.adaptive:
+            pieces.append(zero)  # the complexity token count
+        pos += 2 * Hb + (5 if lay.adaptive else 1)
+    return xp.concatenate(pieces)
 
 
 class _LayerSums(torch.autograd.Function):
@@ -155,7 +200,11 @@ class _LayerSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):  # type: ignore[override]
-        out, lse = _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad)
+        ctx.kernels = _native_kernels(probs)
+        if ctx.kernels is not None:
+            out, lse = _native_sums(ctx.kernels, hard_b, probs, logits, kappa, count, w, target, w_c)
+        else:
+            out, lse = _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad)
         ctx.save_for_backward(probs, logits, lse, kappa, w, target, w_c)
         ctx.ent_grad = ent_grad
         return out
@@ -164,6 +213,9 @@ class _LayerSums(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         probs, logits, lse, kappa, w, target, w_c = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if ctx.kernels is not None:
+            return (None, *_native_sums_backward(ctx.kernels, g, need, probs, logits, lse, kappa, w, target,
+                                                 w_c, ctx.ent_grad), None, None, None, None)
         Hb = probs.shape[-1]
         two, minus_two = scalars((2.0, -2.0), g.dtype, g.device)
         g_probs = g_logits = g_kappa = g_count = None
@@ -184,48 +236,64 @@ class _LayerSums(torch.autograd.Function):
         return None, g_probs, g_logits, g_kappa, g_count, None, None, None, None
 
 
+def _native_kernels(probs: torch.Tensor):
+    """moh/native.c for float32 CPU sums of at most 256 heads, else None (the torch path)."""
+    if probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape[-1] > 256:
+        return None
+    return native.lib()
+
+
+def _native_sums(kernels, hard_b, probs, logits, kappa, count, w, target, w_c):
+    """`_layer_sums` in one pass of moh/native.c (sums in double, rounded once)."""
+    Hb = probs.shape[-1]
+    hard_rows, logit_rows = _rows(hard_b), _rows(logits)
+    probs, w = probs.contiguous(), w.contiguous()
+    lse = torch.empty(w.shape)
+    out = torch.empty(2 * Hb + (5 if kappa is not None else 1))
+    adaptive = [None if t is None else t.contiguous() for t in (kappa, count, target, w_c)]
+    ptr = native.ptr
+    kernels.layer_sums(w.numel(), Hb, ptr(hard_rows), hard_rows.stride(0), ptr(probs), ptr(logit_rows),
+                       logit_rows.stride(0), ptr(w), *(ptr(t) for t in adaptive), ptr(lse), ptr(out))
+    return out, lse
+
+
+def _native_sums_backward(kernels, g, need, probs, logits, lse, kappa, w, target, w_c, ent_grad):
+    """_LayerSums.backward in one pass: (d probs, d logits, d kappa, d count), None where not needed."""
+    adaptive = kappa is not None
+    g_probs = torch.empty(probs.shape) if need[1] else None
+    g_logits = torch.empty(logits.shape) if need[2] else None
+    g_kappa = torch.empty(kappa.shape) if adaptive and need[3] else None
+    g_count = torch.empty(kappa.shape) if adaptive and need[4] else None
+    logit_rows, g, probs = _rows(logits), g.contiguous(), probs.contiguous()  # alive during the call
+    ptr = native.ptr
+    kernels.layer_sums_backward(
+        w.numel(), probs.shape[-1], ptr(g), ptr(probs), ptr(logit_rows),
+        logit_rows.stride(0), ptr(lse), ptr(w), ptr(kappa), ptr(target), ptr(w_c), int(ent_grad),
+        ptr(g_probs), ptr(g_logits), ptr(g_kappa), ptr(g_count))
+    return g_probs, g_logits, g_kappa, g_count
+
+
 class _Terms(torch.autograd.Function):
-    """`_terms` as one autograd node. Only the probability, z, complexity, head-count and
-    entropy sums carry a gradient: n, the f numerators and the complexity token count are
-    counts of the hard and valid masks (their slots get 0)."""
+    """`_terms` as one autograd node, its gradient by `_terms_backward`. On CPU, where
+    moh/native.c runs, both in numpy on the flat vector (the same formulas, float32)."""
 
     @staticmethod
     def forward(ctx, flat, spec):  # type: ignore[override]
         ctx.save_for_backward(flat)
         ctx.spec = spec
+        ctx.numpy = flat.device.type == "cpu" and flat.dtype == torch.float32 and native.lib() is not None
+        if ctx.numpy:  # one tensor for all terms; the outputs are its elements
+            terms = _terms(flat.numpy(), *spec, xp=np)
+            return torch.from_numpy(np.stack(terms)).unbind(0) if terms else ()
         return tuple(_terms(flat, *spec))
 
     @staticmethod
     def backward(ctx, *g_terms):  # type: ignore[override]
         (flat,) = ctx.saved_tensors
-        layout, target_heads = ctx.spec
-        names = [t for t in TERMS if _applies(t, layout)]
-        layers = [sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS) for t in names]
-        # through the mean over layers: each layer's value receives g / layers
-        gl = dict(zip(names, (g / k for g, k in zip(g_terms, scalars(tuple(layers), flat.dtype, flat.device)))))
-        n = flat[0].clamp_min(1.0)
-        zero = flat.new_zeros(1)
-        per_n = {t: gl[t] / n for t in ("z", "entropy") if t in gl}  # d (sum / n) / d sum, every layer
-        pieces = [zero]
-        pos = 1
-        for lay in layout:
-            Hb, H = lay.Hb, lay.H
-            Hb_, H_, H2_, th_, two_ = scalars((Hb, H, H**2, target_heads, 2.0), flat.dtype, flat.device)
-            f = flat[pos : pos + Hb] / n
-            # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
-            coef = Hb_ * f
-            if lay.per_k:
-                coef = coef / f.sum().clamp_min(1e-6)
-            rest = [per_n["z"]]
-            if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
-                z = pos + 2 * Hb
-                rest += [gl["complexity"] / flat[z + 4].clamp_min(1.0) / H2_,
-                         gl["budget"] * (two_ * ((flat[z + 2] / n - th_) / H_) / H_ / n), per_n["entropy"]]
-            pieces += [torch.zeros_like(f), gl["load_balance"] * (coef / n), torch.stack(rest).view(-1)]
-            if lay.adaptive:
-                pieces.append(zero)  # the complexity token count
-            pos += 2 * Hb + (5 if lay.adaptive else 1)
-        return torch.cat(pieces), None
+        if ctx.numpy:
+            g = torch.stack(g_terms).numpy()
+            return torch.from_numpy(_terms_backward(flat.numpy(), list(g), *ctx.spec, xp=np)), None
+        return _terms_backward(flat, g_terms, *ctx.spec), None
 
 
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 
 def row_softmax(x: torch.Tensor) -> torch.Tensor:
     """x.softmax(-1) for a router's few logits per token, run on one CPU thread.
@@ -110,6 +112,10 @@ class _AdaptiveRoute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, router):  # type: ignore[override]
         H = router.n_heads
+        kernels = _native_kernels(out, H)
+        ctx.kernels = kernels
+        if kernels is not None:
+            return _native_forward(ctx, kernels, out, router)
         _, (k_min, span_k, tau_min, span_t) = _consts(
             H, (router.k_min, H - router.k_min, router.tau_min, router.tau_max - router.tau_min),
             out.dtype, out.device)
@@ -133,6 +139,8 @@ class _AdaptiveRoute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count):  # type: ignore[override]
+        if ctx.kernels is not None:
+            return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count), None
         probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
         rt = ctx.router
         g_sel = g_gates if rt.straight_through else None  # upstream gradient of the surrogate
@@ -157,6 +165,61 @@ class _AdaptiveRoute(torch.autograd.Function):
             # where it left tau as it was (autograd's lo <= x <= hi, NaN included)
             g_xt = torch.ops.aten.sigmoid_backward(torch.where(tau_free == tau, g_tau, 0.0) * ctx.span_t, s_t)
         return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
+
+
+def _native_kernels(x: torch.Tensor, H: int):
+    """moh/native.c when it applies (float32 on CPU, at most 256 heads), else None."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or H > 256:
+        return None
+    return native.lib()
+
+
+def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:
+    """_AdaptiveRoute.forward in one pass of moh/native.c. Outputs of one shape share a buffer:
+    each allocation and each view is a few microseconds, as much as the kernel's work."""
+    H = router.n_heads
+    rows = _rows(out)
+    lead, n = out.shape[:-1], rows.shape[0]
+    probs, gates = torch.empty(2, *lead, H).unbind(0)
+    c, kappa, tau, count, s_t = torch.empty(5, *lead).unbind(0)
+    hard, tau_kept = torch.empty(*lead, H, dtype=torch.bool), torch.empty(lead, dtype=torch.bool)
+    ptr = native.ptr
+    kernels.route_forward(n, H, ptr(rows), rows.stride(0), router.k_min, H - router.k_min, router.tau_min,
+                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, ptr(probs), ptr(c),
+                          ptr(kappa), ptr(tau), ptr(s_t), ptr(tau_kept), ptr(hard), ptr(gates), ptr(count))
+    ctx.save_for_backward(probs, c, s_t, kappa, tau, tau_kept)
+    ctx.router = router
+    ctx.set_materialize_grads(False)
+    if router.straight_through:
+        ctx.mark_non_differentiable(hard)
+    else:
+        ctx.mark_non_differentiable(hard, gates, count)
+    return gates, hard, probs, c, kappa, tau, count
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) as a (rows, K) view with unit column stride and one row stride (copied only
+    when its layout has no such view): the projections are columns of the wider qkv output."""
+    if x.stride(-1) == 1:
+        try:
+            return x.view(-1, x.shape[-1]) if x.dim() != 2 else x
+        except RuntimeError:
+            pass
+    return x.contiguous().view(-1, x.shape[-1])
+
+
+def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> torch.Tensor:
+    probs, c, s_t, kappa, tau, tau_kept = ctx.saved_tensors
+    rt = ctx.router
+    H = probs.shape[-1]
+    g_out = torch.empty(*probs.shape[:-1], H + 2)
+    # held in a list while the kernel runs: a temporary's memory would be freed before the call
+    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count)]
+    ptr = native.ptr
+    ctx.kernels.route_backward(
+        probs.numel() // H, H, ptr(probs), ptr(c), ptr(s_t), ptr(kappa), ptr(tau), ptr(tau_kept), *map(ptr, upstream),
+        int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, ptr(g_out))
+    return g_out
 
 
 class _QKVAndRouter(torch.autograd.Function):

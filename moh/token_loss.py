@@ -27,7 +27,9 @@ class _TokenLoss(torch.autograd.Function):
         logp = logits.log_softmax(-1)
         p = logp.exp()
         loss = -logp.gather(1, targets[:, None]).squeeze(1)
-        ent = -(p * logp).sum(-1) if with_entropy else None
+        # in place: log p is not needed again, and a fresh (N, V) product cost ~0.1 ms of page
+        # faults at the default size (the same bits)
+        ent = -logp.mul_(p).sum(-1) if with_entropy else None
         ctx.save_for_backward(p, targets)
         if ent is not None:
             ctx.mark_non_differentiable(ent)

@@ -1,5 +1,6 @@
 """aux_losses' hand-written nodes (_LayerSums, _Terms) against plain autograd through the same
-forward code (`reference=True`): the same values bit for bit, gradients equal up to rounding."""
+forward code (`reference=True`): the same values bit for bit on the torch path (up to the
+rounding of double sums on moh/native.c's), gradients equal up to rounding."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from moh.config import Config
 from moh.losses import aux_losses, weighted_total
 from moh.model import LM
+from tests.moh.native_switch import native_on
 
 VOCAB = 40
 
@@ -21,6 +23,15 @@ def _batch(seed: int):
     targets[:, -1] = -100
     targets[targets == 0] = -100
     return idx, targets
+
+
+def _same_value(new: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Bit for bit on the torch path; moh/native.c sums in double and rounds once, so its
+    terms differ from float32 tree sums in the last bits."""
+    if native_on():
+        torch.testing.assert_close(new, ref, rtol=2e-6, atol=1e-9, msg=what)
+    else:
+        assert torch.equal(new, ref), what
 
 
 def _run(cfg: Config, reference: bool, reduce=None, weights=None):
@@ -60,7 +71,7 @@ def test_aux_nodes_match_plain_autograd(kw):
         if aux_ref[t] is None:
             assert aux_new[t] is None, t
         else:
-            assert torch.equal(aux_ref[t], aux_new[t]), t  # the same bits
+            _same_value(aux_new[t], aux_ref[t], t)
     assert g_ref.keys() == g_new.keys()
     for name in g_ref:
         torch.testing.assert_close(g_new[name], g_ref[name], rtol=1e-4, atol=1e-7, msg=name)
@@ -94,7 +105,10 @@ def test_aux_nodes_match_under_a_reduce():
     aux_ref, g_ref = _run(cfg, True, reduce=reduce)
     aux_new, g_new = _run(cfg, False, reduce=reduce)
     for t in aux_ref:
-        assert (aux_ref[t] is None and aux_new[t] is None) or torch.equal(aux_ref[t], aux_new[t]), t
+        if aux_ref[t] is None:
+            assert aux_new[t] is None, t
+        else:
+            _same_value(aux_new[t], aux_ref[t], t)
     for name in g_ref:
         torch.testing.assert_close(g_new[name], g_ref[name], rtol=1e-4, atol=1e-7, msg=name)
 
@@ -107,5 +121,5 @@ def test_weighted_total_is_unchanged_by_the_nodes():
     _, _, routings = model(idx, targets)
     a = weighted_total(aux_losses(routings, idx != 0, cfg, reference=True), cfg)
     b = weighted_total(aux_losses(routings, idx != 0, cfg), cfg)
-    assert torch.equal(a, b)
+    _same_value(b, a, "weighted total")
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from moh.routing import fused_linear
+from tests.moh.native_switch import native_on
 from tests.moh.records import Records
 
 
@@ -94,8 +95,12 @@ def test_adaptive_route_node_matches_the_reference(dtype, saturate, straight_thr
                               dtype=dtype) for k in names}
     ref, g_ref = _route(router, out, False, weights)
     new, g_new = _route(router, out, True, weights)
-    for k in OUTPUTS:  # forward: the same bits
-        assert torch.equal(ref[k], new[k]), k
+    for k in OUTPUTS:  # forward: the same bits; moh/native.c's exp is libm's, not aten's:
+        # its float32 softmax and sigmoids (and what follows from them) are within a few ulps
+        if k in ("probs", "c", "kappa", "tau") and dtype == torch.float32 and native_on():
+            torch.testing.assert_close(new[k], ref[k], rtol=4e-7, atol=0, msg=k)
+        else:  # the selection, given those values: the same decisions
+            assert torch.equal(ref[k], new[k]), k
     assert ref["requires_grad"] == new["requires_grad"]
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_new, g_ref, **tol)

@@ -1,0 +1,264 @@
+/* CPU kernels for the adaptive router's per-token work (loaded by moh/native.py).
+
+   Why C: at the default model size a router works on ~3,400 numbers per layer (429 tokens x 8
+   heads), and its torch formulation is ~300 tensor operations per training step, each a few
+   microseconds of dispatch for a few thousand elements (docs/benchmarks.md, "Router cost").
+   One loop over the tokens does the same work in microseconds.
+
+   Conventions: float32 arrays, row-major, contiguous unless a stride is passed; `n` tokens,
+   `H` heads. The transcendental functions of the forward pass (softmax, sigmoid, logsumexp)
+   stay in torch where the forward VALUES must equal the reference bit for bit; what is
+   computed here either involves no rounding choice (comparisons, selections, a double
+   cumulative sum rounded once, exactly as aten's cumsum) or feeds gradients and sums, which
+   equal the reference up to float rounding (tests/moh/test_native.py).
+
+   Compiled with -ffp-contract=off: no fused multiply-add, so `a + b * c` rounds twice, as the
+   torch code it replaces does. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_HEADS 256
+
+/* The heads of one token in descending probability, ties in head order (torch's stable
+   descending sort): insertion sort, moving an element left only past strictly smaller ones
+   (a NaN compares false, so it stays where it is and `order` stays a permutation). */
+static void sort_desc(const float *p, int64_t H, int64_t *order) {
+    for (int64_t i = 0; i < H; i++) {
+        int64_t j = i;
+        while (j > 0 && p[order[j - 1]] < p[i]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+}
+
+/* Exclusive cumulative probability in sorted order: cum[0] = 0 exactly, cum[j] the float32
+   rounding of the double sum of the j largest (aten's CPU cumsum accumulates float in double). */
+static void exclusive_cumsum(const float *p, const int64_t *order, int64_t H, float *cum) {
+    double acc = 0.0;
+    cum[0] = 0.0f;
+    for (int64_t j = 1; j < H; j++) {
+        acc += (double)p[order[j - 1]];
+        cum[j] = (float)acc;
+    }
+}
+
+/* The logistic function (libm's exp: equal to torch.sigmoid up to a few ulps). */
+static float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* softmax of one row of H logits: exp(x - max) / sum. torch's softmax kernel costs ~40 us
+   for 429 rows of 8 on this CPU (a per-row setup), this loop a few; the values agree with
+   torch's to a few ulps (its exp is a vectorised approximation, this one libm's). */
+static void softmax_row(const float *x, int64_t H, float *p) {
+    float m = x[0];
+    for (int64_t h = 1; h < H; h++) m = x[h] > m ? x[h] : m;
+    float s = 0.0f;
+    for (int64_t h = 0; h < H; h++) {
+        p[h] = expf(x[h] - m);
+        s += p[h];
+    }
+    for (int64_t h = 0; h < H; h++) p[h] /= s;
+}
+
+/* AdaptiveRouter.route_reference: the projections -> the routing of each token.
+   in:  proj: rows of H + 2 values `row_stride` floats apart: H router logits, the complexity
+        logit, the threshold logit.
+   out: probs (n, H); c, kappa, tau, s_t (n) (s_t: the threshold's sigmoid, for the backward
+        pass); tau_kept (n): 1 where the clamp left tau as it was; hard (n, H) 0/1 bytes; gates
+        (n, H) the same as float; count (n). */
+void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, float k_min,
+                   float span_k, float tau_min, float span_t, float tau_lo, float tau_hi,
+                   float *probs, float *c, float *kappa, float *tau, float *s_t,
+                   uint8_t *tau_kept, uint8_t *hard, float *gates, float *count) {
+    int64_t order[MAX_HEADS];
+    float cum[MAX_HEADS];
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = proj + i * row_stride;
+        float *p = probs + i * H;
+        softmax_row(row, H, p);
+        float ci = sigmoidf_(row[H]), si = sigmoidf_(row[H + 1]);
+        float ki = k_min + span_k * ci;
+        float tf = tau_min + span_t * si;
+        float ti = tf < tau_lo ? tau_lo : (tf > tau_hi ? tau_hi : tf); /* NaN stays NaN */
+        c[i] = ci;
+        s_t[i] = si;
+        kappa[i] = ki;
+        tau[i] = ti;
+        tau_kept[i] = (uint8_t)(tf == ti);
+        sort_desc(p, H, order);
+        exclusive_cumsum(p, order, H, cum);
+        uint8_t *hr = hard + i * H;
+        float *gr = gates + i * H;
+        float cnt = 0.0f;
+        for (int64_t j = 0; j < H; j++) {
+            uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);
+            hr[order[j]] = keep;
+            gr[order[j]] = (float)keep;
+            cnt += (float)keep;
+        }
+        count[i] = cnt;
+    }
+}
+
+/* The backward pass of route_forward's node (moh/route_fast.py `_AdaptiveRoute`): upstream
+   gradients of gates, probs, c, kappa, tau and count (NULL = none) -> the gradient of the
+   projections g_out (n, H + 2): H router logits, the complexity logit, the threshold logit.
+   `straight_through` = 0: the gates and count carry no gradient (pitfall 1 on purpose).
+   The surrogate s_j = sigmoid((tau - C_j) / t1) * sigmoid((kappa - j - 1/2) / t2) of sorted rank
+   j gives d s_j / d tau = dz1_j, d s_j / d kappa = dz2_j and, through C_j = sum_{i<j} p_(i),
+   d/d p_(i) = -sum_{j>i} dz1_j. */
+void route_backward(int64_t n, int64_t H, const float *probs, const float *c, const float *s_t,
+                    const float *kappa,
+                    const float *tau, const uint8_t *tau_kept, const float *g_gates,
+                    const float *g_probs, const float *g_c, const float *g_kappa, const float *g_tau,
+                    const float *g_count, int straight_through, float t1, float t2, float span_k,
+                    float span_t, float *g_out) {
+    int64_t order[MAX_HEADS];
+    float cum[MAX_HEADS], gp[MAX_HEADS], dz1[MAX_HEADS];
+    int surrogate = straight_through && (g_gates || g_count);
+    for (int64_t i = 0; i < n; i++) {
+        const float *p = probs + i * H;
+        float *go = g_out + i * (H + 2);
+        for (int64_t h = 0; h < H; h++) gp[h] = g_probs ? g_probs[i * H + h] : 0.0f;
+        float gk = g_kappa ? g_kappa[i] : 0.0f;
+        float gt = g_tau ? g_tau[i] : 0.0f;
+        if (surrogate) {
+            sort_desc(p, H, order);
+            exclusive_cumsum(p, order, H, cum);
+            float tail = 0.0f, sum1 = 0.0f, sum2 = 0.0f;
+            for (int64_t j = 0; j < H; j++) {
+                int64_t h = order[j];
+                float gs = (g_gates ? g_gates[i * H + h] : 0.0f) + (g_count ? g_count[i] : 0.0f);
+                float a = sigmoidf_((tau[i] - cum[j]) / t1);
+                float b = sigmoidf_((kappa[i] - (float)j - 0.5f) / t2);
+                dz1[j] = gs * b * (1.0f - a) * a / t1;
+                sum1 += dz1[j];
+                sum2 += gs * a * (1.0f - b) * b / t2;
+            }
+            for (int64_t j = H - 1; j >= 0; j--) { /* p_(j) gets -sum_{k>j} dz1_k */
+                gp[order[j]] -= tail;
+                tail += dz1[j];
+            }
+            gt += sum1;
+            gk += sum2;
+        }
+        float dot = 0.0f; /* softmax: d logit_h = p_h (g_h - sum_k g_k p_k) */
+        for (int64_t h = 0; h < H; h++) dot += gp[h] * p[h];
+        for (int64_t h = 0; h < H; h++) go[h] = p[h] * (gp[h] - dot);
+        float ci = c[i], si = s_t[i];
+        float gc = (g_c ? g_c[i] : 0.0f) + gk * span_k; /* kappa = k_min + span_k c */
+        go[H] = gc * (1.0f - ci) * ci;
+        float gtk = tau_kept[i] ? gt * span_t : 0.0f; /* the clamp passes tau where it kept it */
+        go[H + 1] = gtk * (1.0f - si) * si;
+    }
+}
+
+/* One routed layer's token sums for the aux losses (moh/losses.py `_layer_sums`), accumulated
+   in double. in: hard rows of H bytes `hard_stride` apart, of which the first Hb heads are
+   balanced; probs (n, Hb); logits rows of Hb values `logit_stride` apart; w (n) real-token
+   weights. Adaptive layers (kappa != NULL) also: kappa, count, target, w_c (n).
+   out: lse (n), the logsumexp of each logit row; sums: [f (Hb), P (Hb), z] and for adaptive
+   layers [complexity, count, entropy, complexity tokens]. */
+void layer_sums(int64_t n, int64_t Hb, const uint8_t *hard, int64_t hard_stride, const float *probs,
+                const float *logits, int64_t logit_stride, const float *w, const float *kappa,
+                const float *count, const float *target, const float *w_c, float *lse, float *sums) {
+    double f[MAX_HEADS], P[MAX_HEADS];
+    double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
+    memset(f, 0, sizeof f);
+    memset(P, 0, sizeof P);
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = logits + i * logit_stride;
+        float m = x[0];
+        for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
+        float s = 0.0f;
+        for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
+        lse[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+        double wi = w[i];
+        const float *p = probs + i * Hb;
+        const uint8_t *hr = hard + i * hard_stride;
+        if (wi != 0.0) {
+            for (int64_t h = 0; h < Hb; h++) {
+                f[h] += hr[h] ? wi : 0.0;
+                P[h] += wi * p[h];
+            }
+            z += wi * (double)lse[i] * (double)lse[i];
+        }
+        if (kappa) {
+            double d = (double)target[i] - (double)kappa[i];
+            cx += (double)w_c[i] * d * d;
+            wcs += w_c[i];
+            if (wi != 0.0) {
+                cnt += wi * count[i];
+                double e = 0.0;
+                for (int64_t h = 0; h < Hb; h++) {
+                    float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
+                    e -= (double)p[h] * (double)logf(ph);
+                }
+                ent += wi * e;
+            }
+        }
+    }
+    for (int64_t h = 0; h < Hb; h++) {
+        sums[h] = (float)f[h];
+        sums[Hb + h] = (float)P[h];
+    }
+    sums[2 * Hb] = (float)z;
+    if (kappa) {
+        sums[2 * Hb + 1] = (float)cx;
+        sums[2 * Hb + 2] = (float)cnt;
+        sums[2 * Hb + 3] = (float)ent;
+        sums[2 * Hb + 4] = (float)wcs;
+    }
+}
+
+/* The backward pass of layer_sums for the upstream gradient g of its output vector:
+   g_probs (n, Hb) (NULL = not wanted); g_logits (n, Hb) through z = sum w lse^2 (NULL = not
+   wanted; logits rows `logit_stride` apart); g_kappa, g_count (n) for adaptive layers (NULL =
+   not wanted). `ent_grad`: the entropy sum reaches the probabilities. */
+void layer_sums_backward(int64_t n, int64_t Hb, const float *g, const float *probs,
+                         const float *logits, int64_t logit_stride, const float *lse, const float *w,
+                         const float *kappa, const float *target, const float *w_c, int ent_grad,
+                         float *g_probs, float *g_logits, float *g_kappa, float *g_count) {
+    const float *gP = g + Hb;
+    float gz2 = 2.0f * g[2 * Hb];
+    for (int64_t i = 0; i < n; i++) {
+        float wi = w[i];
+        const float *p = probs + i * Hb;
+        if (g_probs) {
+            float ge = kappa && ent_grad ? g[2 * Hb + 3] * wi : 0.0f;
+            for (int64_t h = 0; h < Hb; h++) {
+                float v = gP[h] * wi;
+                if (ge != 0.0f) { /* ent = -sum p log max(p, 1e-12) */
+                    float d = p[h] >= 1e-12f ? -(logf(p[h]) + 1.0f) : -logf(1e-12f);
+                    v += ge * d;
+                }
+                g_probs[i * Hb + h] = v;
+            }
+        }
+        if (g_logits) { /* d/d logit = 2 lse softmax(logit) */
+            const float *l = logits + i * logit_stride;
+            float s = gz2 * wi * lse[i];
+            for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(l[h] - lse[i]);
+        }
+        if (kappa && g_kappa) g_kappa[i] = -2.0f * g[2 * Hb + 1] * w_c[i] * (target[i] - kappa[i]);
+        if (kappa && g_count) g_count[i] = g[2 * Hb + 2] * wi;
+    }
+}
+
+/* Rank quantiles of x (n,): ranks 0..n-1 with tied values sharing the mean of their ranks,
+   divided by n - 1 in double and rounded to float once, as moh/difficulty.py `rank_quantiles`
+   computes them with moh/alignment.py `average_ranks` (n >= 2). `order`: the caller's
+   ascending argsort of x (a tie's ranks do not depend on the order within it). */
+void rank_quantiles(int64_t n, const float *x, const int64_t *order, float *q) {
+    int64_t start = 0;
+    while (start < n) {
+        int64_t end = start;
+        while (end + 1 < n && x[order[end + 1]] == x[order[start]]) end++;
+        float v = (float)(((double)start + (double)end) / 2.0 / (double)(n - 1));
+        for (int64_t k = start; k <= end; k++) q[order[k]] = v;
+        start = end + 1;
+    }
+}

@@ -1,19 +1,21 @@
 /* CPU kernels for the adaptive router's per-token work (loaded by moh/native.py).
 
    Why C: at the default model size a router works on ~3,400 numbers per layer (429 tokens x 8
-   heads), and its torch formulation is ~300 tensor operations per training step, each a few
-   microseconds of dispatch for a few thousand elements (docs/benchmarks.md, "Router cost").
-   One loop over the tokens does the same work in microseconds.
+   heads), and its torch formulation (moh/route_fast.py, moh/losses.py, moh/difficulty.py) is
+   hundreds of tensor operations per training step, each a few microseconds of dispatch for a
+   few thousand elements (docs/benchmarks.md, "Router cost"). One loop over the tokens does the
+   same work in tens of microseconds.
 
-   Conventions: float32 arrays, row-major, contiguous unless a stride is passed; `n` tokens,
-   `H` heads. The transcendental functions of the forward pass (softmax, sigmoid, logsumexp)
-   stay in torch where the forward VALUES must equal the reference bit for bit; what is
-   computed here either involves no rounding choice (comparisons, selections, a double
-   cumulative sum rounded once, exactly as aten's cumsum) or feeds gradients and sums, which
-   equal the reference up to float rounding (tests/moh/test_native.py).
+   What equals what: comparisons, selections, counts and ranks are exact, and the exclusive
+   cumulative sum is a double sum rounded once, as aten's CPU cumsum. exp is libm's expf, not
+   aten's vectorised one, so the softmax, the sigmoids, logsumexp and everything downstream of
+   them agree with torch to a few ulps; the token sums are accumulated in double. The hard
+   selection is therefore the torch path's, and the LM loss with it; aux terms and gradients
+   agree to float32 rounding (tests/moh/test_native.py, and the route / loss tests run on both).
 
-   Compiled with -ffp-contract=off: no fused multiply-add, so `a + b * c` rounds twice, as the
-   torch code it replaces does. */
+   Conventions: float32 arrays, row-major, contiguous unless a row stride is passed; `n` tokens,
+   `H` heads (at most MAX_HEADS). Compiled with -ffp-contract=off: no fused multiply-add, so
+   `a + b * c` rounds twice, as the torch code it replaces does. */
 
 #include <math.h>
 #include <stdint.h>

@@ -13,6 +13,7 @@ None and the callers run their torch formulation: the same maths, equal up to fl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -85,6 +86,18 @@ def lib() -> ctypes.CDLL | None:
         return None
     _lib, _status = loaded, "native"
     return _lib
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block lib() is None: the torch formulation runs (tests compare the two)."""
+    global _lib, _status
+    saved = _lib, _status
+    _lib, _status = None, "off (disabled)"
+    try:
+        yield
+    finally:
+        _lib, _status = saved
 
 
 def status() -> str:

@@ -175,6 +175,8 @@ RECORDS: dict[str, tuple[Field, ...]] = {
         _opt("source", "enum", keys=(SOURCE_MOH, SOURCE_RUSTGPT)),
         _opt("semantics", "object", description="what the numbers mean: DEFAULT_SEMANTICS' keys"),
         _opt("backend", "str", nullable=True), _opt("device", "str", nullable=True),
+        _opt("kernels", "str", description="moh train: 'native' when the router's CPU kernels "
+             "(moh/native.c) ran, else why their torch formulation did (values equal up to rounding)"),
         _opt("data", "object", keys=DATA),
         _opt("routing", "object", keys=ROUTING, description="what is routed and how (issue 12)"),
         _opt("producer", "str", description="what wrote the log: PRODUCER_TRAIN for `moh train`, "

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, schema, threads
+from . import distributed, native, schema, threads
 from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
@@ -61,6 +61,14 @@ class _Stop(Exception):
 
 def _f(t: torch.Tensor | float | None) -> float | None:
     return None if t is None else float(t.detach() if isinstance(t, torch.Tensor) else t)
+
+
+def _kernels(device: torch.device) -> str:
+    """run_start's `kernels`: which formulation of the router's per-token work runs."""
+    if device.type != "cpu":
+        return f"torch ({device.type}: moh/native.c is for CPU)"
+    native.lib()
+    return native.status()
 
 
 def _routing(cfg: Config) -> dict:
@@ -128,7 +136,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         full=cfg.telemetry_tier == "full", overwrite=overwrite, grad_clip=cfg.grad_clip or None,
         run_info={"model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
                             "router": cfg.router, "params": model.num_params()},
-                  "backend": info.backend, "device": str(info.device),
+                  "backend": info.backend, "device": str(info.device), "kernels": _kernels(info.device),
                   "data": {"source": corpus.source, "pretrain_examples": len(pre_seqs),
                            "instruct_examples": len(ins_seqs), "vocab_size": tok.vocab_size,
                            "pretrain_tokens": sum(map(len, pre_seqs)),

@@ -14,6 +14,9 @@ from moh.difficulty import TARGETS, budget_target, quantiles_at, rank_quantiles
 from moh.losses import aux_losses
 from moh.model import LM
 from moh.routing import Routing
+from tests.moh.native_switch import both_kernels  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("both_kernels")
 
 
 def test_config_and_module_name_the_same_targets():

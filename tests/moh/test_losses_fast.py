@@ -8,7 +8,9 @@ import torch
 from moh.config import Config
 from moh.losses import aux_losses, weighted_total
 from moh.model import LM
-from tests.moh.native_switch import native_on
+from tests.moh.native_switch import both_kernels, native_on  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("both_kernels")
 
 VOCAB = 40
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from moh.routing import fused_linear
-from tests.moh.native_switch import native_on
+from tests.moh.native_switch import both_kernels, native_on  # noqa: F401 (fixture)
 from tests.moh.records import Records
+
+pytestmark = pytest.mark.usefixtures("both_kernels")
 
 
 def test_fused_linear_matches_separate_linears():

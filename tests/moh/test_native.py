@@ -1,0 +1,140 @@
+"""moh/native.c and its loader: the C kernels against the torch formulation in a real training
+step, the build cache, and the fallback when there is no compiler (real child processes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moh import native
+from moh.config import Config
+from moh.losses import aux_losses, weighted_total
+from moh.model import LM
+from tests.moh.native_switch import native_on
+
+ROOT = Path(__file__).resolve().parents[2]
+VOCAB = 50
+PRINT_STATUS = "from moh import native; native.lib(); print(native.status())"
+
+needs_native = pytest.mark.skipif(not native_on(), reason=f"moh/native.c not loaded: {native.status()}")
+
+
+def _step(cfg: Config) -> tuple[torch.Tensor, dict, dict, list]:
+    """One training step's LM loss, aux terms, parameter gradients and routings."""
+    torch.manual_seed(0)
+    model = LM(cfg, VOCAB)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, VOCAB, (6, 20), generator=g)
+    idx[2, 12:] = 0  # right padding
+    targets = idx.roll(-1, 1).clone()
+    targets[:, -1] = -100
+    targets[idx == 0] = -100
+    _, loss_sum, routings = model(idx, targets)
+    lm = loss_sum / (targets != -100).sum()
+    aux = aux_losses(routings, idx != 0, cfg)
+    (lm + weighted_total(aux, cfg)).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return lm.detach(), aux, grads, routings
+
+
+@needs_native
+@pytest.mark.parametrize("kw", [{}, dict(complexity_target="heads", entropy_weight=0.1),
+                                dict(straight_through=False), dict(router="moh")],
+                         ids=["default", "heads-entropy", "no-st", "moh"])
+def test_a_training_step_is_the_same_on_both_paths(kw):
+    """The same hard routing, so the same LM loss to the bit; aux terms and gradients within
+    float32 rounding (the kernels' exp is libm's, their sums double)."""
+    cfg = Config(n_layers=2, n_heads=8, d_model=32, d_ff=64, router=kw.pop("router", "adaptive"), **kw)
+    lm_n, aux_n, g_n, r_n = _step(cfg)
+    with native.disabled():
+        lm_t, aux_t, g_t, r_t = _step(cfg)
+    assert torch.equal(lm_n, lm_t)
+    for a, b in zip(r_n, r_t):
+        assert torch.equal(a.hard, b.hard)
+        if a.count is not None:
+            assert torch.equal(a.count, b.count)
+    for t in aux_t:
+        assert (aux_n[t] is None) == (aux_t[t] is None), t
+        if aux_t[t] is not None:
+            torch.testing.assert_close(aux_n[t], aux_t[t], rtol=2e-6, atol=1e-9, msg=t)
+    assert g_n.keys() == g_t.keys()
+    for name in g_t:
+        scale = float(g_t[name].abs().max())
+        torch.testing.assert_close(g_n[name], g_t[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+    routed = [n for n in g_t if n.endswith("router.router.weight")]
+    assert routed and all(g_n[n].abs().sum() > 0 for n in routed)
+
+
+@needs_native
+def test_a_nan_logit_gives_the_torch_selection():
+    """A NaN probability compares false both ways: the C sort must still place every head once
+    (else the mask would read uninitialised slots). Both paths make every probability of that
+    token NaN and keep rank 0 only; the other tokens are untouched."""
+    from moh.routing import AdaptiveRouter
+
+    router = AdaptiveRouter(Config(n_heads=8, d_model=32))
+    out = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(0))
+    out[0, 1, 3] = float("nan")
+    with torch.no_grad():
+        r = router(torch.zeros(2, 3, 32), proj=out)
+        with native.disabled():
+            ref = router(torch.zeros(2, 3, 32), proj=out)
+    assert r.probs[0, 1].isnan().all()
+    assert r.hard[0, 1].tolist() == [True] + [False] * 7 and float(r.count[0, 1]) == 1.0
+    assert torch.equal(r.hard, ref.hard) and torch.equal(r.count, ref.count)
+
+
+def _child(env_extra: dict, code: str = PRINT_STATUS) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MOH_NATIVE", "CC")} | env_extra
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_without_a_compiler_the_torch_path_runs(tmp_path):
+    # `false` exits 1 like a compiler that fails; nothing is left in the cache
+    done = _child({"CC": "false", "MOH_NATIVE_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("torch fallback (OSError: false "), done.stdout
+    assert not any((tmp_path / "cache").glob("*"))
+
+
+def test_moh_native_0_turns_the_kernels_off(tmp_path):
+    done = _child({"MOH_NATIVE": "0", "MOH_NATIVE_CACHE": str(tmp_path)})
+    assert done.stdout.strip() == "off (MOH_NATIVE=0)"
+    assert not any(tmp_path.glob("*"))
+
+
+@needs_native
+def test_concurrent_first_uses_build_one_library(tmp_path):
+    """Two processes that find an empty cache at once (torchrun ranks) both load the kernels,
+    and the cache ends with one complete library and no temporary file."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MOH_NATIVE", "CC")} | {"MOH_NATIVE_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", PRINT_STATUS], env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert outs == ["native", "native"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("native-") and files[0].endswith(".so"), files
+    built = (tmp_path / files[0]).stat().st_mtime_ns
+    assert _child({"MOH_NATIVE_CACHE": str(tmp_path)}).stdout.strip() == "native"
+    assert (tmp_path / files[0]).stat().st_mtime_ns == built  # loaded, not rebuilt
+
+
+def test_moh_train_names_its_kernels_and_trains_without_a_compiler(tmp_path):
+    """A real `moh train` without a compiler: the run completes on the torch path and its
+    run_start record says so."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("MOH_NATIVE",)}
+    env |= {"CC": "false", "MOH_NATIVE_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-c", "import cli; cli.main()", "train", "--quiet", "--out", str(out), "--threads", "1"]
+    for k, v in dict(n_layers=1, d_model=32, d_ff=64, pretrain_epochs=1, instruct_epochs=0, eval_prompts=0).items():
+        args += ["--set", f"{k}={v}"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    start = json.loads((out / "run.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "run_start" and start["kernels"].startswith("torch fallback (OSError")

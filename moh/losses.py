@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 
 from . import native, schema
@@ -125,74 +124,84 @@ def _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):
     return torch.cat(out), lse
 
 
-def _consts(xp, flat, values: tuple[float, ...]) -> tuple:
-    """Python numbers in flat's float type: cached 0-d tensors for torch (`scalars`: the same
-    values), numpy scalars for numpy."""
-    if xp is torch:
-        return scalars(values, flat.dtype, flat.device)
-    return tuple(flat.dtype.type(v) for v in values)
-
-
-def _terms(flat, layout: tuple[_Layer, ...], target_heads: float, xp=torch) -> list:
+def _terms(flat: torch.Tensor, layout: tuple[_Layer, ...], target_heads: float) -> list[torch.Tensor]:
     """The terms that apply (TERMS order, averaged over layers) from the flat sums [n, layer 0's
-    sums, layer 1's, ...]. `xp`: torch for tensors (differentiable; the reference), numpy for
-    the same arithmetic on a CPU array (`_Terms`: ~40 operations on ~40 numbers, where each
-    torch operation costs microseconds of dispatch and numpy's a fraction of one)."""
-    n = flat[0].clip(min=1.0)
-    per_term: dict[str, list] = {t: [] for t in TERMS}
+    sums, layer 1's, ...]. The Python numbers enter as 0-d tensors (`scalars`: same values)."""
+    n = flat[0].clamp_min(1.0)
+    per_term: dict[str, list[torch.Tensor]] = {t: [] for t in TERMS}
     pos = 1
     for lay in layout:
         Hb, H = lay.Hb, lay.H
-        Hb_, H_, H2_, th_ = _consts(xp, flat, (Hb, H, H**2, target_heads))
+        Hb_, H_, H2_, th_ = scalars((Hb, H, H**2, target_heads), flat.dtype, flat.device)
         f = flat[pos : pos + Hb] / n  # (Hb,) fraction of tokens per head
         P = flat[pos + Hb : pos + 2 * Hb] / n  # (Hb,) mean probability per head
         pos += 2 * Hb
-        mean_k = f.sum().clip(min=1e-6)  # heads per token among the balanced ones
+        mean_k = f.sum().clamp_min(1e-6)  # heads per token among the balanced ones
         balance = Hb_ * (f * P).sum()
         per_term["load_balance"].append(balance / mean_k if lay.per_k else balance)
         per_term["z"].append(flat[pos] / n)
         pos += 1
         if lay.adaptive:
-            per_term["complexity"].append(flat[pos] / flat[pos + 3].clip(min=1.0) / H2_)
+            per_term["complexity"].append(flat[pos] / flat[pos + 3].clamp_min(1.0) / H2_)
             mean_count = flat[pos + 1] / n
             per_term["budget"].append(((mean_count - th_) / H_) ** 2)
             per_term["entropy"].append(flat[pos + 2] / n)
             pos += 4
-    return [xp.stack(v).mean() for v in per_term.values() if v]
+    return [torch.stack(v).mean() for v in per_term.values() if v]
 
 
-def _terms_backward(flat, g_terms, layout: tuple[_Layer, ...], target_heads: float, xp=torch):
-    """d (sum_t g_t term_t) / d flat for `_terms`' flat sums, by hand (torch or numpy, as there).
-    Only the probability, z, complexity, head-count and entropy sums carry a gradient: n, the
-    f numerators and the complexity token count are counts of the hard and valid masks (their
-    slots get 0)."""
-    names = [t for t in TERMS if _applies(t, layout)]
-    layers = [sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS) for t in names]
-    # through the mean over layers: each layer's value receives g / layers
-    gl = dict(zip(names, (g / k for g, k in zip(g_terms, _consts(xp, flat, tuple(layers))))))
-    n = flat[0].clip(min=1.0)
-    zero = xp.zeros_like(flat[:1])
-    per_n = {t: gl[t] / n for t in ("z", "entropy") if t in gl}  # d (sum / n) / d sum, every layer
-    pieces = [zero]
+def _terms_floats(flat: list[float], layout: tuple[_Layer, ...], target_heads: float) -> list[float]:
+    """`_terms` on Python floats (double precision): what `_Terms` runs on CPU, where its ~40
+    operations on ~40 numbers cost ~0.1 ms as tensor operations and microseconds as floats."""
+    n = max(flat[0], 1.0)
+    per_term: dict[str, list[float]] = {t: [] for t in TERMS}
     pos = 1
     for lay in layout:
         Hb, H = lay.Hb, lay.H
-        Hb_, H_, H2_, th_, two_ = _consts(xp, flat, (Hb, H, H**2, target_heads, 2.0))
-        f = flat[pos : pos + Hb] / n
+        f = [v / n for v in flat[pos : pos + Hb]]
+        P = [v / n for v in flat[pos + Hb : pos + 2 * Hb]]
+        pos += 2 * Hb
+        balance = Hb * sum(fi * pi for fi, pi in zip(f, P))
+        per_term["load_balance"].append(balance / max(sum(f), 1e-6) if lay.per_k else balance)
+        per_term["z"].append(flat[pos] / n)
+        pos += 1
+        if lay.adaptive:
+            per_term["complexity"].append(flat[pos] / max(flat[pos + 3], 1.0) / H**2)
+            per_term["budget"].append(((flat[pos + 1] / n - target_heads) / H) ** 2)
+            per_term["entropy"].append(flat[pos + 2] / n)
+            pos += 4
+    return [sum(v) / len(v) for v in per_term.values() if v]
+
+
+def _layers_per_term(layout: tuple[_Layer, ...]) -> dict[str, int]:
+    """The terms that apply and how many layers each is averaged over."""
+    return {t: sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS)
+            for t in TERMS if _applies(t, layout)}
+
+
+def _terms_backward_floats(flat: list[float], g_terms: list[float], layout: tuple[_Layer, ...],
+                           target_heads: float) -> list[float]:
+    """d (sum_t g_t term_t) / d flat for `_terms_floats`, by hand. Only the probability, z,
+    complexity, head-count and entropy sums carry a gradient: n, the f numerators and the
+    complexity token count are counts of the hard and valid masks (their slots get 0)."""
+    # through the mean over layers: each layer's value receives g / layers
+    gl = {t: g / k for (t, k), g in zip(_layers_per_term(layout).items(), g_terms)}
+    n = max(flat[0], 1.0)
+    grad = [0.0]
+    pos = 1
+    for lay in layout:
+        Hb, H = lay.Hb, lay.H
+        f = [v / n for v in flat[pos : pos + Hb]]
         # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
-        coef = Hb_ * f
-        if lay.per_k:
-            coef = coef / f.sum().clip(min=1e-6)
-        rest = [per_n["z"]]
+        scale = gl["load_balance"] * Hb / n / (max(sum(f), 1e-6) if lay.per_k else 1.0)
+        grad += [0.0] * Hb + [scale * fi for fi in f] + [gl["z"] / n]
         if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
             z = pos + 2 * Hb
-            rest += [gl["complexity"] / flat[z + 4].clip(min=1.0) / H2_,
-                     gl["budget"] * (two_ * ((flat[z + 2] / n - th_) / H_) / H_ / n), per_n["entropy"]]
-        pieces += [xp.zeros_like(f), gl["load_balance"] * (coef / n), xp.stack(rest).reshape(-1)]
-        if lay.adaptive:
-            pieces.append(zero)  # the complexity token count
+            grad += [gl["complexity"] / max(flat[z + 4], 1.0) / H**2,
+                     gl["budget"] * 2.0 * ((flat[z + 2] / n - target_heads) / H) / H / n,
+                     gl["entropy"] / n, 0.0]  # the last: the complexity token count
         pos += 2 * Hb + (5 if lay.adaptive else 1)
-    return xp.concatenate(pieces)
+    return grad
 
 
 class _LayerSums(torch.autograd.Function):
@@ -274,26 +283,55 @@ def _native_sums_backward(kernels, g, need, probs, logits, lse, kappa, w, target
 
 
 class _Terms(torch.autograd.Function):
-    """`_terms` as one autograd node, its gradient by `_terms_backward`. On CPU, where
-    moh/native.c runs, both in numpy on the flat vector (the same formulas, float32)."""
+    """`_terms` as one autograd node. With the CPU kernels on (moh/native.py) it runs
+    `_terms_floats` and `_terms_backward_floats`, the same formulas on Python floats; else
+    (CUDA: no host copy per step; or the torch fallback, which keeps the reference's bits) the
+    torch operations, with the chain rule by hand. Only the probability, z,
+    complexity, head-count and entropy sums carry a gradient: n, the f numerators and the
+    complexity token count are counts of the hard and valid masks (their slots get 0)."""
 
     @staticmethod
     def forward(ctx, flat, spec):  # type: ignore[override]
         ctx.save_for_backward(flat)
         ctx.spec = spec
-        ctx.numpy = flat.device.type == "cpu" and flat.dtype == torch.float32 and native.lib() is not None
-        if ctx.numpy:  # one tensor for all terms; the outputs are its elements
-            terms = _terms(flat.numpy(), *spec, xp=np)
-            return torch.from_numpy(np.stack(terms)).unbind(0) if terms else ()
+        ctx.floats = flat.device.type == "cpu" and native.lib() is not None
+        if ctx.floats:  # one tensor for all terms; the outputs are its elements
+            terms = _terms_floats(flat.tolist(), *spec)
+            return torch.tensor(terms, dtype=flat.dtype).unbind(0) if terms else ()
         return tuple(_terms(flat, *spec))
 
     @staticmethod
     def backward(ctx, *g_terms):  # type: ignore[override]
         (flat,) = ctx.saved_tensors
-        if ctx.numpy:
-            g = torch.stack(g_terms).numpy()
-            return torch.from_numpy(_terms_backward(flat.numpy(), list(g), *ctx.spec, xp=np)), None
-        return _terms_backward(flat, g_terms, *ctx.spec), None
+        layout, target_heads = ctx.spec
+        if ctx.floats:
+            g = torch.stack(g_terms).tolist()
+            return torch.tensor(_terms_backward_floats(flat.tolist(), g, layout, target_heads), dtype=flat.dtype), None
+        layers = _layers_per_term(layout)
+        gl = dict(zip(layers, (g / k for g, k in zip(g_terms, scalars(tuple(layers.values()), flat.dtype, flat.device)))))
+        n = flat[0].clamp_min(1.0)
+        zero = flat.new_zeros(1)
+        per_n = {t: gl[t] / n for t in ("z", "entropy") if t in gl}  # d (sum / n) / d sum, every layer
+        pieces = [zero]
+        pos = 1
+        for lay in layout:
+            Hb, H = lay.Hb, lay.H
+            Hb_, H_, H2_, th_, two_ = scalars((Hb, H, H**2, target_heads, 2.0), flat.dtype, flat.device)
+            f = flat[pos : pos + Hb] / n
+            # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
+            coef = Hb_ * f
+            if lay.per_k:
+                coef = coef / f.sum().clamp_min(1e-6)
+            rest = [per_n["z"]]
+            if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
+                z = pos + 2 * Hb
+                rest += [gl["complexity"] / flat[z + 4].clamp_min(1.0) / H2_,
+                         gl["budget"] * (two_ * ((flat[z + 2] / n - th_) / H_) / H_ / n), per_n["entropy"]]
+            pieces += [torch.zeros_like(f), gl["load_balance"] * (coef / n), torch.stack(rest).view(-1)]
+            if lay.adaptive:
+                pieces.append(zero)  # the complexity token count
+            pos += 2 * Hb + (5 if lay.adaptive else 1)
+        return torch.cat(pieces), None
 
 
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -264,3 +264,14 @@ void rank_quantiles(int64_t n, const float *x, const int64_t *order, float *q) {
         start = end + 1;
     }
 }
+
+/* The adaptive router's logged predictor norm: (|w_c| + |w_t|) / 2 for its complexity and
+   threshold weight vectors of C values each (AdaptiveRouter.forward; sums of squares in double). */
+void predictor_norm(int64_t C, const float *w_c, const float *w_t, float *out) {
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < C; i++) {
+        a += (double)w_c[i] * (double)w_c[i];
+        b += (double)w_t[i] * (double)w_t[i];
+    }
+    *out = 0.5f * ((float)sqrt(a) + (float)sqrt(b));
+}

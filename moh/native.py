@@ -32,6 +32,7 @@ SIGNATURES = {  # argument types, in the C declarations' order
     "layer_sums": [_I, _I, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "layer_sums_backward": [_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P],
     "rank_quantiles": [_I, _P, _P, _P],
+    "predictor_norm": [_I, _P, _P, _P],
 }
 
 _lib: ctypes.CDLL | None = None

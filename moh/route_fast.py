@@ -247,19 +247,23 @@ class _QKVAndRouter(torch.autograd.Function):
         b = torch.cat([bi if bi is not None else wi.new_zeros(wi.shape[0]) for wi, bi in zip(ws, bs)]
                       + ([ws[0].new_zeros(pad)] if pad else []))
         out = F.linear(x, w, b)  # (B, T, 3C + K + pad)
-        ctx.save_for_backward(x, w[:n])
+        ctx.save_for_backward(x, w[:n_qkv], w[n_qkv:n])
         ctx.rows = rows
         ctx.has_bias = [bi is not None for bi in bs]
         return out[..., :n_qkv], out[..., n_qkv:n]
 
     @staticmethod
     def backward(ctx, g_qkv, g_router):  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        g = torch.cat([g_qkv, g_router], -1)
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        gx = g2.mm(w).view(x.shape) if ctx.needs_input_grad[0] else None
-        gw = g2.t().mm(x2).split(ctx.rows)  # (3C + K, C) -> contiguous row blocks
-        gb = g2.sum(0).split(ctx.rows)
+        # the two blocks' products apart: joining the gradients first (a (B, T, 3C + K) copy)
+        # cost more than the router block's own small matmuls
+        x, w_qkv, w_r = ctx.saved_tensors
+        gq, x2 = g_qkv.reshape(-1, g_qkv.shape[-1]), x.reshape(-1, x.shape[-1])
+        gr = g_router.reshape(-1, g_router.shape[-1])
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = gq.mm(w_qkv).addmm_(gr, w_r).view(x.shape)
+        gw = [gq.t().mm(x2), *gr.t().mm(x2).split(ctx.rows[1:])]
+        gb = [gq.sum(0), *gr.sum(0).split(ctx.rows[1:])]
         grads: list[torch.Tensor | None] = []
         for i, has_b in enumerate(ctx.has_bias):
             grads += [gw[i], gb[i] if has_b else None]

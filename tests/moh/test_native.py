@@ -56,6 +56,8 @@ def test_a_training_step_is_the_same_on_both_paths(kw):
     assert torch.equal(lm_n, lm_t)
     for a, b in zip(r_n, r_t):
         assert torch.equal(a.hard, b.hard)
+        if a.pred_norm is not None:  # the logged predictor norm, computed by either
+            torch.testing.assert_close(a.pred_norm, b.pred_norm, rtol=1e-6, atol=0)
         if a.count is not None:
             assert torch.equal(a.count, b.count)
     for t in aux_t:

@@ -56,15 +56,26 @@ def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: i
     The mask keeps the ranks j < kappa, ceil(kappa) heads, so for u uniform on [0, 1] the count
     ceil(kappa*) averages target_heads (k_min integer): the target alone meets the budget, and
     the threshold need not cut heads regardless of difficulty to get there."""
-    span = 2.0 * max(target_heads - k_min - 0.5, 0.0)
-    return (k_min + span * u).clamp(k_min, float(n_heads))
+    return (k_min + budget_span(k_min, target_heads) * u).clamp(k_min, float(n_heads))
+
+
+def budget_span(k_min: float, target_heads: float) -> float:
+    """budget_target's 2 max(target_heads - k_min - 1/2, 0): kappa* runs from k_min to k_min + this."""
+    return 2.0 * max(target_heads - k_min - 0.5, 0.0)
 
 
 def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
     """(B, T) rank quantile of `signal` (N,), the raw difficulty of the positions of has_target
     (B, T) in row-major order (LM.forward has it from moh/token_loss.py), NaN elsewhere."""
+    q = job_rank_quantiles(signal.detach().float())
+    kernels = native.lib() if q.device.type == "cpu" else None
+    if kernels is not None:  # the same values, one pass instead of a fill and a masked copy
+        has, q = has_target.contiguous(), q.contiguous()
+        out = torch.empty(has.shape)
+        kernels.scatter_selected(has.numel(), has.data_ptr(), q.data_ptr(), out.data_ptr())
+        return out
     out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=signal.device)
-    out[has_target] = job_rank_quantiles(signal.detach().float())
+    out[has_target] = q
     return out
 
 

@@ -30,7 +30,7 @@ import torch
 
 from . import native, schema
 from .config import Config
-from .difficulty import budget_target
+from .difficulty import budget_span, budget_target
 from .route_fast import _rows, scalars
 from .routing import Routing
 
@@ -343,6 +343,14 @@ def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.
     if cfg.complexity_target == "heads" or r.difficulty is None:
         return r.hard.sum(-1).to(r.kappa.dtype), w
     d = r.difficulty.detach()  # stop-gradient: the target is not something to move
+    kernels = _native_kernels(d) if r.kappa.dtype == torch.float32 and w.dtype == torch.float32 else None
+    if kernels is not None:  # budget_target below in one pass (the same bits)
+        d, w = d.contiguous(), w.contiguous()
+        target, w_c = torch.empty(d.shape), torch.empty(d.shape)
+        kernels.budget_targets(d.numel(), d.data_ptr(), w.data_ptr(), cfg.k_min,
+                               budget_span(cfg.k_min, cfg.target_heads), float(r.hard.shape[-1]),
+                               target.data_ptr(), w_c.data_ptr())
+        return target, w_c
     has = torch.isfinite(d)
     u = torch.where(has, d, 0.0)
     target = budget_target(u, cfg.k_min, cfg.target_heads, r.hard.shape[-1]).to(r.kappa.dtype)

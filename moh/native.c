@@ -275,3 +275,24 @@ void predictor_norm(int64_t C, const float *w_c, const float *w_t, float *out) {
     }
     *out = 0.5f * ((float)sqrt(a) + (float)sqrt(b));
 }
+
+/* Row-major scatter of one value per selected position: grid[i] = the next of q where has[i],
+   NaN elsewhere (moh/difficulty.py `quantiles_at`: `out[has] = q` on a NaN grid). */
+void scatter_selected(int64_t n_all, const uint8_t *has, const float *q, float *grid) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n_all; i++) grid[i] = has[i] ? q[k++] : NAN;
+}
+
+/* The complexity predictor's difficulty target (moh/losses.py `_complexity_target`): for a
+   rank quantile u (NaN: no target), kappa* = min(max(k_min + span u, k_min), hi) and the
+   token's weight w_c = w where u is finite, else target 0 from u = 0 and w_c = 0. */
+void budget_targets(int64_t n, const float *u, const float *w, float k_min, float span, float hi,
+                    float *target, float *w_c) {
+    for (int64_t i = 0; i < n; i++) {
+        int has = isfinite(u[i]);
+        float t = k_min + span * (has ? u[i] : 0.0f);
+        t = t < k_min ? k_min : t;
+        target[i] = t > hi ? hi : t;
+        w_c[i] = w[i] * (float)has;
+    }
+}

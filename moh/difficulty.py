@@ -41,11 +41,9 @@ def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
     if n < 2:
         return torch.full_like(x, 0.5, dtype=torch.float32)
     kernels = native.lib() if x.dim() == 1 and x.dtype == torch.float32 and x.device.type == "cpu" else None
-    if kernels is not None:  # the same bits in one pass over the sorted values (~60 -> ~10 us)
-        x = x.contiguous()
-        order = x.argsort()
-        q = torch.empty(n)
-        kernels.rank_quantiles(n, x.data_ptr(), order.data_ptr(), q.data_ptr())
+    if kernels is not None:  # the same bits, sort included (~60 -> ~10 us)
+        x, scratch, q = x.contiguous(), torch.empty(2, n, dtype=torch.int64), torch.empty(n)
+        kernels.rank_quantiles(n, x.data_ptr(), scratch[0].data_ptr(), scratch[1].data_ptr(), q.data_ptr())
         return q
     return (average_ranks(x) / (n - 1)).float()
 

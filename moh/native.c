@@ -250,11 +250,35 @@ void layer_sums_backward(int64_t n, int64_t Hb, const float *g, const float *pro
     }
 }
 
+/* x[a] before x[b] in ascending order, NaN last, equal values by position: a total order. */
+static int before(const float *x, int64_t a, int64_t b) {
+    float u = x[a], v = x[b];
+    if (u < v) return 1;
+    if (u > v) return 0;
+    int un = u != u, vn = v != v;
+    if (un != vn) return vn; /* a number before a NaN */
+    return a < b;
+}
+
 /* Rank quantiles of x (n,): ranks 0..n-1 with tied values sharing the mean of their ranks,
    divided by n - 1 in double and rounded to float once, as moh/difficulty.py `rank_quantiles`
-   computes them with moh/alignment.py `average_ranks` (n >= 2). `order`: the caller's
-   ascending argsort of x (a tie's ranks do not depend on the order within it). */
-void rank_quantiles(int64_t n, const float *x, const int64_t *order, float *q) {
+   computes them with moh/alignment.py `average_ranks` (n >= 2; a NaN is a run of its own, as
+   there). `order`, `tmp`: int64 scratch of n each, for a bottom-up merge sort (torch's argsort
+   of ~400 values cost more than this whole function). */
+void rank_quantiles(int64_t n, const float *x, int64_t *order, int64_t *tmp, float *q) {
+    for (int64_t i = 0; i < n; i++) order[i] = i;
+    for (int64_t width = 1; width < n; width *= 2) {
+        for (int64_t lo = 0; lo < n; lo += 2 * width) {
+            int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int64_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) tmp[k++] = before(x, order[j], order[i]) ? order[j++] : order[i++];
+            while (i < mid) tmp[k++] = order[i++];
+            while (j < hi) tmp[k++] = order[j++];
+        }
+        int64_t *t = order;
+        order = tmp;
+        tmp = t;
+    }
     int64_t start = 0;
     while (start < n) {
         int64_t end = start;

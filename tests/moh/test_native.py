@@ -140,3 +140,27 @@ def test_moh_train_names_its_kernels_and_trains_without_a_compiler(tmp_path):
     assert done.returncode == 0, done.stderr
     start = json.loads((out / "run.jsonl").read_text().splitlines()[0])
     assert start["event"] == "run_start" and start["kernels"].startswith("torch fallback (OSError")
+
+
+@needs_native
+def test_rank_quantiles_are_the_torch_bits():
+    """The C merge sort and tie averaging against moh/alignment.py's average_ranks: the same
+    float32 values for sizes around the merge widths, with and without ties; with NaNs (runs of
+    their own, sorted last) the numbers' quantiles still agree."""
+    from moh.difficulty import rank_quantiles
+
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 7, 8, 9, 64, 431, 1000):
+        for ties in (False, True):
+            x = torch.randn(n, generator=g)
+            x = (x * 2).round() if ties else x
+            with native.disabled():
+                want = rank_quantiles(x)
+            assert torch.equal(rank_quantiles(x), want), (n, ties)
+    x = torch.tensor([0.5, float("nan"), -1.0, 0.5, float("nan"), 2.0])
+    got = rank_quantiles(x)
+    # ranks 0..5 over n - 1 = 5: -1.0 first (0), the two 0.5 share ranks 1 and 2 (1.5 / 5),
+    # 2.0 is rank 3 (3 / 5), the NaNs take 4 and 5 (0.8, 1.0), as float32
+    f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
+    assert got[[0, 2, 3, 5]].tolist() == [f32(0.3), 0.0, f32(0.3), f32(0.6)]
+    assert sorted(got[[1, 4]].tolist()) == [f32(0.8), 1.0]

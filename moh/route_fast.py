@@ -222,6 +222,12 @@ def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> tor
     return g_out
 
 
+@functools.lru_cache(maxsize=64)
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero block made once (only ever read: torch.cat copies it)."""
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 class _QKVAndRouter(torch.autograd.Function):
     """The attention's fused matmul: `F.linear(x, cat(W_qkv, W_1, ...), cat(b_qkv, b_1, ...))`
     split into the qkv block and the router's projections, as one autograd node.
@@ -243,9 +249,10 @@ class _QKVAndRouter(torch.autograd.Function):
         # aligned width (3C + K = 394 -> 400: ~15% faster on this CPU, docs/benchmarks.md); the
         # real columns are the same bits (tests/moh/test_routing_fast.py)
         pad = -n % 16
-        w = torch.cat([*ws, ws[0].new_zeros(pad, ws[0].shape[1])] if pad else ws)
-        b = torch.cat([bi if bi is not None else wi.new_zeros(wi.shape[0]) for wi, bi in zip(ws, bs)]
-                      + ([ws[0].new_zeros(pad)] if pad else []))
+        w0 = ws[0]
+        w = torch.cat([*ws, _zeros((pad, w0.shape[1]), w0.dtype, w0.device)] if pad else ws)
+        b = torch.cat([bi if bi is not None else _zeros(wi.shape[:1], wi.dtype, wi.device) for wi, bi in zip(ws, bs)]
+                      + ([_zeros((pad,), w0.dtype, w0.device)] if pad else []))
         out = F.linear(x, w, b)  # (B, T, 3C + K + pad)
         ctx.save_for_backward(x, w[:n_qkv], w[n_qkv:n])
         ctx.rows = rows

@@ -31,6 +31,9 @@ KNOWN = "tests/moh/test_known_answers.py"
 LEARN = "tests/moh/test_learning.py"
 ROUTING_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_routing_fast.py", LEARN)
 LOSSES_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_losses_fast.py", LEARN)
+# the C kernels: what the engine runs (and each test module that compares them with torch)
+NATIVE_ROUTING_T = (KNOWN, "tests/moh/test_routing_fast.py", "tests/moh/test_native.py")
+NATIVE_LOSSES_T = (KNOWN, "tests/moh/test_losses_fast.py", "tests/moh/test_difficulty.py", "tests/moh/test_native.py")
 MOH_T = (KNOWN, "tests/moh/test_routing_sources.py", "tests/moh/test_routing.py", LEARN)
 OPTIM_T = (KNOWN, "tests/moh/test_optim.py", LEARN)
 TRAIN_T = (KNOWN, LEARN, "tests/moh/test_train.py")
@@ -162,6 +165,50 @@ ENGINE = [
        "parts = [getattr(cfg, WEIGHT_KEYS[t]) * v for t, v in aux.items() if v is not None]",
        "parts = [v for t, v in aux.items() if v is not None]",
        "aux weights ignored: every term at weight 1", LOSSES_T),
+    # ---- the CPU kernels (moh/native.c) and the aux terms on floats: what the engine runs ------
+    _m("native_budget_rank_le", "budget", "moh/native.c",
+       "uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);",
+       "uint8_t keep = j == 0 || (cum[j] < ti && (float)j <= ki);",
+       "the C kernel's head budget keeps one head too many at integer kappa", NATIVE_ROUTING_T),
+    _m("native_threshold_cum_le", "threshold", "moh/native.c",
+       "uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);",
+       "uint8_t keep = j == 0 || (cum[j] <= ti && (float)j < ki);",
+       "the C kernel keeps a head whose exclusive cumulative probability equals tau", NATIVE_ROUTING_T),
+    _m("native_no_forced_first_head", "selection", "moh/native.c",
+       "uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);",
+       "uint8_t keep = (cum[j] < ti && (float)j < ki);",
+       "the C kernel can leave a token with no head", NATIVE_ROUTING_T),
+    _m("native_ascending_sort", "selection", "moh/native.c",
+       "while (j > 0 && p[order[j - 1]] < p[i]) {", "while (j > 0 && p[order[j - 1]] > p[i]) {",
+       "the C kernel takes the least probable heads first", NATIVE_ROUTING_T),
+    _m("native_surrogate_budget_offset", "gradient", "moh/native.c",
+       "float b = sigmoidf_((kappa[i] - (float)j - 0.5f) / t2);",
+       "float b = sigmoidf_((kappa[i] - (float)j + 0.5f) / t2);",
+       "the C backward's budget factor is centred one rank late", NATIVE_ROUTING_T),
+    _m("native_cumsum_gradient_sign", "gradient", "moh/native.c",
+       "gp[order[j]] -= tail;", "gp[order[j]] += tail;",
+       "the C backward's gradient through the cumulative probability has the wrong sign", NATIVE_ROUTING_T),
+    _m("native_clamp_gradient_everywhere", "gradient", "moh/native.c",
+       "float gtk = tau_kept[i] ? gt * span_t : 0.0f;", "float gtk = gt * span_t;",
+       "the C backward passes the threshold gradient where the clamp cut tau", NATIVE_ROUTING_T),
+    _m("native_z_not_squared", "losses", "moh/native.c",
+       "z += wi * (double)lse[i] * (double)lse[i];", "z += wi * (double)lse[i];",
+       "the C sums' z-loss is the mean logsumexp, not its square", NATIVE_LOSSES_T),
+    _m("native_complexity_counts_padding", "losses", "moh/native.c",
+       "w_c[i] = w[i] * (float)has;", "w_c[i] = w[i];",
+       "the complexity target counts tokens that have no difficulty (no next-token target)", NATIVE_LOSSES_T),
+    _m("native_rank_ties_first", "difficulty", "moh/native.c",
+       "float v = (float)(((double)start + (double)end) / 2.0 / (double)(n - 1));",
+       "float v = (float)((double)start / (double)(n - 1));",
+       "tied difficulties take the lowest rank, not the mean of theirs", NATIVE_LOSSES_T),
+    _m("floats_budget_abs", "losses", "moh/losses.py",
+       'per_term["budget"].append(((flat[pos + 1] / n - target_heads) / H) ** 2)',
+       'per_term["budget"].append(abs((flat[pos + 1] / n - target_heads) / H))',
+       "the CPU path's budget term is |gap| / H, not its square", NATIVE_LOSSES_T),
+    _m("floats_z_gradient_unscaled", "losses", "moh/losses.py",
+       "grad += [0.0] * Hb + [scale * fi for fi in f] + [gl[\"z\"] / n]",
+       "grad += [0.0] * Hb + [scale * fi for fi in f] + [gl[\"z\"]]",
+       "the CPU path's z-loss gradient misses its 1/n", NATIVE_LOSSES_T),
     # ---- optimizer, schedule, clipping ---------------------------------------------------------
     _m("lr_times_1e-6", "lr", "moh/optim.py",
        '        g["lr"] = lr * g["lr_mult"]', '        g["lr"] = lr * g["lr_mult"] * 1e-6',

@@ -32,7 +32,7 @@ LEARN = "tests/moh/test_learning.py"
 ROUTING_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_routing_fast.py", LEARN)
 LOSSES_T = (KNOWN, "tests/moh/test_routing.py", "tests/moh/test_losses_fast.py", LEARN)
 # the C kernels: what the engine runs (and each test module that compares them with torch)
-NATIVE_ROUTING_T = (KNOWN, "tests/moh/test_routing_fast.py", "tests/moh/test_native.py")
+NATIVE_ROUTING_T = (KNOWN, "tests/moh/test_routing_fast.py", "tests/moh/test_native.py")  # KNOWN: native_select
 NATIVE_LOSSES_T = (KNOWN, "tests/moh/test_losses_fast.py", "tests/moh/test_difficulty.py", "tests/moh/test_native.py")
 MOH_T = (KNOWN, "tests/moh/test_routing_sources.py", "tests/moh/test_routing.py", LEARN)
 OPTIM_T = (KNOWN, "tests/moh/test_optim.py", LEARN)

@@ -65,6 +65,24 @@ static void softmax_row(const float *x, int64_t H, float *p) {
     for (int64_t h = 0; h < H; h++) p[h] /= s;
 }
 
+/* One token's selection: heads in descending probability while the exclusive cumulative
+   probability is < tau and the rank is < kappa, the first always (moh/routing.py
+   `select_heads`). Writes the 0/1 mask in head order as bytes and as floats; returns the count. */
+static float select_row(const float *p, float ti, float ki, int64_t H, uint8_t *hr, float *gr) {
+    int64_t order[MAX_HEADS];
+    float cum[MAX_HEADS];
+    sort_desc(p, H, order);
+    exclusive_cumsum(p, order, H, cum);
+    float cnt = 0.0f;
+    for (int64_t j = 0; j < H; j++) {
+        uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);
+        hr[order[j]] = keep;
+        gr[order[j]] = (float)keep;
+        cnt += (float)keep;
+    }
+    return cnt;
+}
+
 /* AdaptiveRouter.route_reference: the projections -> the routing of each token.
    in:  proj: rows of H + 2 values `row_stride` floats apart: H router logits, the complexity
         logit, the threshold logit.
@@ -75,8 +93,6 @@ void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, 
                    float span_k, float tau_min, float span_t, float tau_lo, float tau_hi,
                    float *probs, float *c, float *kappa, float *tau, float *s_t,
                    uint8_t *tau_kept, uint8_t *hard, float *gates, float *count) {
-    int64_t order[MAX_HEADS];
-    float cum[MAX_HEADS];
     for (int64_t i = 0; i < n; i++) {
         const float *row = proj + i * row_stride;
         float *p = probs + i * H;
@@ -90,19 +106,16 @@ void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, 
         kappa[i] = ki;
         tau[i] = ti;
         tau_kept[i] = (uint8_t)(tf == ti);
-        sort_desc(p, H, order);
-        exclusive_cumsum(p, order, H, cum);
-        uint8_t *hr = hard + i * H;
-        float *gr = gates + i * H;
-        float cnt = 0.0f;
-        for (int64_t j = 0; j < H; j++) {
-            uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);
-            hr[order[j]] = keep;
-            gr[order[j]] = (float)keep;
-            cnt += (float)keep;
-        }
-        count[i] = cnt;
+        count[i] = select_row(p, ti, ki, H, hard + i * H, gates + i * H);
     }
+}
+
+/* The hard top-p-with-budget mask alone, for probabilities, thresholds and budgets given
+   directly (n tokens): route_forward's selection, exposed for known-answer tests. */
+void select_heads(int64_t n, int64_t H, const float *probs, const float *tau, const float *kappa,
+                  uint8_t *hard) {
+    float gates[MAX_HEADS];
+    for (int64_t i = 0; i < n; i++) select_row(probs + i * H, tau[i], kappa[i], H, hard + i * H, gates);
 }
 
 /* The backward pass of route_forward's node (moh/route_fast.py `_AdaptiveRoute`): upstream

@@ -28,6 +28,7 @@ FLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {  # argument types, in the C declarations' order
     "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+    "select_heads": [_I, _I, _P, _P, _P, _P],
     "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
     "layer_sums": [_I, _I, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "layer_sums_backward": [_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P],

@@ -197,6 +197,19 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     return gates, hard, probs, c, kappa, tau, count
 
 
+def native_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    """The hard mask (B, T, H) that `_AdaptiveRoute`'s C kernel selects for these float32
+    probabilities, thresholds and budgets (its selection, for known-answer tests); the
+    kernels must be loaded."""
+    kernels = native.lib()
+    if kernels is None:
+        raise RuntimeError(f"moh/native.c is not loaded: {native.status()}")
+    p, t, k = (x.float().contiguous() for x in (probs, tau, kappa))
+    hard = torch.empty(p.shape, dtype=torch.bool)
+    kernels.select_heads(t.numel(), p.shape[-1], p.data_ptr(), t.data_ptr(), k.data_ptr(), hard.data_ptr())
+    return hard
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """x (..., K) as a (rows, K) view with unit column stride and one row stride (copied only
     when its layout has no such view): the projections are columns of the wider qkv output."""

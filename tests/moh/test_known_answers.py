@@ -17,8 +17,9 @@ import torch
 from moh.config import Config
 from moh.losses import aux_losses, weighted_total
 from moh.optim import clip_, grad_norms
-from moh.route_fast import _st_backward, _st_select
+from moh.route_fast import _st_backward, _st_select, native_select
 from moh.routing import Routing, layer_stats, select_heads
+from tests.moh.native_switch import native_on
 from tests.moh.records import Records
 
 # ------------------------------------------------------------------------------------------------
@@ -90,15 +91,19 @@ PROBS = [0.125, 0.25, 0.5, 0.125]
 RANK_OF_HEAD = [2, 1, 0, 3]  # stable sort: of the two 0.125s, head 0 comes before head 3
 
 
-def _select(tau: float, kappa: float, fast: bool) -> torch.Tensor:
+def _select(tau: float, kappa: float, fast) -> torch.Tensor:
     probs = torch.tensor([[PROBS]], dtype=torch.float32)
     t, k = torch.tensor([[tau]]), torch.tensor([[kappa]])
-    if fast:  # the selection the model's autograd node (route_fast._AdaptiveRoute) runs
+    if fast == "native":  # the C kernel's selection, what the model's node runs on CPU
+        if not native_on():
+            pytest.skip("moh/native.c not loaded")
+        return native_select(probs, t, k)[0, 0]
+    if fast:  # the selection the model's autograd node (route_fast._AdaptiveRoute) runs in torch
         return _st_select(probs, t, k, 0.1, 1.0)[0][0, 0]
     return select_heads(probs, t, k, 0.1, 1.0)[0][0, 0]
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
+@pytest.mark.parametrize("fast", [False, True, "native"], ids=["select_heads", "st_select", "native"])
 @pytest.mark.parametrize("kappa,count", [
     (0.5, 1),   # below one head: the top head is kept anyway
     (1.0, 1),   # integer: rank 0 only (rank 1 < 1 is false)
@@ -116,7 +121,7 @@ def test_budget_at_integer_and_half_integer_kappa(fast, kappa, count):
     assert kept_ranks == list(range(count)), "the budget keeps the most probable heads"
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
+@pytest.mark.parametrize("fast", [False, True, "native"], ids=["select_heads", "st_select", "native"])
 @pytest.mark.parametrize("tau,count", [
     (0.5, 1),          # C_1 = 0.5 is not < 0.5
     (0.5000001, 2),    # just above: rank 1 joins
@@ -130,7 +135,7 @@ def test_threshold_is_strict_on_the_exclusive_cumulative_probability(fast, tau, 
     assert int(hard.sum()) == count
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["select_heads", "st_select"])
+@pytest.mark.parametrize("fast", [False, True, "native"], ids=["select_heads", "st_select", "native"])
 def test_the_most_probable_head_is_kept_even_at_zero_threshold_and_budget(fast):
     hard = _select(tau=0.0, kappa=0.0, fast=fast)
     assert hard.tolist() == [False, False, True, False]  # head 2 (p = 0.5) alone

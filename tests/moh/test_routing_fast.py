@@ -112,13 +112,15 @@ def test_adaptive_route_node_matches_the_reference(dtype, saturate, straight_thr
         assert g_ref.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("straight_through", [True, False])
-def test_adaptive_route_node_clamp_that_bites(straight_through):
+def test_adaptive_route_node_clamp_that_bites(straight_through, dtype):
     """Narrowed bounds clamp tau where the sigmoid is far from saturated, so the clamp's zero
-    gradient is a large difference, not a 1e-8 one (the real bounds only clamp rounding)."""
-    router = _router(straight_through=straight_through).double()
+    gradient is a large difference, not a 1e-8 one (the real bounds only clamp rounding).
+    float32 is what moh/native.c runs."""
+    router = _router(straight_through=straight_through).to(dtype)
     router.tau_lo, router.tau_hi = 0.45, 0.65  # tau_min + 0.5 s: clamped for s < 0.3 or s > 0.7
-    out = _projections(11, torch.float64, saturate=False)
+    out = _projections(11, dtype, saturate=False)
     s = torch.sigmoid(out[..., 9])
     assert ((s < 0.3) | (s > 0.7)).any() and ((s > 0.3) & (s < 0.7)).any()
     w = torch.randn(out.shape[:-1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -126,8 +128,12 @@ def test_adaptive_route_node_clamp_that_bites(straight_through):
         weights = {which: w.unsqueeze(-1).expand(*w.shape, 8) if which == "gates" else w}
         ref, g_ref = _route(router, out, False, weights)
         new, g_new = _route(router, out, True, weights)
-        assert torch.equal(ref["tau"], new["tau"])
-        torch.testing.assert_close(g_new, g_ref, rtol=1e-12, atol=1e-12)
+        if dtype == torch.float64 or not native_on():
+            assert torch.equal(ref["tau"], new["tau"])
+        else:  # libm's exp in the sigmoid
+            torch.testing.assert_close(new["tau"], ref["tau"], rtol=4e-7, atol=0)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(g_new, g_ref, rtol=tol, atol=tol)
 
 
 def test_adaptive_router_forward_runs_the_node_with_the_reference_values():

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .routing import Routing
 
 FIELDS = ("complexity_loss_corr", "heads_loss_corr")
@@ -41,7 +42,16 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks 0..N-1 along the last dim, tied values sharing the mean of their ranks (float64).
 
     Batched over leading dims: one sort for every series of a step (a few small ops instead
-    of a unique() per series: the logged step's cost, bench/bench_telemetry.py)."""
+    of a unique() per series: the logged step's cost, bench/bench_telemetry.py). float32 on
+    CPU: one pass of moh/native.c, the same values (ranks are exact half-integers)."""
+    kernels = native.lib() if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() else None
+    if kernels is not None:
+        n = x.shape[-1]
+        rows = x.contiguous()
+        order, ranks = torch.empty(2, n, dtype=torch.int64), torch.empty(x.shape, dtype=torch.float64)
+        kernels.average_ranks(rows.numel() // n, n, rows.data_ptr(), order[0].data_ptr(), order[1].data_ptr(),
+                              ranks.data_ptr())
+        return ranks
     s, order = x.sort(dim=-1)
     n = s.shape[-1]
     pos = torch.arange(n, dtype=torch.float64, device=x.device).expand(s.shape)

@@ -42,8 +42,8 @@ def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x, 0.5, dtype=torch.float32)
     kernels = native.lib() if x.dim() == 1 and x.dtype == torch.float32 and x.device.type == "cpu" else None
     if kernels is not None:  # the same bits, sort included (~60 -> ~10 us)
-        x, scratch, q = x.contiguous(), torch.empty(2, n, dtype=torch.int64), torch.empty(n)
-        kernels.rank_quantiles(n, x.data_ptr(), scratch[0].data_ptr(), scratch[1].data_ptr(), q.data_ptr())
+        x, order, ranks, q = x.contiguous(), torch.empty(2, n, dtype=torch.int64), torch.empty(n, dtype=torch.float64), torch.empty(n)
+        kernels.rank_quantiles(n, x.data_ptr(), order[0].data_ptr(), order[1].data_ptr(), ranks.data_ptr(), q.data_ptr())
         return q
     return (average_ranks(x) / (n - 1)).float()
 

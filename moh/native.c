@@ -273,12 +273,11 @@ static int before(const float *x, int64_t a, int64_t b) {
     return a < b;
 }
 
-/* Rank quantiles of x (n,): ranks 0..n-1 with tied values sharing the mean of their ranks,
-   divided by n - 1 in double and rounded to float once, as moh/difficulty.py `rank_quantiles`
-   computes them with moh/alignment.py `average_ranks` (n >= 2; a NaN is a run of its own, as
-   there). `order`, `tmp`: int64 scratch of n each, for a bottom-up merge sort (torch's argsort
-   of ~400 values cost more than this whole function). */
-void rank_quantiles(int64_t n, const float *x, int64_t *order, int64_t *tmp, float *q) {
+/* Ranks 0..n-1 of x (n,), tied values sharing the mean of their ranks (a NaN is a run of its
+   own, sorted last), as float64: moh/alignment.py `average_ranks` for one series. `order`,
+   `tmp`: int64 scratch of n each, for a bottom-up merge sort (torch's sort and the dozen
+   operators of the tie averaging cost more than this whole function at ~400 values). */
+static void average_ranks_row(int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks) {
     for (int64_t i = 0; i < n; i++) order[i] = i;
     for (int64_t width = 1; width < n; width *= 2) {
         for (int64_t lo = 0; lo < n; lo += 2 * width) {
@@ -296,10 +295,22 @@ void rank_quantiles(int64_t n, const float *x, int64_t *order, int64_t *tmp, flo
     while (start < n) {
         int64_t end = start;
         while (end + 1 < n && x[order[end + 1]] == x[order[start]]) end++;
-        float v = (float)(((double)start + (double)end) / 2.0 / (double)(n - 1));
-        for (int64_t k = start; k <= end; k++) q[order[k]] = v;
+        double r = ((double)start + (double)end) / 2.0;
+        for (int64_t k = start; k <= end; k++) ranks[order[k]] = r;
         start = end + 1;
     }
+}
+
+/* average_ranks_row for each of `rows` series of n values (a (rows, n) table). */
+void average_ranks(int64_t rows, int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks) {
+    for (int64_t r = 0; r < rows; r++) average_ranks_row(n, x + r * n, order, tmp, ranks + r * n);
+}
+
+/* Rank quantiles of x (n >= 2): the average ranks divided by n - 1 in double and rounded to
+   float once, as moh/difficulty.py `rank_quantiles`. `ranks`: float64 scratch of n. */
+void rank_quantiles(int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks, float *q) {
+    average_ranks_row(n, x, order, tmp, ranks);
+    for (int64_t i = 0; i < n; i++) q[i] = (float)(ranks[i] / (double)(n - 1));
 }
 
 /* The adaptive router's logged predictor norm: (|w_c| + |w_t|) / 2 for its complexity and

@@ -13,7 +13,10 @@ from moh.model import LM
 from moh.monitor.rows import layer_rows as _rows
 from moh.routing import Routing
 from moh.train import train
+from tests.moh.native_switch import both_kernels  # noqa: F401 (fixture)
 from tests.moh.records import Records
+
+pytestmark = pytest.mark.usefixtures("both_kernels")
 
 
 def test_average_ranks_share_ties():

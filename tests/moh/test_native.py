@@ -164,3 +164,21 @@ def test_rank_quantiles_are_the_torch_bits():
     f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
     assert got[[0, 2, 3, 5]].tolist() == [f32(0.3), 0.0, f32(0.3), f32(0.6)]
     assert sorted(got[[1, 4]].tolist()) == [f32(0.8), 1.0]
+
+
+@needs_native
+def test_average_ranks_of_a_table_are_the_torch_bits():
+    """The loss-alignment table (1 + K rows of N tokens) ranked row by row in C: the same
+    float64 half-integers as the torch sort and tie averaging, ties and a constant row included."""
+    from moh.alignment import average_ranks
+
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 5, 16, 333):
+        table = torch.randn(5, n, generator=g)
+        table[1] = table[1].round()  # ties
+        table[2] = 7.0  # constant: every token shares the middle rank
+        with native.disabled():
+            want = average_ranks(table)
+        got = average_ranks(table)
+        assert got.dtype == torch.float64 and torch.equal(got, want), n
+    assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]

@@ -105,6 +105,15 @@ def test_without_a_compiler_the_torch_path_runs(tmp_path):
     assert not any((tmp_path / "cache").glob("*"))
 
 
+def test_an_unusable_cache_directory_falls_back_to_torch(tmp_path):
+    # a regular file where the cache directory should be: mkdir fails (as root too)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = _child({"MOH_NATIVE_CACHE": str(blocker / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("torch fallback (") and "Error" in done.stdout, done.stdout
+
+
 def test_moh_native_0_turns_the_kernels_off(tmp_path):
     done = _child({"MOH_NATIVE": "0", "MOH_NATIVE_CACHE": str(tmp_path)})
     assert done.stdout.strip() == "off (MOH_NATIVE=0)"

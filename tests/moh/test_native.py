@@ -191,3 +191,18 @@ def test_average_ranks_of_a_table_are_the_torch_bits():
         got = average_ranks(table)
         assert got.dtype == torch.float64 and torch.equal(got, want), n
     assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+
+
+def test_the_ctypes_signatures_match_the_c_declarations():
+    """ctypes cannot see a C prototype: an argument added on one side only would be passed
+    as garbage. Every exported function of moh/native.c against native.SIGNATURES."""
+    import ctypes
+    import re
+
+    c_types = {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float}
+    declared = {}
+    for name, params in re.findall(r"^void (\w+)\(([^)]*)\)\s*\{", native.SOURCE.read_text(), re.M):
+        args = [" ".join(p.split()) for p in params.split(",")]
+        declared[name] = [ctypes.c_void_p if "*" in a else c_types[a.rsplit(" ", 1)[0].replace("const ", "")]
+                          for a in args]
+    assert declared == native.SIGNATURES

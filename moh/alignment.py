@@ -44,7 +44,7 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     Batched over leading dims: one sort for every series of a step (a few small ops instead
     of a unique() per series: the logged step's cost, bench/bench_telemetry.py). float32 on
     CPU: one pass of moh/native.c, the same values (ranks are exact half-integers)."""
-    kernels = native.lib() if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() else None
+    kernels = native.for_tensors(x) if x.numel() else None
     if kernels is not None:
         n = x.shape[-1]
         rows = x.contiguous()

@@ -40,7 +40,7 @@ def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     if n < 2:
         return torch.full_like(x, 0.5, dtype=torch.float32)
-    kernels = native.lib() if x.dim() == 1 and x.dtype == torch.float32 and x.device.type == "cpu" else None
+    kernels = native.for_tensors(x) if x.dim() == 1 else None
     if kernels is not None:  # the same bits, sort included (~60 -> ~10 us)
         x, order, ranks, q = x.contiguous(), torch.empty(2, n, dtype=torch.int64), torch.empty(n, dtype=torch.float64), torch.empty(n)
         kernels.rank_quantiles(n, x.data_ptr(), order[0].data_ptr(), order[1].data_ptr(), ranks.data_ptr(), q.data_ptr())
@@ -66,7 +66,7 @@ def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor
     """(B, T) rank quantile of `signal` (N,), the raw difficulty of the positions of has_target
     (B, T) in row-major order (LM.forward has it from moh/token_loss.py), NaN elsewhere."""
     q = job_rank_quantiles(signal.detach().float())
-    kernels = native.lib() if q.device.type == "cpu" else None
+    kernels = native.for_tensors(q)
     if kernels is not None:  # the same values, one pass instead of a fill and a masked copy
         has, q = has_target.contiguous(), q.contiguous()
         out = torch.empty(has.shape)

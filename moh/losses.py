@@ -209,7 +209,7 @@ class _LayerSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):  # type: ignore[override]
-        ctx.kernels = _native_kernels(probs)
+        ctx.kernels = native.for_tensors(probs, width=probs.shape[-1])
         if ctx.kernels is not None:
             out, lse = _native_sums(ctx.kernels, hard_b, probs, logits, kappa, count, w, target, w_c)
         else:
@@ -243,13 +243,6 @@ class _LayerSums(torch.autograd.Function):
             if need[4]:  # head count sum
                 g_count = g[2 * Hb + 2] * w
         return None, g_probs, g_logits, g_kappa, g_count, None, None, None, None
-
-
-def _native_kernels(probs: torch.Tensor):
-    """moh/native.c for float32 CPU sums of at most 256 heads, else None (the torch path)."""
-    if probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape[-1] > 256:
-        return None
-    return native.lib()
 
 
 def _native_sums(kernels, hard_b, probs, logits, kappa, count, w, target, w_c):
@@ -294,7 +287,7 @@ class _Terms(torch.autograd.Function):
     def forward(ctx, flat, spec):  # type: ignore[override]
         ctx.save_for_backward(flat)
         ctx.spec = spec
-        ctx.floats = flat.device.type == "cpu" and native.lib() is not None
+        ctx.floats = native.for_tensors(flat) is not None
         if ctx.floats:  # one tensor for all terms; the outputs are its elements
             terms = _terms_floats(flat.tolist(), *spec)
             return torch.tensor(terms, dtype=flat.dtype).unbind(0) if terms else ()
@@ -343,7 +336,7 @@ def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.
     if cfg.complexity_target == "heads" or r.difficulty is None:
         return r.hard.sum(-1).to(r.kappa.dtype), w
     d = r.difficulty.detach()  # stop-gradient: the target is not something to move
-    kernels = _native_kernels(d) if r.kappa.dtype == torch.float32 and w.dtype == torch.float32 else None
+    kernels = native.for_tensors(d, r.kappa, w)
     if kernels is not None:  # budget_target below in one pass (the same bits)
         d, w = d.contiguous(), w.contiguous()
         target, w_c = torch.empty(d.shape), torch.empty(d.shape)

@@ -22,7 +22,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("native.c")
+MAX_HEADS = 256  # the widest row the kernels take (native.c's per-row scratch)
 FLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -103,6 +106,14 @@ def disabled():
         yield
     finally:
         _lib, _status = saved
+
+
+def for_tensors(*tensors: torch.Tensor, width: int = 0) -> ctypes.CDLL | None:
+    """The kernels when they can take these tensors (every one float32 on the CPU, rows of at
+    most MAX_HEADS values), else None: the caller runs its torch formulation."""
+    if width > MAX_HEADS or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return None
+    return lib()
 
 
 def status() -> str:

@@ -112,7 +112,7 @@ class _AdaptiveRoute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, router):  # type: ignore[override]
         H = router.n_heads
-        kernels = _native_kernels(out, H)
+        kernels = native.for_tensors(out, width=H)
         ctx.kernels = kernels
         if kernels is not None:
             return _native_forward(ctx, kernels, out, router)
@@ -165,13 +165,6 @@ class _AdaptiveRoute(torch.autograd.Function):
             # where it left tau as it was (autograd's lo <= x <= hi, NaN included)
             g_xt = torch.ops.aten.sigmoid_backward(torch.where(tau_free == tau, g_tau, 0.0) * ctx.span_t, s_t)
         return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
-
-
-def _native_kernels(x: torch.Tensor, H: int):
-    """moh/native.c when it applies (float32 on CPU, at most 256 heads), else None."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or H > 256:
-        return None
-    return native.lib()
 
 
 def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:

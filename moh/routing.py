@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import native
 from .config import Config
-from .route_fast import _AdaptiveRoute, _native_kernels, row_softmax
+from .route_fast import _AdaptiveRoute, row_softmax
 
 
 @dataclass
@@ -158,8 +159,8 @@ class AdaptiveRouter(nn.Module):
         """The logged mean L2 norm of the complexity and threshold weight vectors, no graph
         (four tensor operations, or one call of moh/native.c: ~0.07 ms of a step at 2 layers)."""
         w_c, w_t = self.complexity.weight, self.threshold.weight
-        kernels = _native_kernels(w_c, 0)
-        if kernels is not None and w_t.dtype == torch.float32 and w_c.is_contiguous() and w_t.is_contiguous():
+        kernels = native.for_tensors(w_c, w_t)
+        if kernels is not None and w_c.is_contiguous() and w_t.is_contiguous():
             out = torch.empty(())
             kernels.predictor_norm(w_c.numel(), w_c.data_ptr(), w_t.data_ptr(), out.data_ptr())
             return out

@@ -206,3 +206,4 @@ def test_the_ctypes_signatures_match_the_c_declarations():
         declared[name] = [ctypes.c_void_p if "*" in a else c_types[a.rsplit(" ", 1)[0].replace("const ", "")]
                           for a in args]
     assert declared == native.SIGNATURES
+    assert re.search(r"#define MAX_HEADS (\d+)", native.SOURCE.read_text()).group(1) == str(native.MAX_HEADS)

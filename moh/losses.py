@@ -266,7 +266,9 @@ def _native_sums_backward(kernels, g, need, probs, logits, lse, kappa, w, target
     g_logits = torch.empty(logits.shape) if need[2] else None
     g_kappa = torch.empty(kappa.shape) if adaptive and need[3] else None
     g_count = torch.empty(kappa.shape) if adaptive and need[4] else None
-    logit_rows, g, probs = _rows(logits), g.contiguous(), probs.contiguous()  # alive during the call
+    # contiguous (a no-op for the engine's tensors), held alive during the call
+    logit_rows, g, probs = _rows(logits), g.contiguous(), probs.contiguous()
+    kappa, w, target, w_c = (None if t is None else t.contiguous() for t in (kappa, w, target, w_c))
     ptr = native.ptr
     kernels.layer_sums_backward(
         w.numel(), probs.shape[-1], ptr(g), ptr(probs), ptr(logit_rows),

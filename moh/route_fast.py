@@ -241,9 +241,11 @@ class _QKVAndRouter(torch.autograd.Function):
     The forward pass is that one F.linear (the same values as before, bit for bit). Autograd
     through cat + linear + two slices built two zero-filled (B, T, 3C + K) gradients, added
     them, and left each weight's gradient as a strided slice of a transposed matrix that
-    AccumulateGrad then copied; here the two upstream gradients are joined once and every
-    parameter gets a contiguous row block of one `g^T x` (docs/benchmarks.md).
-    params: (W_qkv, b_qkv, W_1, b_1, ...), a bias may be None (a zero column block).
+    AccumulateGrad then copied; here the qkv block and the router block are differentiated
+    apart (`g^T x` each, the router's split into contiguous row blocks per parameter) and their
+    input gradients summed in one addmm (docs/benchmarks.md).
+    params: (W_qkv, b_qkv, W_1, b_1, ...), W_qkv with n_qkv rows; a bias may be None (a zero
+    column block).
     """
 
     @staticmethod

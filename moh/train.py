@@ -438,5 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if res.status == schema.STATUS_COMPLETED else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun's workers (`moh train --nproc N`) start here
+    code = main()  # an exception takes the normal way out, with its traceback
+    # By now train() has closed the log, written its files atomically and destroyed the process
+    # group. The interpreter's own teardown adds nothing but a hazard: freeing objects that gloo's
+    # worker threads still reference once aborted a rank that had completed its run (SIGABRT,
+    # "terminate called without an active exception", CI 2026-11-30 under load), failing the job.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -10,8 +10,9 @@
    cumulative sum is a double sum rounded once, as aten's CPU cumsum. exp is libm's expf, not
    aten's vectorised one, so the softmax, the sigmoids, logsumexp and everything downstream of
    them agree with torch to a few ulps; the token sums are accumulated in double. The hard
-   selection is therefore the torch path's, and the LM loss with it; aux terms and gradients
-   agree to float32 rounding (tests/moh/test_native.py, and the route / loss tests run on both).
+   selection, and the LM loss with it, is therefore the torch path's unless a cumulative
+   probability falls within those ulps of its threshold; aux terms and gradients agree to
+   float32 rounding (tests/moh/test_native.py, and the route / loss tests run on both).
 
    Conventions: float32 arrays, row-major, contiguous unless a row stride is passed; `n` tokens,
    `H` heads (at most MAX_HEADS). Compiled with -ffp-contract=off: no fused multiply-add, so

@@ -40,12 +40,7 @@ def rank_quantiles(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     if n < 2:
         return torch.full_like(x, 0.5, dtype=torch.float32)
-    kernels = native.for_tensors(x) if x.dim() == 1 else None
-    if kernels is not None:  # the same bits, sort included (~60 -> ~10 us)
-        x, order, ranks, q = x.contiguous(), torch.empty(2, n, dtype=torch.int64), torch.empty(n, dtype=torch.float64), torch.empty(n)
-        kernels.rank_quantiles(n, x.data_ptr(), order[0].data_ptr(), order[1].data_ptr(), ranks.data_ptr(), q.data_ptr())
-        return q
-    return (average_ranks(x) / (n - 1)).float()
+    return (average_ranks(x) / (n - 1)).float()  # the ranks in one C pass where moh/native.c runs
 
 
 def budget_target(u: torch.Tensor, k_min: float, target_heads: float, n_heads: int) -> torch.Tensor:

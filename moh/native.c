@@ -307,13 +307,6 @@ void average_ranks(int64_t rows, int64_t n, const float *x, int64_t *order, int6
     for (int64_t r = 0; r < rows; r++) average_ranks_row(n, x + r * n, order, tmp, ranks + r * n);
 }
 
-/* Rank quantiles of x (n >= 2): the average ranks divided by n - 1 in double and rounded to
-   float once, as moh/difficulty.py `rank_quantiles`. `ranks`: float64 scratch of n. */
-void rank_quantiles(int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks, float *q) {
-    average_ranks_row(n, x, order, tmp, ranks);
-    for (int64_t i = 0; i < n; i++) q[i] = (float)(ranks[i] / (double)(n - 1));
-}
-
 /* The adaptive router's logged predictor norm: (|w_c| + |w_t|) / 2 for its complexity and
    threshold weight vectors of C values each (AdaptiveRouter.forward; sums of squares in double). */
 void predictor_norm(int64_t C, const float *w_c, const float *w_t, float *out) {

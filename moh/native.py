@@ -35,7 +35,6 @@ SIGNATURES = {  # argument types, in the C declarations' order
     "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
     "layer_sums": [_I, _I, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "layer_sums_backward": [_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P],
-    "rank_quantiles": [_I, _P, _P, _P, _P, _P],
     "average_ranks": [_I, _I, _P, _P, _P, _P],
     "predictor_norm": [_I, _P, _P, _P],
     "scatter_selected": [_I, _P, _P, _P],

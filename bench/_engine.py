@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from moh.config import Config  # noqa: E402
 from moh.data import load_corpus, make_batches  # noqa: E402
-from moh.losses import aux_losses, weighted_total  # noqa: E402
+from moh.losses import aux_objective  # noqa: E402
 from moh.model import LM  # noqa: E402
 from moh.optim import clip_, grad_norms, make_optimizer, named_groups  # noqa: E402
 from moh.tokenizer import Tokenizer  # noqa: E402
@@ -113,8 +113,7 @@ class Trainer:
         _, loss_sum, routings = self.model(idx, targets)
         n_tok = (targets != -100).sum()
         lm_loss = loss_sum / n_tok
-        aux = aux_losses(routings, valid, cfg)
-        aux_total = weighted_total(aux, cfg)
+        aux, aux_total = aux_objective(routings, valid, cfg)
         loss = lm_loss if aux_total is None else lm_loss + aux_total
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

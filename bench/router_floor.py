@@ -7,7 +7,7 @@ interleaved dense / adaptive measurement as bench_router.py (wall ms per full tr
 paired medians), repeated with parts of the adaptive step replaced by nothing:
 
 1. `full`: the engine as it is;
-2. `no aux`: aux_losses returns no term (no sums, no terms, nothing in the backward pass);
+2. `no aux`: aux_objective returns no term (no sums, no terms, nothing in the backward pass);
 3. `... no difficulty ranks`: also no rank quantiles of the entropy (the complexity target's);
 4. `... null router`: also AdaptiveRouter.forward returns all heads with gates 1 that still
    depend on the projections (so the fused qkv + router matmul, the gate multiply and their
@@ -37,7 +37,7 @@ from moh.data import load_corpus  # noqa: E402
 
 
 def _no_aux(routings, valid, cfg, *args, **kwargs):
-    return {t: None for t in losses.TERMS}
+    return {t: None for t in losses.TERMS}, None
 
 
 def _no_ranks(signal, has_target):
@@ -50,7 +50,7 @@ def _null_router(self, x, proj=None):
     return routing.Routing(hard=torch.ones(B, T, self.n_heads, dtype=torch.bool), gates=gates)
 
 
-STAGES = [("full", None), ("no aux", (_engine, "aux_losses", _no_aux)),
+STAGES = [("full", None), ("no aux", (_engine, "aux_objective", _no_aux)),
           ("no aux, no difficulty ranks", (model, "quantiles_at", _no_ranks)),
           ("no aux, no ranks, null router", (routing.AdaptiveRouter, "forward", _null_router))]
 

@@ -60,16 +60,23 @@ def budget_span(k_min: float, target_heads: float) -> float:
 def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
     """(B, T) rank quantile of `signal` (N,), the raw difficulty of the positions of has_target
     (B, T) in row-major order (LM.forward has it from moh/token_loss.py), NaN elsewhere."""
-    q = job_rank_quantiles(signal.detach().float())
-    kernels = native.for_tensors(q)
-    if kernels is not None:  # the same values, one pass instead of a fill and a masked copy
-        has, q = has_target.contiguous(), q.contiguous()
+    s = signal.detach().float()
+    kernels = native.for_tensors(s) if not _data_parallel() else None
+    if kernels is not None:  # rank_quantiles and the masked copy in one C pass (the same bits)
+        has, s = has_target.contiguous(), s.contiguous()
+        n = s.shape[0]
         out = torch.empty(has.shape)
-        kernels.scatter_selected(has.numel(), has.data_ptr(), q.data_ptr(), out.data_ptr())
+        scratch = torch.empty(3, n, dtype=torch.int64)  # the ranks' sort buffers and the ranks (float64)
+        kernels.rank_quantiles_at(has.numel(), has.data_ptr(), n, s.data_ptr(), scratch[0].data_ptr(),
+                                  scratch[1].data_ptr(), scratch[2].data_ptr(), out.data_ptr())
         return out
     out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=signal.device)
-    out[has_target] = q
+    out[has_target] = job_rank_quantiles(s)
     return out
+
+
+def _data_parallel() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def job_rank_quantiles(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +84,7 @@ def job_rank_quantiles(x: torch.Tensor) -> torch.Tensor:
     gathered (with the rank that owns each) and ranked together, so a 2-rank run trains toward
     the 1-rank run's targets; the identity of rank_quantiles in one process. A collective: every
     rank must call it on every training step (LM.forward does, in training mode only)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _data_parallel():
         return rank_quantiles(x)
     me = float(dist.get_rank())
     table = gather_columns(torch.stack([x.float(), torch.full_like(x, me, dtype=torch.float32)]))

@@ -48,7 +48,19 @@ def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
                reference: bool = False) -> dict[str, torch.Tensor | None]:
-    """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None.
+    """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None
+    (`aux_objective` without the weighted total)."""
+    return aux_objective(routings, valid, cfg, reduce, reference=reference)[0]
+
+
+def aux_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                  reference: bool = False) -> tuple[dict[str, torch.Tensor | None], torch.Tensor | None]:
+    """(raw aux terms, their weighted total): what a training step logs and what it adds to
+    the LM loss. Each term is a 0-d tensor averaged over layers, or None; the total is
+    `weighted_total(terms, cfg)` (None when no term applies), made by the same node as the
+    terms (one node instead of a product per term, a stack and a sum, ~0.15 ms a step with
+    their backward on CPU).
 
     Every term is a function of token SUMS (per-head f_i and P_i sums, z, complexity and
     head-count sums, the real-token count). `reduce` maps the flat vector of those sums to the
@@ -62,6 +74,8 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     tests/moh/test_losses_fast.py): a few fused steps per layer instead of ~100 tiny autograd
     nodes, whose dispatch cost more than the rest of the router (docs/benchmarks.md).
     """
+    if all(r.probs is None for r in routings):  # nothing is routed: no term applies (and no
+        return {t: None for t in TERMS}, None  # collective: every rank has the same layers)
     w = valid.float()  # (B, T)
     parts: list[torch.Tensor] = [w.sum().view(1)]
     layout: list[_Layer] = []
@@ -87,10 +101,15 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     flat = torch.cat(parts)
     if reduce is not None:
         flat = reduce(flat)
-    spec = (tuple(layout), float(cfg.target_heads))
-    terms = _terms(flat, *spec) if reference else _Terms.apply(flat, spec)
-    named = iter(terms)
-    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}
+    layout = tuple(layout)
+    if reference:
+        named = iter(_terms(flat, layout, float(cfg.target_heads)))
+        terms = {t: (next(named) if _applies(t, layout) else None) for t in TERMS}
+        return terms, weighted_total(terms, cfg)
+    weights = tuple(float(getattr(cfg, WEIGHT_KEYS[t])) for t in _layers_per_term(layout))
+    total, *named_terms = _Terms.apply(flat, (layout, float(cfg.target_heads), weights))
+    named = iter(named_terms)
+    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}, total
 
 
 class _Layer(NamedTuple):
@@ -278,30 +297,42 @@ def _native_sums_backward(kernels, g, need, probs, logits, lse, kappa, w, target
 
 
 class _Terms(torch.autograd.Function):
-    """`_terms` as one autograd node. With the CPU kernels on (moh/native.py) it runs
-    `_terms_floats` and `_terms_backward_floats`, the same formulas on Python floats; else
-    (CUDA: no host copy per step; or the torch fallback, which keeps the reference's bits) the
-    torch operations, with the chain rule by hand. Only the probability, z,
+    """`_terms` and their weighted total as one autograd node: flat sums -> (total, *terms),
+    spec = (layout, target_heads, the weight of each term that applies). With the CPU kernels
+    on (moh/native.py) it runs `_terms_floats` and `_terms_backward_floats`, the same formulas
+    on Python floats (the total summed in double); else (CUDA: no host copy per step; or the
+    torch fallback, which keeps the reference's bits) the torch operations of `_terms` and
+    `weighted_total`, with the chain rule by hand. Only the probability, z,
     complexity, head-count and entropy sums carry a gradient: n, the f numerators and the
     complexity token count are counts of the hard and valid masks (their slots get 0)."""
 
     @staticmethod
     def forward(ctx, flat, spec):  # type: ignore[override]
+        layout, target_heads, weights = spec
         ctx.save_for_backward(flat)
         ctx.spec = spec
+        ctx.set_materialize_grads(False)  # the terms are usually logged only: no zero gradients
         ctx.floats = native.for_tensors(flat) is not None
-        if ctx.floats:  # one tensor for all terms; the outputs are its elements
-            terms = _terms_floats(flat.tolist(), *spec)
-            return torch.tensor(terms, dtype=flat.dtype).unbind(0) if terms else ()
-        return tuple(_terms(flat, *spec))
+        if ctx.floats:  # one tensor for the total and the terms; the outputs are its elements
+            terms = _terms_floats(flat.tolist(), layout, target_heads)
+            total = sum(wt * t for wt, t in zip(weights, terms))
+            return torch.tensor([total, *terms], dtype=flat.dtype).unbind(0)
+        terms = _terms(flat, layout, target_heads)
+        weights_ = scalars(weights, flat.dtype, flat.device)  # weighted_total's products, same bits
+        return (torch.stack([wt * t for wt, t in zip(weights_, terms)]).sum(), *terms)
 
     @staticmethod
-    def backward(ctx, *g_terms):  # type: ignore[override]
+    def backward(ctx, g_total, *g_terms):  # type: ignore[override]
         (flat,) = ctx.saved_tensors
-        layout, target_heads = ctx.spec
-        if ctx.floats:
-            g = torch.stack(g_terms).tolist()
+        layout, target_heads, weights = ctx.spec
+        if ctx.floats:  # each term's gradient: its own plus its weight times the total's
+            gt = 0.0 if g_total is None else float(g_total)
+            g = [(0.0 if x is None else float(x)) + wt * gt for x, wt in zip(g_terms, weights)]
             return torch.tensor(_terms_backward_floats(flat.tolist(), g, layout, target_heads), dtype=flat.dtype), None
+        weights_ = scalars(weights, flat.dtype, flat.device)
+        g_terms = tuple(
+            (flat.new_zeros(()) if g is None else g) + (0 if g_total is None else wt * g_total)
+            for g, wt in zip(g_terms, weights_))
         layers = _layers_per_term(layout)
         gl = dict(zip(layers, (g / k for g, k in zip(g_terms, scalars(tuple(layers.values()), flat.dtype, flat.device)))))
         n = flat[0].clamp_min(1.0)

@@ -25,22 +25,41 @@
 #define MAX_HEADS 256
 
 /* The heads of one token in descending probability, ties in head order (torch's stable
-   descending sort): insertion sort, moving an element left only past strictly smaller ones
-   (a NaN compares false, so it stays where it is and `order` stays a permutation). */
-static void sort_desc(const float *p, int64_t H, int64_t *order) {
-    for (int64_t i = 0; i < H; i++) {
-        int64_t j = i;
-        while (j > 0 && p[order[j - 1]] < p[i]) {
-            order[j] = order[j - 1];
-            j--;
+   descending sort). Each pair is compared once and the later head goes first only when it is
+   strictly larger, so a head's rank counts the heads before it: no branch on the data (at 8
+   heads ~40 ns a token against ~90 ns for an insertion sort, whose branches on random
+   probabilities are mispredicted). That count is a permutation only for a total order; a row
+   with a NaN takes the insertion sort, which moves an element left only past strictly smaller
+   ones (a NaN compares false, so it stays where it is and `order` stays a permutation). */
+static void sort_desc(const float *p, int64_t H, uint8_t *order) {
+    int nan = 0;
+    for (int64_t h = 0; h < H; h++) nan |= p[h] != p[h];
+    if (nan) {
+        for (int64_t i = 0; i < H; i++) {
+            int64_t j = i;
+            while (j > 0 && p[order[j - 1]] < p[i]) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = (uint8_t)i;
         }
-        order[j] = i;
+        return;
     }
+    int32_t rank[MAX_HEADS];
+    for (int64_t h = 0; h < H; h++) rank[h] = 0;
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t k = h + 1; k < H; k++) {
+            int32_t k_first = p[k] > p[h];
+            rank[h] += k_first;
+            rank[k] += 1 - k_first;
+        }
+    }
+    for (int64_t h = 0; h < H; h++) order[rank[h]] = (uint8_t)h;
 }
 
 /* Exclusive cumulative probability in sorted order: cum[0] = 0 exactly, cum[j] the float32
    rounding of the double sum of the j largest (aten's CPU cumsum accumulates float in double). */
-static void exclusive_cumsum(const float *p, const int64_t *order, int64_t H, float *cum) {
+static void exclusive_cumsum(const float *p, const uint8_t *order, int64_t H, float *cum) {
     double acc = 0.0;
     cum[0] = 0.0f;
     for (int64_t j = 1; j < H; j++) {
@@ -68,9 +87,9 @@ static void softmax_row(const float *x, int64_t H, float *p) {
 
 /* One token's selection: heads in descending probability while the exclusive cumulative
    probability is < tau and the rank is < kappa, the first always (moh/routing.py
-   `select_heads`). Writes the 0/1 mask in head order as bytes and as floats; returns the count. */
-static float select_row(const float *p, float ti, float ki, int64_t H, uint8_t *hr, float *gr) {
-    int64_t order[MAX_HEADS];
+   `select_heads`). Writes the sort order (head of each rank), the 0/1 mask in head order as
+   bytes and as floats; returns the count. */
+static float select_row(const float *p, float ti, float ki, int64_t H, uint8_t *order, uint8_t *hr, float *gr) {
     float cum[MAX_HEADS];
     sort_desc(p, H, order);
     exclusive_cumsum(p, order, H, cum);
@@ -84,16 +103,30 @@ static float select_row(const float *p, float ti, float ki, int64_t H, uint8_t *
     return cnt;
 }
 
+/* The logged predictor norm of the adaptive router: (|w_c| + |w_t|) / 2 for its complexity and
+   threshold weight vectors of C values each (sums of squares in double). */
+static float predictor_norm(int64_t C, const float *w_c, const float *w_t) {
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < C; i++) {
+        a += (double)w_c[i] * (double)w_c[i];
+        b += (double)w_t[i] * (double)w_t[i];
+    }
+    return 0.5f * ((float)sqrt(a) + (float)sqrt(b));
+}
+
 /* AdaptiveRouter.route_reference: the projections -> the routing of each token.
    in:  proj: rows of H + 2 values `row_stride` floats apart: H router logits, the complexity
-        logit, the threshold logit.
+        logit, the threshold logit; w_c, w_t: the complexity and threshold weight vectors (C).
    out: probs (n, H); c, kappa, tau, s_t (n) (s_t: the threshold's sigmoid, for the backward
-        pass); tau_kept (n): 1 where the clamp left tau as it was; hard (n, H) 0/1 bytes; gates
-        (n, H) the same as float; count (n). */
+        pass); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
+        each rank, for the backward pass; hard (n, H) 0/1 bytes; gates (n, H) the same as
+        float; count (n); pred_norm: the logged predictor norm (one call instead of two). */
 void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, float k_min,
                    float span_k, float tau_min, float span_t, float tau_lo, float tau_hi,
+                   int64_t C, const float *w_c, const float *w_t,
                    float *probs, float *c, float *kappa, float *tau, float *s_t,
-                   uint8_t *tau_kept, uint8_t *hard, float *gates, float *count) {
+                   uint8_t *tau_kept, uint8_t *order, uint8_t *hard, float *gates, float *count,
+                   float *pred_norm) {
     for (int64_t i = 0; i < n; i++) {
         const float *row = proj + i * row_stride;
         float *p = probs + i * H;
@@ -107,8 +140,9 @@ void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, 
         kappa[i] = ki;
         tau[i] = ti;
         tau_kept[i] = (uint8_t)(tf == ti);
-        count[i] = select_row(p, ti, ki, H, hard + i * H, gates + i * H);
+        count[i] = select_row(p, ti, ki, H, order + i * H, hard + i * H, gates + i * H);
     }
+    *pred_norm = predictor_norm(C, w_c, w_t);
 }
 
 /* The hard top-p-with-budget mask alone, for probabilities, thresholds and budgets given
@@ -116,7 +150,8 @@ void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, 
 void select_heads(int64_t n, int64_t H, const float *probs, const float *tau, const float *kappa,
                   uint8_t *hard) {
     float gates[MAX_HEADS];
-    for (int64_t i = 0; i < n; i++) select_row(probs + i * H, tau[i], kappa[i], H, hard + i * H, gates);
+    uint8_t order[MAX_HEADS];
+    for (int64_t i = 0; i < n; i++) select_row(probs + i * H, tau[i], kappa[i], H, order, hard + i * H, gates);
 }
 
 /* The backward pass of route_forward's node (moh/route_fast.py `_AdaptiveRoute`): upstream
@@ -127,12 +162,11 @@ void select_heads(int64_t n, int64_t H, const float *probs, const float *tau, co
    j gives d s_j / d tau = dz1_j, d s_j / d kappa = dz2_j and, through C_j = sum_{i<j} p_(i),
    d/d p_(i) = -sum_{j>i} dz1_j. */
 void route_backward(int64_t n, int64_t H, const float *probs, const float *c, const float *s_t,
-                    const float *kappa,
-                    const float *tau, const uint8_t *tau_kept, const float *g_gates,
+                    const float *kappa, const float *tau, const uint8_t *tau_kept,
+                    const uint8_t *orders, const float *g_gates,
                     const float *g_probs, const float *g_c, const float *g_kappa, const float *g_tau,
                     const float *g_count, int straight_through, float t1, float t2, float span_k,
                     float span_t, float *g_out) {
-    int64_t order[MAX_HEADS];
     float cum[MAX_HEADS], gp[MAX_HEADS], dz1[MAX_HEADS];
     int surrogate = straight_through && (g_gates || g_count);
     for (int64_t i = 0; i < n; i++) {
@@ -141,8 +175,8 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
         for (int64_t h = 0; h < H; h++) gp[h] = g_probs ? g_probs[i * H + h] : 0.0f;
         float gk = g_kappa ? g_kappa[i] : 0.0f;
         float gt = g_tau ? g_tau[i] : 0.0f;
-        if (surrogate) {
-            sort_desc(p, H, order);
+        if (surrogate) { /* the forward pass's sort order, and its cumulative sums again */
+            const uint8_t *order = orders + i * H;
             exclusive_cumsum(p, order, H, cum);
             float tail = 0.0f, sum1 = 0.0f, sum2 = 0.0f;
             for (int64_t j = 0; j < H; j++) {
@@ -307,22 +341,23 @@ void average_ranks(int64_t rows, int64_t n, const float *x, int64_t *order, int6
     for (int64_t r = 0; r < rows; r++) average_ranks_row(n, x + r * n, order, tmp, ranks + r * n);
 }
 
-/* The adaptive router's logged predictor norm: (|w_c| + |w_t|) / 2 for its complexity and
-   threshold weight vectors of C values each (AdaptiveRouter.forward; sums of squares in double). */
-void predictor_norm(int64_t C, const float *w_c, const float *w_t, float *out) {
-    double a = 0.0, b = 0.0;
-    for (int64_t i = 0; i < C; i++) {
-        a += (double)w_c[i] * (double)w_c[i];
-        b += (double)w_t[i] * (double)w_t[i];
-    }
-    *out = 0.5f * ((float)sqrt(a) + (float)sqrt(b));
-}
-
-/* Row-major scatter of one value per selected position: grid[i] = the next of q where has[i],
-   NaN elsewhere (moh/difficulty.py `quantiles_at`: `out[has] = q` on a NaN grid). */
-void scatter_selected(int64_t n_all, const uint8_t *has, const float *q, float *grid) {
+/* The complexity target's rank quantiles in one pass (moh/difficulty.py `quantiles_at`):
+   the average ranks of the n values of `signal` (the difficulty of the selected positions, in
+   row-major order) divided by n - 1 (a single value: 0.5), as float32, written at the
+   positions where has (n_all bytes) is 1, NaN elsewhere. `order`, `tmp`: int64 scratch of n
+   each; `ranks`: float64 scratch of n. The same bits as rank_quantiles + the masked copy. */
+void rank_quantiles_at(int64_t n_all, const uint8_t *has, int64_t n, const float *signal, int64_t *order,
+                       int64_t *tmp, double *ranks, float *grid) {
+    if (n > 1) average_ranks_row(n, signal, order, tmp, ranks);
     int64_t k = 0;
-    for (int64_t i = 0; i < n_all; i++) grid[i] = has[i] ? q[k++] : NAN;
+    for (int64_t i = 0; i < n_all; i++) {
+        if (!has[i] || k == n) { /* k == n: more positions than values (a caller's error) */
+            grid[i] = NAN;
+            continue;
+        }
+        grid[i] = n > 1 ? (float)(ranks[k] / (double)(n - 1)) : 0.5f;
+        k++;
+    }
 }
 
 /* The complexity predictor's difficulty target (moh/losses.py `_complexity_target`): for a

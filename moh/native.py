@@ -30,14 +30,13 @@ FLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {  # argument types, in the C declarations' order
-    "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+    "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "select_heads": [_I, _I, _P, _P, _P, _P],
-    "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
+    "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
     "layer_sums": [_I, _I, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "layer_sums_backward": [_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P],
     "average_ranks": [_I, _I, _P, _P, _P, _P],
-    "predictor_norm": [_I, _P, _P, _P],
-    "scatter_selected": [_I, _P, _P, _P],
+    "rank_quantiles_at": [_I, _P, _I, _P, _P, _P, _P, _P],
     "budget_targets": [_I, _P, _P, _F, _F, _F, _P, _P],
 }
 

@@ -100,7 +100,8 @@ def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch
 
 class _AdaptiveRoute(torch.autograd.Function):
     """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
-    (gates, hard, probs, c, kappa, tau, count).
+    (gates, hard, probs, c, kappa, tau, count), and the router's logged predictor norm (no
+    gradient; here because the C kernel computes it in the same call).
 
     The forward pass runs the reference's operations on the same tensors in the same order
     (equal values, bit for bit); the backward pass is the chain rule through softmax, the two
@@ -131,14 +132,15 @@ class _AdaptiveRoute(torch.autograd.Function):
         ctx.save_for_backward(probs, c, s_t, tau_free, tau, order, a, b)
         ctx.router, ctx.span_k, ctx.span_t = router, span_k, span_t
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero tensors
+        pred_norm = router.predictor_norm()
         if router.straight_through:
-            ctx.mark_non_differentiable(hard)
+            ctx.mark_non_differentiable(hard, pred_norm)
         else:  # pitfall 1 on purpose: no gradient path from the gates (nor their count)
-            ctx.mark_non_differentiable(hard, gates, count)
-        return gates, hard, probs, c, kappa, tau, count
+            ctx.mark_non_differentiable(hard, gates, count, pred_norm)
+        return gates, hard, probs, c, kappa, tau, count, pred_norm
 
     @staticmethod
-    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count):  # type: ignore[override]
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm):  # type: ignore[override]
         if ctx.kernels is not None:
             return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count), None
         probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
@@ -168,26 +170,32 @@ class _AdaptiveRoute(torch.autograd.Function):
 
 
 def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:
-    """_AdaptiveRoute.forward in one pass of moh/native.c. Outputs of one shape share a buffer:
-    each allocation and each view is a few microseconds, as much as the kernel's work."""
+    """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too). Outputs of
+    one dtype share a buffer: each allocation and each view is a few microseconds, as much as
+    the kernel's work."""
     H = router.n_heads
     rows = _rows(out)
     lead, n = out.shape[:-1], rows.shape[0]
-    probs, gates = torch.empty(2, *lead, H).unbind(0)
-    c, kappa, tau, count, s_t = torch.empty(5, *lead).unbind(0)
-    hard, tau_kept = torch.empty(*lead, H, dtype=torch.bool), torch.empty(lead, dtype=torch.bool)
+    floats = torch.empty(2 * n * H + 5 * n + 1)
+    probs, gates = floats[: 2 * n * H].view(2, *lead, H).unbind(0)
+    c, kappa, tau, count, s_t = floats[2 * n * H : -1].view(5, *lead).unbind(0)
+    pred_norm = floats[-1]
+    hard, order = torch.empty(2, *lead, H, dtype=torch.uint8).unbind(0)
+    hard, tau_kept = hard.view(torch.bool), torch.empty(lead, dtype=torch.bool)
+    w_c, w_t = router.complexity.weight.detach().contiguous(), router.threshold.weight.detach().contiguous()
     ptr = native.ptr
     kernels.route_forward(n, H, ptr(rows), rows.stride(0), router.k_min, H - router.k_min, router.tau_min,
-                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, ptr(probs), ptr(c),
-                          ptr(kappa), ptr(tau), ptr(s_t), ptr(tau_kept), ptr(hard), ptr(gates), ptr(count))
-    ctx.save_for_backward(probs, c, s_t, kappa, tau, tau_kept)
+                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(), ptr(w_c),
+                          ptr(w_t), ptr(probs), ptr(c), ptr(kappa), ptr(tau), ptr(s_t), ptr(tau_kept), ptr(order),
+                          ptr(hard), ptr(gates), ptr(count), ptr(pred_norm))
+    ctx.save_for_backward(probs, c, s_t, kappa, tau, tau_kept, order)
     ctx.router = router
     ctx.set_materialize_grads(False)
     if router.straight_through:
-        ctx.mark_non_differentiable(hard)
+        ctx.mark_non_differentiable(hard, pred_norm)
     else:
-        ctx.mark_non_differentiable(hard, gates, count)
-    return gates, hard, probs, c, kappa, tau, count
+        ctx.mark_non_differentiable(hard, gates, count, pred_norm)
+    return gates, hard, probs, c, kappa, tau, count, pred_norm
 
 
 def native_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
@@ -215,7 +223,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> torch.Tensor:
-    probs, c, s_t, kappa, tau, tau_kept = ctx.saved_tensors
+    probs, c, s_t, kappa, tau, tau_kept, order = ctx.saved_tensors
     rt = ctx.router
     H = probs.shape[-1]
     g_out = torch.empty(*probs.shape[:-1], H + 2)
@@ -223,7 +231,8 @@ def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> tor
     upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count)]
     ptr = native.ptr
     ctx.kernels.route_backward(
-        probs.numel() // H, H, ptr(probs), ptr(c), ptr(s_t), ptr(kappa), ptr(tau), ptr(tau_kept), *map(ptr, upstream),
+        probs.numel() // H, H, ptr(probs), ptr(c), ptr(s_t), ptr(kappa), ptr(tau), ptr(tau_kept), ptr(order),
+        *map(ptr, upstream),
         int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, ptr(g_out))
     return g_out
 

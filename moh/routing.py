@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import native
 from .config import Config
 from .route_fast import _AdaptiveRoute, row_softmax
 
@@ -149,23 +148,16 @@ class AdaptiveRouter(nn.Module):
         if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
             proj = fused_linear(x.float(), *self.proj_params())
         # one autograd node for the whole head selection (route_reference is its definition)
-        gates, hard, probs, c, kappa, tau, count = _AdaptiveRoute.apply(proj, self)
-        pred_norm = self._predictor_norm()
+        gates, hard, probs, c, kappa, tau, count, pred_norm = _AdaptiveRoute.apply(proj, self)
         return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=proj[..., :H],
                        count=count, tau=tau, complexity=c, kappa=kappa,
                        balance_heads=slice(0, H), pred_norm=pred_norm)
 
-    def _predictor_norm(self) -> torch.Tensor:
+    def predictor_norm(self) -> torch.Tensor:
         """The logged mean L2 norm of the complexity and threshold weight vectors, no graph
-        (four tensor operations, or one call of moh/native.c: ~0.07 ms of a step at 2 layers)."""
-        w_c, w_t = self.complexity.weight, self.threshold.weight
-        kernels = native.for_tensors(w_c, w_t)
-        if kernels is not None and w_c.is_contiguous() and w_t.is_contiguous():
-            out = torch.empty(())
-            kernels.predictor_norm(w_c.numel(), w_c.data_ptr(), w_t.data_ptr(), out.data_ptr())
-            return out
+        (where moh/native.c runs, `_AdaptiveRoute`'s kernel computes it in its own pass)."""
         with torch.no_grad():
-            return 0.5 * (w_c.norm() + w_t.norm())
+            return 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
 
     def route_reference(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The adaptive routing of the projections `out` (B, T, H + 2) in plain autograd ops:

@@ -31,7 +31,7 @@ from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
 from .evaluate import exact_match, held_prompts, mean_loss
-from .losses import TERMS, WEIGHT_KEYS, aux_losses, weighted_total
+from .losses import TERMS, WEIGHT_KEYS, aux_objective
 from .model import IGNORE_INDEX, LM
 from .monitor import Recorder
 from .optim import AdamW, clip_, grad_group, lr_at, make_optimizer, set_lr
@@ -322,8 +322,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             if reduce is not None:  # the job's token-loss sum and target count (all ranks)
                 loss_sum, n_tok = reduce(torch.stack([loss_sum, n_tok.to(loss_sum.dtype)])).unbind()
             lm_loss = loss_sum / n_tok
-            aux = aux_losses(routings, valid, cfg, reduce=reduce)
-            aux_total = weighted_total(aux, cfg)
+            aux, aux_total = aux_objective(routings, valid, cfg, reduce=reduce)
             loss = lm_loss if aux_total is None else lm_loss + aux_total
             if step == cfg.inject_nonfinite_at_step:  # fault testing (config.py): a NaN loss and NaN grads
                 loss = loss * float("nan")

@@ -1,4 +1,4 @@
-"""aux_losses' hand-written nodes (_LayerSums, _Terms) against plain autograd through the same
+"""aux_objective's hand-written nodes (_LayerSums, _Terms) against plain autograd through the same
 forward code (`reference=True`): the same values bit for bit on the torch path (up to the
 rounding of double sums on moh/native.c's), gradients equal up to rounding."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moh.config import Config
-from moh.losses import aux_losses, weighted_total
+from moh.losses import aux_losses, aux_objective, weighted_total
 from moh.model import LM
 from tests.moh.native_switch import both_kernels, native_on  # noqa: F401 (fixture)
 
@@ -125,3 +125,38 @@ def test_weighted_total_is_unchanged_by_the_nodes():
     b = weighted_total(aux_losses(routings, idx != 0, cfg), cfg)
     _same_value(b, a, "weighted total")
 
+
+
+def _run_objective(cfg: Config, reference: bool):
+    """aux_objective's total and every parameter gradient of lm loss + total + 0.7 z: the
+    node's total and a term used directly both send their gradient back."""
+    torch.manual_seed(0)
+    model = LM(cfg, VOCAB)
+    model.train()
+    idx, targets = _batch(3)
+    _, loss_sum, routings = model(idx, targets)
+    aux, total = aux_objective(routings, idx != 0, cfg, reference=reference)
+    loss = loss_sum / (targets != -100).sum()
+    if total is not None:
+        loss = loss + total + 0.7 * aux["z"]
+    loss.backward()
+    return aux, total, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_the_objective_total_is_the_weighted_sum_of_its_terms(kw):
+    cfg = Config(n_layers=2, n_heads=4, d_model=32, d_ff=64, **{"entropy_weight": 0.3, **kw})
+    aux_ref, total_ref, g_ref = _run_objective(cfg, reference=True)
+    aux_new, total_new, g_new = _run_objective(cfg, reference=False)
+    if kw["router"] == "dense":
+        assert total_ref is None and total_new is None and all(v is None for v in aux_new.values())
+        return
+    assert total_ref.item() == pytest.approx(sum(getattr(cfg, k) * aux_ref[t].item() for t, k in
+                                                 (("load_balance", "lb_weight"), ("z", "z_weight"),
+                                                  ("complexity", "complexity_weight"), ("budget", "budget_weight"),
+                                                  ("entropy", "entropy_weight")) if aux_ref[t] is not None), rel=1e-6)
+    _same_value(total_new, weighted_total(aux_new, cfg), "total against its own terms")
+    _same_value(total_new, total_ref, "total")
+    assert g_ref.keys() == g_new.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_new[name], g_ref[name], rtol=1e-4, atol=1e-7, msg=name)

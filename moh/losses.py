@@ -24,6 +24,7 @@ keeps fewer heads. A term that does not apply is None, never 0.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Callable, NamedTuple
 
 import torch
@@ -31,7 +32,7 @@ import torch
 from . import native, schema
 from .config import Config
 from .difficulty import budget_span, budget_target
-from .route_fast import _rows, scalars
+from .route_fast import _rows_of, scalars
 from .routing import Routing
 
 TERMS = schema.AUX_TERMS
@@ -68,14 +69,20 @@ def aux_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     (`distributed.sum_autograd`), so the batch-level statistics (f_i, P_i, mean count) are the
     global batch's and a 2-rank run computes the 1-rank run's terms. None = this process only.
 
-    The sums and the terms are computed by `_layer_sums` and `_terms` in both modes; `reference`
-    lets autograd differentiate them op by op, the default runs them inside the hand-written
-    nodes `_LayerSums` and `_Terms` (same values bit for bit, gradients equal up to rounding,
-    tests/moh/test_losses_fast.py): a few fused steps per layer instead of ~100 tiny autograd
-    nodes, whose dispatch cost more than the rest of the router (docs/benchmarks.md).
+    `_layer_sums` and `_terms` define the sums and the terms; `reference` lets autograd
+    differentiate them op by op. The default runs the same formulas in hand-written nodes
+    (gradients equal up to rounding, tests/moh/test_losses_fast.py): on CPU with moh/native.c,
+    one node `_NativeAux` for every layer's sums, the terms and the total (four C calls a step,
+    none per layer: at this model's size each tensor operation or autograd node costs more
+    than the arithmetic, docs/benchmarks.md); else (CUDA, no compiler) `_LayerSums` per layer
+    and `_Terms`, with the reference's operations (the same values bit for bit).
     """
     if all(r.probs is None for r in routings):  # nothing is routed: no term applies (and no
         return {t: None for t in TERMS}, None  # collective: every rank has the same layers)
+    if not reference:
+        native_objective = _native_objective(routings, valid, cfg, reduce)
+        if native_objective is not None:
+            return native_objective
     w = valid.float()  # (B, T)
     parts: list[torch.Tensor] = [w.sum().view(1)]
     layout: list[_Layer] = []
@@ -118,6 +125,7 @@ class _Layer(NamedTuple):
     H: int  # all heads
     adaptive: bool  # complexity, budget and entropy sums follow the z sum
     per_k: bool  # load balance divided by the mean head count (Switch form)
+    b0: int = 0  # the first balanced head (moh/native.c reads the hard mask from there)
 
 
 _ADAPTIVE_TERMS = ("complexity", "budget", "entropy")
@@ -169,70 +177,19 @@ def _terms(flat: torch.Tensor, layout: tuple[_Layer, ...], target_heads: float) 
     return [torch.stack(v).mean() for v in per_term.values() if v]
 
 
-def _terms_floats(flat: list[float], layout: tuple[_Layer, ...], target_heads: float) -> list[float]:
-    """`_terms` on Python floats (double precision): what `_Terms` runs on CPU, where its ~40
-    operations on ~40 numbers cost ~0.1 ms as tensor operations and microseconds as floats."""
-    n = max(flat[0], 1.0)
-    per_term: dict[str, list[float]] = {t: [] for t in TERMS}
-    pos = 1
-    for lay in layout:
-        Hb, H = lay.Hb, lay.H
-        f = [v / n for v in flat[pos : pos + Hb]]
-        P = [v / n for v in flat[pos + Hb : pos + 2 * Hb]]
-        pos += 2 * Hb
-        balance = Hb * sum(fi * pi for fi, pi in zip(f, P))
-        per_term["load_balance"].append(balance / max(sum(f), 1e-6) if lay.per_k else balance)
-        per_term["z"].append(flat[pos] / n)
-        pos += 1
-        if lay.adaptive:
-            per_term["complexity"].append(flat[pos] / max(flat[pos + 3], 1.0) / H**2)
-            per_term["budget"].append(((flat[pos + 1] / n - target_heads) / H) ** 2)
-            per_term["entropy"].append(flat[pos + 2] / n)
-            pos += 4
-    return [sum(v) / len(v) for v in per_term.values() if v]
-
-
 def _layers_per_term(layout: tuple[_Layer, ...]) -> dict[str, int]:
     """The terms that apply and how many layers each is averaged over."""
     return {t: sum(1 for l in layout if l.adaptive or t not in _ADAPTIVE_TERMS)
             for t in TERMS if _applies(t, layout)}
 
 
-def _terms_backward_floats(flat: list[float], g_terms: list[float], layout: tuple[_Layer, ...],
-                           target_heads: float) -> list[float]:
-    """d (sum_t g_t term_t) / d flat for `_terms_floats`, by hand. Only the probability, z,
-    complexity, head-count and entropy sums carry a gradient: n, the f numerators and the
-    complexity token count are counts of the hard and valid masks (their slots get 0)."""
-    # through the mean over layers: each layer's value receives g / layers
-    gl = {t: g / k for (t, k), g in zip(_layers_per_term(layout).items(), g_terms)}
-    n = max(flat[0], 1.0)
-    grad = [0.0]
-    pos = 1
-    for lay in layout:
-        Hb, H = lay.Hb, lay.H
-        f = [v / n for v in flat[pos : pos + Hb]]
-        # balance = Hb sum_i f_i P_i (/ mean_k), P_i = sum_i / n: d/d sum_i = Hb f_i (/ mean_k) / n
-        scale = gl["load_balance"] * Hb / n / (max(sum(f), 1e-6) if lay.per_k else 1.0)
-        grad += [0.0] * Hb + [scale * fi for fi in f] + [gl["z"] / n]
-        if lay.adaptive:  # complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2
-            z = pos + 2 * Hb
-            grad += [gl["complexity"] / max(flat[z + 4], 1.0) / H**2,
-                     gl["budget"] * 2.0 * ((flat[z + 2] / n - target_heads) / H) / H / n,
-                     gl["entropy"] / n, 0.0]  # the last: the complexity token count
-        pos += 2 * Hb + (5 if lay.adaptive else 1)
-    return grad
-
-
 class _LayerSums(torch.autograd.Function):
-    """`_layer_sums` as one autograd node: the same forward values, the chain rule by hand."""
+    """`_layer_sums` as one autograd node (the torch path: CUDA, or no C compiler): the same
+    forward values, the chain rule by hand."""
 
     @staticmethod
     def forward(ctx, hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad):  # type: ignore[override]
-        ctx.kernels = native.for_tensors(probs, width=probs.shape[-1])
-        if ctx.kernels is not None:
-            out, lse = _native_sums(ctx.kernels, hard_b, probs, logits, kappa, count, w, target, w_c)
-        else:
-            out, lse = _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad)
+        out, lse = _layer_sums(hard_b, probs, logits, kappa, count, w, target, w_c, ent_grad)
         ctx.save_for_backward(probs, logits, lse, kappa, w, target, w_c)
         ctx.ent_grad = ent_grad
         return out
@@ -241,9 +198,6 @@ class _LayerSums(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         probs, logits, lse, kappa, w, target, w_c = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if ctx.kernels is not None:
-            return (None, *_native_sums_backward(ctx.kernels, g, need, probs, logits, lse, kappa, w, target,
-                                                 w_c, ctx.ent_grad), None, None, None, None)
         Hb = probs.shape[-1]
         two, minus_two = scalars((2.0, -2.0), g.dtype, g.device)
         g_probs = g_logits = g_kappa = g_count = None
@@ -264,47 +218,13 @@ class _LayerSums(torch.autograd.Function):
         return None, g_probs, g_logits, g_kappa, g_count, None, None, None, None
 
 
-def _native_sums(kernels, hard_b, probs, logits, kappa, count, w, target, w_c):
-    """`_layer_sums` in one pass of moh/native.c (sums in double, rounded once)."""
-    Hb = probs.shape[-1]
-    hard_rows, logit_rows = _rows(hard_b), _rows(logits)
-    probs, w = probs.contiguous(), w.contiguous()
-    lse = torch.empty(w.shape)
-    out = torch.empty(2 * Hb + (5 if kappa is not None else 1))
-    adaptive = [None if t is None else t.contiguous() for t in (kappa, count, target, w_c)]
-    ptr = native.ptr
-    kernels.layer_sums(w.numel(), Hb, ptr(hard_rows), hard_rows.stride(0), ptr(probs), ptr(logit_rows),
-                       logit_rows.stride(0), ptr(w), *(ptr(t) for t in adaptive), ptr(lse), ptr(out))
-    return out, lse
-
-
-def _native_sums_backward(kernels, g, need, probs, logits, lse, kappa, w, target, w_c, ent_grad):
-    """_LayerSums.backward in one pass: (d probs, d logits, d kappa, d count), None where not needed."""
-    adaptive = kappa is not None
-    g_probs = torch.empty(probs.shape) if need[1] else None
-    g_logits = torch.empty(logits.shape) if need[2] else None
-    g_kappa = torch.empty(kappa.shape) if adaptive and need[3] else None
-    g_count = torch.empty(kappa.shape) if adaptive and need[4] else None
-    # contiguous (a no-op for the engine's tensors), held alive during the call
-    logit_rows, g, probs = _rows(logits), g.contiguous(), probs.contiguous()
-    kappa, w, target, w_c = (None if t is None else t.contiguous() for t in (kappa, w, target, w_c))
-    ptr = native.ptr
-    kernels.layer_sums_backward(
-        w.numel(), probs.shape[-1], ptr(g), ptr(probs), ptr(logit_rows),
-        logit_rows.stride(0), ptr(lse), ptr(w), ptr(kappa), ptr(target), ptr(w_c), int(ent_grad),
-        ptr(g_probs), ptr(g_logits), ptr(g_kappa), ptr(g_count))
-    return g_probs, g_logits, g_kappa, g_count
-
-
 class _Terms(torch.autograd.Function):
-    """`_terms` and their weighted total as one autograd node: flat sums -> (total, *terms),
-    spec = (layout, target_heads, the weight of each term that applies). With the CPU kernels
-    on (moh/native.py) it runs `_terms_floats` and `_terms_backward_floats`, the same formulas
-    on Python floats (the total summed in double); else (CUDA: no host copy per step; or the
-    torch fallback, which keeps the reference's bits) the torch operations of `_terms` and
-    `weighted_total`, with the chain rule by hand. Only the probability, z,
-    complexity, head-count and entropy sums carry a gradient: n, the f numerators and the
-    complexity token count are counts of the hard and valid masks (their slots get 0)."""
+    """`_terms` and their weighted total as one autograd node (the torch path: CUDA, or no C
+    compiler): flat sums -> (total, *terms), spec = (layout, target_heads, the weight of each
+    term that applies); the operations of `_terms` and `weighted_total` (the same values bit for
+    bit), the chain rule by hand. Only the probability, z, complexity, head-count and entropy
+    sums carry a gradient: n, the f numerators and the complexity token count are counts of the
+    hard and valid masks (their slots get 0)."""
 
     @staticmethod
     def forward(ctx, flat, spec):  # type: ignore[override]
@@ -312,11 +232,6 @@ class _Terms(torch.autograd.Function):
         ctx.save_for_backward(flat)
         ctx.spec = spec
         ctx.set_materialize_grads(False)  # the terms are usually logged only: no zero gradients
-        ctx.floats = native.for_tensors(flat) is not None
-        if ctx.floats:  # one tensor for the total and the terms; the outputs are its elements
-            terms = _terms_floats(flat.tolist(), layout, target_heads)
-            total = sum(wt * t for wt, t in zip(weights, terms))
-            return torch.tensor([total, *terms], dtype=flat.dtype).unbind(0)
         terms = _terms(flat, layout, target_heads)
         weights_ = scalars(weights, flat.dtype, flat.device)  # weighted_total's products, same bits
         return (torch.stack([wt * t for wt, t in zip(weights_, terms)]).sum(), *terms)
@@ -325,12 +240,8 @@ class _Terms(torch.autograd.Function):
     def backward(ctx, g_total, *g_terms):  # type: ignore[override]
         (flat,) = ctx.saved_tensors
         layout, target_heads, weights = ctx.spec
-        if ctx.floats:  # each term's gradient: its own plus its weight times the total's
-            gt = 0.0 if g_total is None else float(g_total)
-            g = [(0.0 if x is None else float(x)) + wt * gt for x, wt in zip(g_terms, weights)]
-            return torch.tensor(_terms_backward_floats(flat.tolist(), g, layout, target_heads), dtype=flat.dtype), None
-        weights_ = scalars(weights, flat.dtype, flat.device)
-        g_terms = tuple(
+        weights_ = scalars(weights, flat.dtype, flat.device)  # each term: its own gradient plus
+        g_terms = tuple(  # its weight times the total's
             (flat.new_zeros(()) if g is None else g) + (0 if g_total is None else wt * g_total)
             for g, wt in zip(g_terms, weights_))
         layers = _layers_per_term(layout)
@@ -360,6 +271,106 @@ class _Terms(torch.autograd.Function):
         return torch.cat(pieces), None
 
 
+def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None
+                      ) -> tuple[dict[str, torch.Tensor | None], torch.Tensor] | None:
+    """aux_objective through `_NativeAux`, or None when moh/native.c cannot take these
+    routings (no compiler, a tensor off the CPU or not float32, a head set that is not a
+    contiguous slice, rows wider than native.MAX_HEADS)."""
+    routed = [r for r in routings if r.probs is not None]
+    tensors: list[torch.Tensor | None] = []
+    layout: list[_Layer] = []
+    for r in routed:
+        H, bh = r.hard.shape[-1], r.balance_heads
+        if not isinstance(bh, slice) or bh.step not in (None, 1):
+            return None
+        heads = range(*bh.indices(H))
+        diff = r.difficulty if cfg.complexity_target != "heads" else None
+        tensors += [r.hard, r.probs, r.logits, r.kappa, r.count, None if diff is None else diff.detach()]
+        layout.append(_Layer(len(heads), H, r.kappa is not None, r.balance_per_k, heads.start))
+    floats = [t for t in tensors if t is not None and t.dtype != torch.bool]
+    kernels = native.for_tensors(*floats, width=max(l.H for l in layout))
+    if kernels is None or valid.device.type != "cpu":
+        return None
+    layout = tuple(layout)
+    weights = tuple(float(getattr(cfg, WEIGHT_KEYS[t])) if _applies(t, layout) else 0.0 for t in TERMS)
+    spec = (kernels, layout, float(cfg.target_heads), weights, float(cfg.k_min),
+            budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight))
+    total, *named_terms = _NativeAux.apply(spec, valid, *tensors)
+    named = iter(named_terms)
+    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}, total
+
+
+class _NativeAux(torch.autograd.Function):
+    """aux_objective on CPU in one node: every routed layer's token sums (`_layer_sums`, with
+    the complexity target of `_complexity_target` per token), the terms (`_terms`) and their
+    weighted total, and the backward pass of all of it, in four calls of moh/native.c a step
+    (aux_sums, aux_terms; aux_terms_backward, aux_sums_backward), with `reduce` between the
+    sums and the terms in both passes. `reduce` must be its own adjoint, as a sum over ranks
+    is (`distributed.sum_autograd`: its backward is the same all-reduce).
+
+    Inputs: spec (kernels, layout, target_heads, the 5 weights in TERMS order, k_min,
+    kappa* span, reduce, ent_grad), valid (B, T) and per routed layer (hard, probs, logits,
+    kappa, count, difficulty), the last three None for a non-adaptive layer (difficulty also
+    under the "heads" target). Outputs: (total, *the terms that apply). The sums are
+    accumulated in double and rounded once, the terms and the total computed in double: the
+    torch path's values up to float32 rounding (tests/moh/test_losses_fast.py)."""
+
+    @staticmethod
+    def forward(ctx, spec, valid, *tensors):  # type: ignore[override]
+        kernels, layout, target_heads, weights, k_min, span, reduce, _ = spec
+        w = valid.reshape(-1).float()
+        n = w.numel()
+        kept, fields = [w], []
+        for l, lay in enumerate(layout):
+            hard, probs, logits, kappa, count, diff = tensors[6 * l: 6 * l + 6]
+            hard, hard_at, hard_stride = _rows_of(hard)
+            probs = probs.contiguous()
+            logits, logits_at, logits_stride = _rows_of(logits)
+            kappa, count, diff = (None if t is None else t.contiguous() for t in (kappa, count, diff))
+            kept += [hard, probs, logits, kappa, count, diff]
+            fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, probs.data_ptr(), logits_at, logits_stride,
+                       *(0 if t is None else t.data_ptr() for t in (kappa, count, diff)), int(lay.per_k)]
+        layers = (ctypes.c_int64 * len(fields))(*fields)
+        lse = torch.empty(len(layout), n)
+        flat = torch.empty(1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout))
+        kernels.aux_sums(n, len(layout), layers, w.data_ptr(), k_min, span, lse.data_ptr(), flat.data_ptr())
+        if reduce is not None:
+            flat = reduce(flat)
+        out = torch.empty(1 + len(_layers_per_term(layout)))
+        weights_ = (ctypes.c_double * 5)(*weights)
+        kernels.aux_terms(len(layout), layers, flat.data_ptr(), target_heads, weights_, out.data_ptr())
+        ctx.kept, ctx.layers, ctx.weights, ctx.lse, ctx.flat, ctx.spec = kept, layers, weights_, lse, flat, spec
+        ctx.set_materialize_grads(False)  # the terms are usually logged only: no zero gradients
+        return out.unbind(0)
+
+    @staticmethod
+    def backward(ctx, g_total, *g_terms):  # type: ignore[override]
+        kernels, layout, target_heads, _, k_min, span, reduce, ent_grad = ctx.spec
+        g_by_term = dict(zip(_layers_per_term(layout), g_terms))
+        g_terms_ = (ctypes.c_double * 5)(*(0.0 if g_by_term.get(t) is None else float(g_by_term[t]) for t in TERMS))
+        g_flat = torch.empty_like(ctx.flat)
+        kernels.aux_terms_backward(len(layout), ctx.layers, ctx.flat.data_ptr(), target_heads, ctx.weights,
+                                   0.0 if g_total is None else float(g_total), g_terms_, g_flat.data_ptr())
+        if reduce is not None:
+            g_flat = reduce(g_flat)
+        need = ctx.needs_input_grad
+        grads: list[torch.Tensor | None] = []
+        for l in range(len(layout)):
+            _, probs, logits, kappa, _, _ = ctx.kept[1 + 6 * l: 7 + 6 * l]
+            wanted = (probs, logits, kappa, kappa)  # d probs, d logits, d kappa, d count
+            grads += [torch.empty(t.shape) if t is not None and need[3 + 6 * l + j] else None
+                      for j, t in enumerate(wanted)]
+        addresses = (ctypes.c_int64 * len(grads))(*(0 if g is None else g.data_ptr() for g in grads))
+        w = ctx.kept[0]
+        kernels.aux_sums_backward(w.numel(), len(layout), ctx.layers, w.data_ptr(), k_min, span,
+                                  ctx.lse.data_ptr(), g_flat.data_ptr(), int(ent_grad), addresses)
+        out: list[torch.Tensor | None] = [None, None]
+        for l in range(len(layout)):  # (hard, probs, logits, kappa, count, difficulty)
+            out += [None, *grads[4 * l: 4 * l + 4], None]
+        return tuple(out)
+
+
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """What kappa is trained toward (B, T), with no gradient, and the tokens that count (B, T).
 
@@ -369,14 +380,6 @@ def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.
     if cfg.complexity_target == "heads" or r.difficulty is None:
         return r.hard.sum(-1).to(r.kappa.dtype), w
     d = r.difficulty.detach()  # stop-gradient: the target is not something to move
-    kernels = native.for_tensors(d, r.kappa, w)
-    if kernels is not None:  # budget_target below in one pass (the same bits)
-        d, w = d.contiguous(), w.contiguous()
-        target, w_c = torch.empty(d.shape), torch.empty(d.shape)
-        kernels.budget_targets(d.numel(), d.data_ptr(), w.data_ptr(), cfg.k_min,
-                               budget_span(cfg.k_min, cfg.target_heads), float(r.hard.shape[-1]),
-                               target.data_ptr(), w_c.data_ptr())
-        return target, w_c
     has = torch.isfinite(d)
     u = torch.where(has, d, 0.0)
     target = budget_target(u, cfg.k_min, cfg.target_heads, r.hard.shape[-1]).to(r.kappa.dtype)

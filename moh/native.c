@@ -206,95 +206,253 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
     }
 }
 
-/* One routed layer's token sums for the aux losses (moh/losses.py `_layer_sums`), accumulated
-   in double. in: hard rows of H bytes `hard_stride` apart, of which the first Hb heads are
-   balanced; probs (n, Hb); logits rows of Hb values `logit_stride` apart; w (n) real-token
-   weights. Adaptive layers (kappa != NULL) also: kappa, count, target, w_c (n).
-   out: lse (n), the logsumexp of each logit row; sums: [f (Hb), P (Hb), z] and for adaptive
-   layers [complexity, count, entropy, complexity tokens]. */
-void layer_sums(int64_t n, int64_t Hb, const uint8_t *hard, int64_t hard_stride, const float *probs,
-                const float *logits, int64_t logit_stride, const float *w, const float *kappa,
-                const float *count, const float *target, const float *w_c, float *lse, float *sums) {
-    double f[MAX_HEADS], P[MAX_HEADS];
-    double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
-    memset(f, 0, sizeof f);
-    memset(P, 0, sizeof P);
-    for (int64_t i = 0; i < n; i++) {
-        const float *x = logits + i * logit_stride;
-        float m = x[0];
-        for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
-        float s = 0.0f;
-        for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
-        lse[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
-        double wi = w[i];
-        const float *p = probs + i * Hb;
-        const uint8_t *hr = hard + i * hard_stride;
-        if (wi != 0.0) {
-            for (int64_t h = 0; h < Hb; h++) {
-                f[h] += hr[h] ? wi : 0.0;
-                P[h] += wi * p[h];
-            }
-            z += wi * (double)lse[i] * (double)lse[i];
-        }
-        if (kappa) {
-            double d = (double)target[i] - (double)kappa[i];
-            cx += (double)w_c[i] * d * d;
-            wcs += w_c[i];
+/* ---- the aux objective (moh/losses.py `_NativeAux`): every routed layer's token sums, the
+   terms and their weighted total, and the backward pass of both, in four calls a step.
+
+   A layer is described by L_FIELDS int64 values (addresses as integers), `layers` holding one
+   such record per routed layer: */
+enum {
+    L_HB,           /* balanced heads Hb */
+    L_H,            /* all heads H */
+    L_HARD,         /* hard mask rows (bytes, H of them from the row start) */
+    L_HARD_STRIDE,  /* bytes between hard rows */
+    L_B0,           /* the first balanced head */
+    L_PROBS,        /* probabilities (n, Hb) contiguous */
+    L_LOGITS,       /* router logits, Hb per row */
+    L_LOGIT_STRIDE, /* floats between logit rows */
+    L_KAPPA,        /* adaptive: budget kappa (n), else 0 */
+    L_COUNT,        /* adaptive: head count (n) */
+    L_DIFF,         /* adaptive: difficulty quantile (n, NaN = none), 0 = the "heads" target */
+    L_PER_K,        /* balance divided by the mean head count (Switch form) */
+    L_FIELDS
+};
+/* The flat sums: [real tokens n, then per layer: f numerators (Hb), P numerators (Hb), z, and
+   for adaptive layers complexity, head count, entropy, complexity tokens] (losses._layer_sums),
+   float32, accumulated in double and rounded once. */
+
+#define PTR(type, v) ((type)(intptr_t)(v))
+
+static int64_t layer_width(const int64_t *y) { return 2 * y[L_HB] + (y[L_KAPPA] ? 5 : 1); }
+
+/* What token i's complexity is trained toward, and whether it counts (losses._complexity_target):
+   with a difficulty quantile u (finite), kappa* = min(max(k_min + span u, k_min), H); without
+   one (NaN) target k_min + 0 and weight 0; under the "heads" target the hard count, weight w. */
+static float complexity_target(const int64_t *y, int64_t i, float wi, float k_min, float span, float *w_c) {
+    const float *d = PTR(const float *, y[L_DIFF]);
+    int64_t H = y[L_H];
+    if (!d) {
+        const uint8_t *hr = PTR(const uint8_t *, y[L_HARD]) + i * y[L_HARD_STRIDE];
+        int64_t cnt = 0;
+        for (int64_t h = 0; h < H; h++) cnt += hr[h] != 0;
+        *w_c = wi;
+        return (float)cnt;
+    }
+    int has = isfinite(d[i]);
+    float t = k_min + span * (has ? d[i] : 0.0f);
+    t = t < k_min ? k_min : t;
+    *w_c = wi * (float)has;
+    return t > (float)H ? (float)H : t;
+}
+
+/* Forward, part 1: the flat sums of every layer (`flat`, 1 + sum of widths floats) for real-token
+   weights w (n); `lse` (layers x n): each logit row's logsumexp, for the backward pass. */
+void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w, float k_min, float span,
+              float *lse, float *flat) {
+    double real = 0.0;
+    for (int64_t i = 0; i < n; i++) real += w[i];
+    flat[0] = (float)real;
+    float *out = flat + 1;
+    for (int64_t l = 0; l < layers_n; l++) {
+        const int64_t *y = layers + l * L_FIELDS;
+        int64_t Hb = y[L_HB];
+        const uint8_t *hard = PTR(const uint8_t *, y[L_HARD]) + y[L_B0];
+        const float *probs = PTR(const float *, y[L_PROBS]), *logits = PTR(const float *, y[L_LOGITS]);
+        const float *kappa = PTR(const float *, y[L_KAPPA]), *count = PTR(const float *, y[L_COUNT]);
+        float *ls = lse + l * n;
+        double f[MAX_HEADS], P[MAX_HEADS];
+        double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
+        memset(f, 0, sizeof f);
+        memset(P, 0, sizeof P);
+        for (int64_t i = 0; i < n; i++) {
+            const float *x = logits + i * y[L_LOGIT_STRIDE];
+            float m = x[0];
+            for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
+            float s = 0.0f;
+            for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
+            ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+            double wi = w[i];
+            const float *p = probs + i * Hb;
+            const uint8_t *hr = hard + i * y[L_HARD_STRIDE];
             if (wi != 0.0) {
-                cnt += wi * count[i];
-                double e = 0.0;
                 for (int64_t h = 0; h < Hb; h++) {
-                    float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
-                    e -= (double)p[h] * (double)logf(ph);
+                    f[h] += hr[h] ? wi : 0.0;
+                    P[h] += wi * p[h];
                 }
-                ent += wi * e;
+                z += wi * (double)ls[i] * (double)ls[i];
+            }
+            if (kappa) {
+                float wc;
+                double d = (double)complexity_target(y, i, w[i], k_min, span, &wc) - (double)kappa[i];
+                cx += (double)wc * d * d;
+                wcs += wc;
+                if (wi != 0.0) {
+                    cnt += wi * count[i];
+                    double e = 0.0;
+                    for (int64_t h = 0; h < Hb; h++) {
+                        float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
+                        e -= (double)p[h] * (double)logf(ph);
+                    }
+                    ent += wi * e;
+                }
             }
         }
-    }
-    for (int64_t h = 0; h < Hb; h++) {
-        sums[h] = (float)f[h];
-        sums[Hb + h] = (float)P[h];
-    }
-    sums[2 * Hb] = (float)z;
-    if (kappa) {
-        sums[2 * Hb + 1] = (float)cx;
-        sums[2 * Hb + 2] = (float)cnt;
-        sums[2 * Hb + 3] = (float)ent;
-        sums[2 * Hb + 4] = (float)wcs;
+        for (int64_t h = 0; h < Hb; h++) {
+            out[h] = (float)f[h];
+            out[Hb + h] = (float)P[h];
+        }
+        out[2 * Hb] = (float)z;
+        if (kappa) {
+            out[2 * Hb + 1] = (float)cx;
+            out[2 * Hb + 2] = (float)cnt;
+            out[2 * Hb + 3] = (float)ent;
+            out[2 * Hb + 4] = (float)wcs;
+        }
+        out += layer_width(y);
     }
 }
 
-/* The backward pass of layer_sums for the upstream gradient g of its output vector:
-   g_probs (n, Hb) (NULL = not wanted); g_logits (n, Hb) through z = sum w lse^2 (NULL = not
-   wanted; logits rows `logit_stride` apart); g_kappa, g_count (n) for adaptive layers (NULL =
-   not wanted). `ent_grad`: the entropy sum reaches the probabilities. */
-void layer_sums_backward(int64_t n, int64_t Hb, const float *g, const float *probs,
-                         const float *logits, int64_t logit_stride, const float *lse, const float *w,
-                         const float *kappa, const float *target, const float *w_c, int ent_grad,
-                         float *g_probs, float *g_logits, float *g_kappa, float *g_count) {
-    const float *gP = g + Hb;
-    float gz2 = 2.0f * g[2 * Hb];
-    for (int64_t i = 0; i < n; i++) {
-        float wi = w[i];
-        const float *p = probs + i * Hb;
-        if (g_probs) {
-            float ge = kappa && ent_grad ? g[2 * Hb + 3] * wi : 0.0f;
-            for (int64_t h = 0; h < Hb; h++) {
-                float v = gP[h] * wi;
-                if (ge != 0.0f) { /* ent = -sum p log max(p, 1e-12) */
-                    float d = p[h] >= 1e-12f ? -(logf(p[h]) + 1.0f) : -logf(1e-12f);
-                    v += ge * d;
+/* The terms in TERMS order (load_balance, z, then complexity, budget, entropy when a layer is
+   adaptive), each averaged over the layers it applies to, in double from the float32 sums
+   (losses._terms); returns how many. */
+static int64_t terms_of(int64_t layers_n, const int64_t *layers, const float *flat, double target_heads,
+                        double *terms) {
+    double n = flat[0] > 1.0f ? (double)flat[0] : 1.0;
+    double acc[5] = {0, 0, 0, 0, 0};
+    int64_t adaptive_layers = 0;
+    const float *at = flat + 1;
+    for (int64_t l = 0; l < layers_n; l++) {
+        const int64_t *y = layers + l * L_FIELDS;
+        int64_t Hb = y[L_HB], H = y[L_H];
+        double fp = 0.0, fs = 0.0;
+        for (int64_t h = 0; h < Hb; h++) {
+            double fh = (double)at[h] / n;
+            fp += fh * ((double)at[Hb + h] / n);
+            fs += fh;
+        }
+        double balance = (double)Hb * fp;
+        acc[0] += y[L_PER_K] ? balance / (fs > 1e-6 ? fs : 1e-6) : balance;
+        acc[1] += (double)at[2 * Hb] / n;
+        if (y[L_KAPPA]) {
+            const float *a = at + 2 * Hb + 1;
+            double gap = ((double)a[1] / n - target_heads) / (double)H;
+            acc[2] += (double)a[0] / ((double)a[3] > 1.0 ? (double)a[3] : 1.0) / (double)(H * H);
+            acc[3] += gap * gap;
+            acc[4] += (double)a[2] / n;
+            adaptive_layers++;
+        }
+        at += layer_width(y);
+    }
+    int64_t k = 0;
+    terms[k++] = acc[0] / (double)layers_n;
+    terms[k++] = acc[1] / (double)layers_n;
+    if (adaptive_layers)
+        for (int64_t t = 2; t < 5; t++) terms[k++] = acc[t] / (double)adaptive_layers;
+    return k;
+}
+
+/* Forward, part 2: out = [total, term_0, ...] (float32) from the (reduced) flat sums; total =
+   sum_t weights[t] term_t. */
+void aux_terms(int64_t layers_n, const int64_t *layers, const float *flat, double target_heads,
+               const double *weights, float *out) {
+    double terms[5], total = 0.0;
+    int64_t k = terms_of(layers_n, layers, flat, target_heads, terms);
+    for (int64_t t = 0; t < k; t++) {
+        total += weights[t] * terms[t];
+        out[1 + t] = (float)terms[t];
+    }
+    out[0] = (float)total;
+}
+
+/* Backward, part 1: the gradient of the flat sums (g_flat, float32) for the upstream gradients
+   of the total (g_total) and of each term (g_terms, 0 where none): term t receives its own plus
+   weights[t] g_total, then / the layers it averages. Only the probability, z, complexity,
+   head-count and entropy sums carry a gradient; the counts of masks get 0. */
+void aux_terms_backward(int64_t layers_n, const int64_t *layers, const float *flat, double target_heads,
+                        const double *weights, double g_total, const double *g_terms, float *g_flat) {
+    int64_t adaptive_layers = 0;
+    for (int64_t l = 0; l < layers_n; l++) adaptive_layers += layers[l * L_FIELDS + L_KAPPA] != 0;
+    double gl[5];
+    for (int64_t t = 0; t < 5; t++)
+        gl[t] = (g_terms[t] + weights[t] * g_total) / (double)(t < 2 ? layers_n : (adaptive_layers ? adaptive_layers : 1));
+    double n = flat[0] > 1.0f ? (double)flat[0] : 1.0;
+    g_flat[0] = 0.0f;
+    const float *at = flat + 1;
+    float *g = g_flat + 1;
+    for (int64_t l = 0; l < layers_n; l++) {
+        const int64_t *y = layers + l * L_FIELDS;
+        int64_t Hb = y[L_HB], H = y[L_H];
+        double fs = 0.0;
+        for (int64_t h = 0; h < Hb; h++) fs += (double)at[h] / n;
+        /* balance = Hb sum_h f_h P_h (/ mean_k), P_h = sum_h / n: d/d sum_h = Hb f_h (/ mean_k) / n */
+        double scale = gl[0] * (double)Hb / n / (y[L_PER_K] ? (fs > 1e-6 ? fs : 1e-6) : 1.0);
+        for (int64_t h = 0; h < Hb; h++) {
+            g[h] = 0.0f;
+            g[Hb + h] = (float)(scale * ((double)at[h] / n));
+        }
+        g[2 * Hb] = (float)(gl[1] / n);
+        if (y[L_KAPPA]) { /* complexity = sum / max(tokens, 1) / H^2; budget = ((count / n - t) / H)^2 */
+            const float *a = at + 2 * Hb + 1;
+            g[2 * Hb + 1] = (float)(gl[2] / ((double)a[3] > 1.0 ? (double)a[3] : 1.0) / (double)(H * H));
+            g[2 * Hb + 2] = (float)(gl[3] * 2.0 * (((double)a[1] / n - target_heads) / (double)H) / (double)H / n);
+            g[2 * Hb + 3] = (float)(gl[4] / n);
+            g[2 * Hb + 4] = 0.0f;
+        }
+        at += layer_width(y);
+        g += layer_width(y);
+    }
+}
+
+/* Backward, part 2: per-token gradients of every layer from the (reduced) g_flat. `grads`:
+   4 addresses a layer (d probs (n, Hb), d logits (n, Hb), d kappa (n), d count (n); 0 = not
+   wanted). `ent_grad`: the entropy sum reaches the probabilities (its weight is not 0). */
+void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const float *w, float k_min,
+                       float span, const float *lse, const float *g_flat, int ent_grad, const int64_t *grads) {
+    const float *g = g_flat + 1;
+    for (int64_t l = 0; l < layers_n; l++) {
+        const int64_t *y = layers + l * L_FIELDS;
+        int64_t Hb = y[L_HB];
+        const float *probs = PTR(const float *, y[L_PROBS]), *logits = PTR(const float *, y[L_LOGITS]);
+        const float *kappa = PTR(const float *, y[L_KAPPA]), *ls = lse + l * n;
+        float *g_probs = PTR(float *, grads[4 * l]), *g_logits = PTR(float *, grads[4 * l + 1]);
+        float *g_kappa = PTR(float *, grads[4 * l + 2]), *g_count = PTR(float *, grads[4 * l + 3]);
+        const float *gP = g + Hb;
+        float gz2 = 2.0f * g[2 * Hb];
+        for (int64_t i = 0; i < n; i++) {
+            float wi = w[i];
+            const float *p = probs + i * Hb;
+            if (g_probs) {
+                float ge = kappa && ent_grad ? g[2 * Hb + 3] * wi : 0.0f;
+                for (int64_t h = 0; h < Hb; h++) {
+                    float v = gP[h] * wi;
+                    if (ge != 0.0f) { /* ent = -sum p log max(p, 1e-12) */
+                        float d = p[h] >= 1e-12f ? -(logf(p[h]) + 1.0f) : -logf(1e-12f);
+                        v += ge * d;
+                    }
+                    g_probs[i * Hb + h] = v;
                 }
-                g_probs[i * Hb + h] = v;
             }
+            if (g_logits) { /* z = sum w lse^2: d/d logit = 2 lse softmax(logit) */
+                const float *x = logits + i * y[L_LOGIT_STRIDE];
+                float s = gz2 * wi * ls[i];
+                for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(x[h] - ls[i]);
+            }
+            if (kappa && g_kappa) { /* complexity = sum w_c (target - kappa)^2 */
+                float wc, t = complexity_target(y, i, wi, k_min, span, &wc);
+                g_kappa[i] = -2.0f * g[2 * Hb + 1] * wc * (t - kappa[i]);
+            }
+            if (kappa && g_count) g_count[i] = g[2 * Hb + 2] * wi;
         }
-        if (g_logits) { /* d/d logit = 2 lse softmax(logit) */
-            const float *l = logits + i * logit_stride;
-            float s = gz2 * wi * lse[i];
-            for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(l[h] - lse[i]);
-        }
-        if (kappa && g_kappa) g_kappa[i] = -2.0f * g[2 * Hb + 1] * w_c[i] * (target[i] - kappa[i]);
-        if (kappa && g_count) g_count[i] = g[2 * Hb + 2] * wi;
+        g += layer_width(y);
     }
 }
 
@@ -357,19 +515,5 @@ void rank_quantiles_at(int64_t n_all, const uint8_t *has, int64_t n, const float
         }
         grid[i] = n > 1 ? (float)(ranks[k] / (double)(n - 1)) : 0.5f;
         k++;
-    }
-}
-
-/* The complexity predictor's difficulty target (moh/losses.py `_complexity_target`): for a
-   rank quantile u (NaN: no target), kappa* = min(max(k_min + span u, k_min), hi) and the
-   token's weight w_c = w where u is finite, else target 0 from u = 0 and w_c = 0. */
-void budget_targets(int64_t n, const float *u, const float *w, float k_min, float span, float hi,
-                    float *target, float *w_c) {
-    for (int64_t i = 0; i < n; i++) {
-        int has = isfinite(u[i]);
-        float t = k_min + span * (has ? u[i] : 0.0f);
-        t = t < k_min ? k_min : t;
-        target[i] = t > hi ? hi : t;
-        w_c[i] = w[i] * (float)has;
     }
 }

@@ -28,16 +28,17 @@ SOURCE = Path(__file__).with_name("native.c")
 MAX_HEADS = 256  # the widest row the kernels take (native.c's per-row scratch)
 FLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 
-_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_P, _I, _F, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES = {  # argument types, in the C declarations' order
     "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "select_heads": [_I, _I, _P, _P, _P, _P],
     "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
-    "layer_sums": [_I, _I, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
-    "layer_sums_backward": [_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, ctypes.c_int, _P, _P, _P, _P],
+    "aux_sums": [_I, _I, _P, _P, _F, _F, _P, _P],
+    "aux_terms": [_I, _P, _P, _D, _P, _P],
+    "aux_terms_backward": [_I, _P, _P, _D, _P, _D, _P, _P],
+    "aux_sums_backward": [_I, _I, _P, _P, _F, _F, _P, _P, ctypes.c_int, _P],
     "average_ranks": [_I, _I, _P, _P, _P, _P],
     "rank_quantiles_at": [_I, _P, _I, _P, _P, _P, _P, _P],
-    "budget_targets": [_I, _P, _P, _F, _F, _F, _P, _P],
 }
 
 _lib: ctypes.CDLL | None = None

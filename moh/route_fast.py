@@ -170,32 +170,43 @@ class _AdaptiveRoute(torch.autograd.Function):
 
 
 def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:
-    """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too). Outputs of
-    one dtype share a buffer: each allocation and each view is a few microseconds, as much as
-    the kernel's work."""
+    """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too).
+
+    Every output lives in one float buffer (probs, gates, c, kappa, tau, count, then s_t and
+    the norm) or one byte buffer (hard, then the sort order and tau_kept), and the backward
+    pass reads the buffers by address: each allocation, view or saved tensor costs a few
+    microseconds at this point of a step, as much as the kernel's work. (No saved-tensor
+    version check, then: nothing writes into a routing's tensors.)"""
     H = router.n_heads
-    rows = _rows(out)
-    lead, n = out.shape[:-1], rows.shape[0]
+    _, at, stride = _rows_of(out)  # `out` is an input: alive until the call returns
+    lead = out.shape[:-1]
+    n = lead.numel()
     floats = torch.empty(2 * n * H + 5 * n + 1)
     probs, gates = floats[: 2 * n * H].view(2, *lead, H).unbind(0)
-    c, kappa, tau, count, s_t = floats[2 * n * H : -1].view(5, *lead).unbind(0)
+    c, kappa, tau, count = floats[2 * n * H: 2 * n * H + 4 * n].view(4, *lead).unbind(0)
     pred_norm = floats[-1]
-    hard, order = torch.empty(2, *lead, H, dtype=torch.uint8).unbind(0)
-    hard, tau_kept = hard.view(torch.bool), torch.empty(lead, dtype=torch.bool)
-    w_c, w_t = router.complexity.weight.detach().contiguous(), router.threshold.weight.detach().contiguous()
-    ptr = native.ptr
-    kernels.route_forward(n, H, ptr(rows), rows.stride(0), router.k_min, H - router.k_min, router.tau_min,
-                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(), ptr(w_c),
-                          ptr(w_t), ptr(probs), ptr(c), ptr(kappa), ptr(tau), ptr(s_t), ptr(tau_kept), ptr(order),
-                          ptr(hard), ptr(gates), ptr(count), ptr(pred_norm))
-    ctx.save_for_backward(probs, c, s_t, kappa, tau, tau_kept, order)
-    ctx.router = router
+    bytes_ = torch.empty(2 * n * H + n, dtype=torch.uint8)
+    hard = bytes_[: n * H].view(torch.bool).view(*lead, H)
+    w_c, w_t = (p if p.is_contiguous() else p.detach().contiguous()
+                for p in (router.complexity.weight, router.threshold.weight))
+    f0, b0 = floats.data_ptr(), bytes_.data_ptr()
+    kernels.route_forward(n, H, at, stride, router.k_min, H - router.k_min, router.tau_min,
+                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(),
+                          w_c.data_ptr(), w_t.data_ptr(), f0, *_addresses(f0, n, H), b0 + 2 * n * H,
+                          b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n), f0 + 4 * (2 * n * H + 5 * n))
+    ctx.buffers, ctx.n, ctx.lead, ctx.router = (floats, bytes_), n, lead, router
     ctx.set_materialize_grads(False)
     if router.straight_through:
         ctx.mark_non_differentiable(hard, pred_norm)
     else:
         ctx.mark_non_differentiable(hard, gates, count, pred_norm)
     return gates, hard, probs, c, kappa, tau, count, pred_norm
+
+
+def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:
+    """Addresses of c, kappa, tau and s_t in `_native_forward`'s float buffer at f0."""
+    base = f0 + 4 * 2 * n * H
+    return base, base + 4 * n, base + 8 * n, base + 16 * n
 
 
 def native_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
@@ -211,29 +222,28 @@ def native_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor) -
     return hard
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x (..., K) as a (rows, K) view with unit column stride and one row stride (copied only
-    when its layout has no such view): the projections are columns of the wider qkv output."""
-    if x.stride(-1) == 1:
-        try:
-            return x.view(-1, x.shape[-1]) if x.dim() != 2 else x
-        except RuntimeError:
-            pass
-    return x.contiguous().view(-1, x.shape[-1])
+def _rows_of(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """x (..., K) for a C loop over its rows: (the tensor to keep alive while C reads it, its
+    address, elements between rows). A view's own layout when its rows have one stride (the
+    router projections are columns of the wider qkv output), else a contiguous copy."""
+    st, sh = x.stride(), x.shape
+    if st[-1] == 1 and all(st[i] == sh[i + 1] * st[i + 1] for i in range(x.dim() - 2)):
+        return x, x.data_ptr(), st[-2] if x.dim() > 1 else sh[-1]
+    x = x.contiguous()
+    return x, x.data_ptr(), sh[-1]
 
 
 def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> torch.Tensor:
-    probs, c, s_t, kappa, tau, tau_kept, order = ctx.saved_tensors
-    rt = ctx.router
-    H = probs.shape[-1]
-    g_out = torch.empty(*probs.shape[:-1], H + 2)
+    (floats, bytes_), n, rt = ctx.buffers, ctx.n, ctx.router
+    H = rt.n_heads
+    f0, b0 = floats.data_ptr(), bytes_.data_ptr()
+    c, kappa, tau, s_t = _addresses(f0, n, H)
+    g_out = torch.empty(*ctx.lead, H + 2)
     # held in a list while the kernel runs: a temporary's memory would be freed before the call
     upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count)]
-    ptr = native.ptr
     ctx.kernels.route_backward(
-        probs.numel() // H, H, ptr(probs), ptr(c), ptr(s_t), ptr(kappa), ptr(tau), ptr(tau_kept), ptr(order),
-        *map(ptr, upstream),
-        int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, ptr(g_out))
+        n, H, f0, c, s_t, kappa, tau, b0 + 2 * n * H, b0 + n * H, *map(native.ptr, upstream),
+        int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())
     return g_out
 
 

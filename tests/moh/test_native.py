@@ -199,7 +199,7 @@ def test_the_ctypes_signatures_match_the_c_declarations():
     import ctypes
     import re
 
-    c_types = {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float}
+    c_types = {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float, "double": ctypes.c_double}
     declared = {}
     for name, params in re.findall(r"^void (\w+)\(([^)]*)\)\s*\{", native.SOURCE.read_text(), re.M):
         args = [" ".join(p.split()) for p in params.split(",")]

@@ -58,9 +58,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # Right padding + causal mask: real tokens never attend to the pads after them.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-        if r.gates is not None:
-            y = y * r.gates.transpose(1, 2).unsqueeze(-1)  # gates (B, T, H) -> (B, H, T, 1)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2)  # (B, T, H, D)
+        if r.gates is not None:  # gates (B, T, H, 1) first: the product comes out laid out as
+            y = r.gates.unsqueeze(-1) * y  # (B, T, H, D), so no copy is needed below (y first: as
+            # (B, H, T, D), and the reshape copied it again)
+        y = y.reshape(B, T, C)  # (B, T, C)
         return self.dropout(self.proj(y)), r
 
 

@@ -66,9 +66,10 @@ def quantiles_at(signal: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor
         has, s = has_target.contiguous(), s.contiguous()
         n = s.shape[0]
         out = torch.empty(has.shape)
-        scratch = torch.empty(3, n, dtype=torch.int64)  # the ranks' sort buffers and the ranks (float64)
-        kernels.rank_quantiles_at(has.numel(), has.data_ptr(), n, s.data_ptr(), scratch[0].data_ptr(),
-                                  scratch[1].data_ptr(), scratch[2].data_ptr(), out.data_ptr())
+        scratch = torch.empty(3 * n, dtype=torch.int64)  # the ranks' sort buffers and the ranks (float64)
+        at = scratch.data_ptr()
+        kernels.rank_quantiles_at(has.numel(), has.data_ptr(), n, s.data_ptr(), at, at + 8 * n, at + 16 * n,
+                                  out.data_ptr())
         return out
     out = torch.full(has_target.shape, float("nan"), dtype=torch.float32, device=signal.device)
     out[has_target] = job_rank_quantiles(s)

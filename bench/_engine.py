@@ -58,7 +58,7 @@ def summary(xs: list[float]) -> dict:
 def median_interval(xs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95 % bootstrap interval of the median of xs (percentile method, a fixed seed so a JSON
     file can be reproduced from its samples): how far a repeated benchmark's median may move.
-    At 15-21 repetitions of bench_router the adaptive / dense ratio's interval is ~0.03 wide, as
+    At 21 repetitions of bench_router the adaptive / dense ratio's interval is ~0.05 wide, as
     wide as many of the changes it is used to judge (docs/benchmarks.md)."""
     rng = random.Random(seed)
     meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(resamples))

@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -71,6 +72,23 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
+STALE_AFTER_S = 7 * 24 * 3600  # another digest's library built this long ago is deleted after a build
+
+
+def _prune(keep: Path) -> None:
+    """Delete the cache's other libraries built more than STALE_AFTER_S ago (each edit of
+    native.c or change of compiler leaves one ~20 KB file behind). A younger one may belong to
+    another checkout in use; an older one that still is gets rebuilt there (~0.3 s), and a
+    process that has it loaded keeps its mapping after the unlink."""
+    now = time.time()
+    for old in keep.parent.glob("native-*.so"):
+        try:
+            if old != keep and now - old.stat().st_mtime > STALE_AFTER_S:
+                old.unlink()
+        except OSError:  # gone already (another process pruned it), or not ours to delete
+            pass
+
+
 def lib() -> ctypes.CDLL | None:
     """The loaded kernels, or None (then use the torch path). Built at most once a process."""
     global _lib, _status
@@ -84,6 +102,7 @@ def lib() -> ctypes.CDLL | None:
         target = cache_dir() / f"native-{digest}.so"
         if not target.exists():
             _build(target)
+            _prune(target)
         loaded = ctypes.CDLL(str(target))
         for name, argtypes in SIGNATURES.items():
             fn = getattr(loaded, name)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,24 @@ def test_concurrent_first_uses_build_one_library(tmp_path):
     built = (tmp_path / files[0]).stat().st_mtime_ns
     assert _child({"MOH_NATIVE_CACHE": str(tmp_path)}).stdout.strip() == "native"
     assert (tmp_path / files[0]).stat().st_mtime_ns == built  # loaded, not rebuilt
+
+
+@needs_native
+def test_a_build_prunes_other_libraries_built_over_a_week_ago(tmp_path):
+    """Each edit of native.c leaves a library behind: after a build, another digest's library
+    older than native.STALE_AFTER_S goes, a younger one (another checkout's) and files that are
+    not libraries stay."""
+    stale, recent, other = (tmp_path / n for n in ("native-0123456789abcdef.so", "native-fedcba9876543210.so",
+                                                   "notes.txt"))
+    for f in (stale, recent, other):
+        f.write_bytes(b"x")
+    week_ago = time.time() - native.STALE_AFTER_S - 60
+    os.utime(stale, (week_ago, week_ago))
+    os.utime(other, (week_ago, week_ago))
+    assert _child({"MOH_NATIVE_CACHE": str(tmp_path)}).stdout.strip() == "native"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert stale.name not in left and recent.name in left and other.name in left
+    assert len([n for n in left if n.startswith("native-") and n.endswith(".so")]) == 2  # + the new build
 
 
 def test_moh_train_names_its_kernels_and_trains_without_a_compiler(tmp_path):

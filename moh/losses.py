@@ -110,13 +110,11 @@ def aux_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
         flat = reduce(flat)
     layout = tuple(layout)
     if reference:
-        named = iter(_terms(flat, layout, float(cfg.target_heads)))
-        terms = {t: (next(named) if _applies(t, layout) else None) for t in TERMS}
+        terms = _by_name(_terms(flat, layout, float(cfg.target_heads)), layout)
         return terms, weighted_total(terms, cfg)
     weights = tuple(float(getattr(cfg, WEIGHT_KEYS[t])) for t in _layers_per_term(layout))
-    total, *named_terms = _Terms.apply(flat, (layout, float(cfg.target_heads), weights))
-    named = iter(named_terms)
-    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}, total
+    total, *terms = _Terms.apply(flat, (layout, float(cfg.target_heads), weights))
+    return _by_name(terms, layout), total
 
 
 class _Layer(NamedTuple):
@@ -175,6 +173,12 @@ def _terms(flat: torch.Tensor, layout: tuple[_Layer, ...], target_heads: float) 
             per_term["entropy"].append(flat[pos + 2] / n)
             pos += 4
     return [torch.stack(v).mean() for v in per_term.values() if v]
+
+
+def _by_name(terms, layout: tuple[_Layer, ...]) -> dict[str, torch.Tensor | None]:
+    """The values of the terms that apply (TERMS order) as {term: value}, None for the others."""
+    values = iter(terms)
+    return {t: (next(values) if _applies(t, layout) else None) for t in TERMS}
 
 
 def _layers_per_term(layout: tuple[_Layer, ...]) -> dict[str, int]:
@@ -296,9 +300,8 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     weights = tuple(float(getattr(cfg, WEIGHT_KEYS[t])) if _applies(t, layout) else 0.0 for t in TERMS)
     spec = (kernels, layout, float(cfg.target_heads), weights, float(cfg.k_min),
             budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight))
-    total, *named_terms = _NativeAux.apply(spec, valid, *tensors)
-    named = iter(named_terms)
-    return {t: (next(named) if _applies(t, layout) else None) for t in TERMS}, total
+    total, *terms = _NativeAux.apply(spec, valid, *tensors)
+    return _by_name(terms, layout), total
 
 
 class _NativeAux(torch.autograd.Function):

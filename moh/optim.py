@@ -14,6 +14,7 @@ Optimizer groups: matrices of the main model decay; biases, norms and everything
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -167,28 +168,50 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, "GroupNorms"]:
     """Total L2 grad norm (0-d tensor) and one per group (None for a group with no parameters).
 
-    No host sync: the caller reads the values on logging steps only.
+    No host sync: the caller reads the values on logging steps only. One `_foreach_norm` over
+    every gradient; the per-group norms are summed from its squares when first read (logged
+    steps only), as a group's own per-step reductions were ~4 tensor operations each, ~0.05 ms
+    a step for the adaptive router's six groups (docs/benchmarks.md).
     """
-    per: dict[str, torch.Tensor | None] = {}
-    squares = []
+    grads: list[torch.Tensor] = []
+    spans: dict[str, tuple[int, int] | None] = {}
     for g, params in groups.items():
-        grads = [p.grad if p.grad.dtype == torch.float32 else p.grad.float()
-                 for p in params if p.grad is not None]
-        if not params:
-            per[g] = None
-            continue
-        if not grads:  # parameters exist but received no gradient at all
-            per[g] = torch.zeros((), device=params[0].device)
-            continue
-        # one foreach call per group: per-tensor norms without a dispatched op per tensor
-        sq = torch.stack(torch._foreach_norm(grads)).square().sum()
-        squares.append(sq)
-        per[g] = sq.sqrt()
-    total = torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=_device(groups))
-    return total, per
+        start = len(grads)
+        grads += [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for p in params if p.grad is not None]
+        spans[g] = (start, len(grads)) if params else None
+    if not grads:  # no gradient at all
+        zero = torch.zeros((), device=_device(groups))
+        return zero, GroupNorms(zero.view(1), spans)
+    squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,) in group order
+    return squares.sum().sqrt(), GroupNorms(squares, spans)
+
+
+class GroupNorms(Mapping):
+    """Group name -> its gradient norm (0-d tensor; 0 for a group whose parameters got no
+    gradient, None for a group without parameters), from the per-tensor squared norms
+    `grad_norms` measured: the values are those of the gradients then, whatever happens to
+    them later (clipping)."""
+
+    def __init__(self, squares: torch.Tensor, spans: dict[str, tuple[int, int] | None]):
+        self._squares, self._spans, self._values = squares, spans, {}
+
+    def __getitem__(self, group: str) -> torch.Tensor | None:
+        span = self._spans[group]
+        if span is None:
+            return None
+        if group not in self._values:
+            a, b = span
+            self._values[group] = self._squares[a:b].sum().sqrt()  # an empty span: 0
+        return self._values[group]
+
+    def __iter__(self):
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
 
 
 def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:

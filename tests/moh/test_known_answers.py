@@ -288,6 +288,18 @@ def test_grad_norms_total_and_per_group():
     assert per["router"] is None
 
 
+def test_grad_norms_per_group_are_the_gradients_before_clipping():
+    """The per-group norms are read on logged steps, after clip_ has scaled the gradients in
+    place: they must still be the norms grad_norms measured (the record logs those)."""
+    a, b = _params_with_grads([3.0, 0.0], [0.0, 4.0])
+    c = torch.nn.Parameter(torch.zeros(2))  # a parameter that got no gradient
+    total, per = grad_norms({"attention": [a], "ffn": [b], "router": [c], "threshold": []})
+    clip_([a, b], total, 1.0)
+    assert per["attention"].item() == pytest.approx(3.0) and per["ffn"].item() == pytest.approx(4.0)
+    assert per["router"].item() == 0.0 and per["threshold"] is None
+    assert list(per) == ["attention", "ffn", "router", "threshold"] and len(per) == 4
+
+
 @pytest.mark.parametrize("clip,post", [(1.0, 1.0), (4.9, 4.9), (5.1, 5.0), (100.0, 5.0), (0.0, 5.0)])
 def test_clipping_scales_to_min_of_norm_and_clip(clip, post):
     ps = _params_with_grads([3.0, 0.0], [0.0, 4.0])  # global norm 5

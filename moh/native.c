@@ -73,8 +73,11 @@ static float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 /* softmax of one row of H logits: exp(x - max) / sum. torch's softmax kernel costs ~40 us
    for 429 rows of 8 on this CPU (a per-row setup), this loop a few; the values agree with
-   torch's to a few ulps (its exp is a vectorised approximation, this one libm's). */
-static void softmax_row(const float *x, int64_t H, float *p) {
+   torch's to a few ulps (its exp is a vectorised approximation, this one libm's).
+   `stats` (lse, entropy): the row's logsumexp, as aux_sums computes it (the same bits), and
+   the entropy -sum p log max(p, 1e-12) with log p = (x - max) - log(sum) in double: the aux
+   objective's kernels read both instead of 17 exp/log calls a token again. */
+static void softmax_row(const float *x, int64_t H, float *p, float *lse, float *entropy) {
     float m = x[0];
     for (int64_t h = 1; h < H; h++) m = x[h] > m ? x[h] : m;
     float s = 0.0f;
@@ -83,6 +86,11 @@ static void softmax_row(const float *x, int64_t H, float *p) {
         s += p[h];
     }
     for (int64_t h = 0; h < H; h++) p[h] /= s;
+    *lse = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+    double log_s = log((double)s), e = 0.0;
+    for (int64_t h = 0; h < H; h++) /* the clamp: log(1e-12) below it, as the torch formula */
+        e -= (double)p[h] * (p[h] >= 1e-12f ? (double)(x[h] - m) - log_s : (double)logf(1e-12f));
+    *entropy = (float)e;
 }
 
 /* One token's selection: heads in descending probability while the exclusive cumulative
@@ -118,19 +126,20 @@ static float predictor_norm(int64_t C, const float *w_c, const float *w_t) {
    in:  proj: rows of H + 2 values `row_stride` floats apart: H router logits, the complexity
         logit, the threshold logit; w_c, w_t: the complexity and threshold weight vectors (C).
    out: probs (n, H); c, kappa, tau, s_t (n) (s_t: the threshold's sigmoid, for the backward
-        pass); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
+        pass); stats (2, n): each row's logsumexp, then its probabilities' entropy (for the aux
+        objective: aux_sums, L_STATS); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
         each rank, for the backward pass; hard (n, H) 0/1 bytes; gates (n, H) the same as
         float; count (n); pred_norm: the logged predictor norm (one call instead of two). */
 void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, float k_min,
                    float span_k, float tau_min, float span_t, float tau_lo, float tau_hi,
                    int64_t C, const float *w_c, const float *w_t,
-                   float *probs, float *c, float *kappa, float *tau, float *s_t,
+                   float *probs, float *c, float *kappa, float *tau, float *s_t, float *stats,
                    uint8_t *tau_kept, uint8_t *order, uint8_t *hard, float *gates, float *count,
                    float *pred_norm) {
     for (int64_t i = 0; i < n; i++) {
         const float *row = proj + i * row_stride;
         float *p = probs + i * H;
-        softmax_row(row, H, p);
+        softmax_row(row, H, p, stats + i, stats + n + i);
         float ci = sigmoidf_(row[H]), si = sigmoidf_(row[H + 1]);
         float ki = k_min + span_k * ci;
         float tf = tau_min + span_t * si;
@@ -224,6 +233,8 @@ enum {
     L_COUNT,        /* adaptive: head count (n) */
     L_DIFF,         /* adaptive: difficulty quantile (n, NaN = none), 0 = the "heads" target */
     L_PER_K,        /* balance divided by the mean head count (Switch form) */
+    L_STATS,        /* route_forward's stats (2, n) for these logits and probs (the adaptive router's
+                       own, so probs = softmax(logits)), or 0: the logsumexp and entropy from here */
     L_FIELDS
 };
 /* The flat sums: [real tokens n, then per layer: f numerators (Hb), P numerators (Hb), z, and
@@ -273,13 +284,18 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
         double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
         memset(f, 0, sizeof f);
         memset(P, 0, sizeof P);
+        const float *stats = PTR(const float *, y[L_STATS]);
         for (int64_t i = 0; i < n; i++) {
-            const float *x = logits + i * y[L_LOGIT_STRIDE];
-            float m = x[0];
-            for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
-            float s = 0.0f;
-            for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
-            ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+            if (stats) {
+                ls[i] = stats[i];
+            } else {
+                const float *x = logits + i * y[L_LOGIT_STRIDE];
+                float m = x[0];
+                for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
+                float s = 0.0f;
+                for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
+                ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+            }
             double wi = w[i];
             const float *p = probs + i * Hb;
             const uint8_t *hr = hard + i * y[L_HARD_STRIDE];
@@ -298,9 +314,13 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
                 if (wi != 0.0) {
                     cnt += wi * count[i];
                     double e = 0.0;
-                    for (int64_t h = 0; h < Hb; h++) {
-                        float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
-                        e -= (double)p[h] * (double)logf(ph);
+                    if (stats) {
+                        e = stats[n + i];
+                    } else {
+                        for (int64_t h = 0; h < Hb; h++) {
+                            float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
+                            e -= (double)p[h] * (double)logf(ph);
+                        }
                     }
                     ent += wi * e;
                 }
@@ -441,10 +461,10 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
                     g_probs[i * Hb + h] = v;
                 }
             }
-            if (g_logits) { /* z = sum w lse^2: d/d logit = 2 lse softmax(logit) */
+            if (g_logits) { /* z = sum w lse^2: d/d logit = 2 lse softmax(logit) (= probs with stats) */
                 const float *x = logits + i * y[L_LOGIT_STRIDE];
                 float s = gz2 * wi * ls[i];
-                for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(x[h] - ls[i]);
+                for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * (y[L_STATS] ? p[h] : expf(x[h] - ls[i]));
             }
             if (kappa && g_kappa) { /* complexity = sum w_c (target - kappa)^2 */
                 float wc, t = complexity_target(y, i, wi, k_min, span, &wc);

@@ -100,8 +100,9 @@ def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch
 
 class _AdaptiveRoute(torch.autograd.Function):
     """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
-    (gates, hard, probs, c, kappa, tau, count), and the router's logged predictor norm (no
-    gradient; here because the C kernel computes it in the same call).
+    (gates, hard, probs, c, kappa, tau, count), and, with no gradient, the router's logged
+    predictor norm and `Routing.lse_entropy` (C kernel only, else None): here because the
+    kernel computes them in the same pass.
 
     The forward pass runs the reference's operations on the same tensors in the same order
     (equal values, bit for bit); the backward pass is the chain rule through softmax, the two
@@ -137,10 +138,10 @@ class _AdaptiveRoute(torch.autograd.Function):
             ctx.mark_non_differentiable(hard, pred_norm)
         else:  # pitfall 1 on purpose: no gradient path from the gates (nor their count)
             ctx.mark_non_differentiable(hard, gates, count, pred_norm)
-        return gates, hard, probs, c, kappa, tau, count, pred_norm
+        return gates, hard, probs, c, kappa, tau, count, pred_norm, None
 
     @staticmethod
-    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm):  # type: ignore[override]
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm, _g_stats):  # type: ignore[override]
         if ctx.kernels is not None:
             return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count), None
         probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
@@ -181,9 +182,10 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     _, at, stride = _rows_of(out)  # `out` is an input: alive until the call returns
     lead = out.shape[:-1]
     n = lead.numel()
-    floats = torch.empty(2 * n * H + 5 * n + 1)
+    floats = torch.empty(2 * n * H + 7 * n + 1)
     probs, gates = floats[: 2 * n * H].view(2, *lead, H).unbind(0)
     c, kappa, tau, count = floats[2 * n * H: 2 * n * H + 4 * n].view(4, *lead).unbind(0)
+    stats = floats[2 * n * H + 5 * n: 2 * n * H + 7 * n].view(2, *lead)
     pred_norm = floats[-1]
     bytes_ = torch.empty(2 * n * H + n, dtype=torch.uint8)
     hard = bytes_[: n * H].view(torch.bool).view(*lead, H)
@@ -192,15 +194,16 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
     kernels.route_forward(n, H, at, stride, router.k_min, H - router.k_min, router.tau_min,
                           router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(),
-                          w_c.data_ptr(), w_t.data_ptr(), f0, *_addresses(f0, n, H), b0 + 2 * n * H,
-                          b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n), f0 + 4 * (2 * n * H + 5 * n))
+                          w_c.data_ptr(), w_t.data_ptr(), f0, *_addresses(f0, n, H), f0 + 4 * (2 * n * H + 5 * n),
+                          b0 + 2 * n * H, b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n),
+                          f0 + 4 * (2 * n * H + 7 * n))
     ctx.buffers, ctx.n, ctx.lead, ctx.router = (floats, bytes_), n, lead, router
     ctx.set_materialize_grads(False)
     if router.straight_through:
-        ctx.mark_non_differentiable(hard, pred_norm)
+        ctx.mark_non_differentiable(hard, pred_norm, stats)
     else:
-        ctx.mark_non_differentiable(hard, gates, count, pred_norm)
-    return gates, hard, probs, c, kappa, tau, count, pred_norm
+        ctx.mark_non_differentiable(hard, gates, count, pred_norm, stats)
+    return gates, hard, probs, c, kappa, tau, count, pred_norm, stats
 
 
 def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:

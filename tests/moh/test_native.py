@@ -2,6 +2,7 @@
 step, the build cache, and the fallback when there is no compiler (real child processes)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,6 +72,50 @@ def test_a_training_step_is_the_same_on_both_paths(kw):
         torch.testing.assert_close(g_n[name], g_t[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
     routed = [n for n in g_t if n.endswith("router.router.weight")]
     assert routed and all(g_n[n].abs().sum() > 0 for n in routed)
+
+
+@needs_native
+def test_the_route_kernel_hands_the_aux_kernels_its_logsumexp_and_entropy():
+    """route_forward's per-token (logsumexp, entropy), which aux_sums reads instead of computing
+    them: the torch formulas' values, also for a token whose smallest probability is under
+    the entropy's 1e-12 clamp, and the same aux terms and gradients as the aux kernels' own."""
+    from moh.route_fast import _AdaptiveRoute
+    from moh.routing import AdaptiveRouter
+
+    router = AdaptiveRouter(Config(n_heads=4, d_model=8))
+    proj = torch.tensor([[0.3, -1.2, 2.0, 0.1, 0.5, -0.5],  # rows: 4 logits, complexity, threshold
+                         [30.0, -30.0, 0.0, 1.0, 0.0, 0.0],  # p(head 1) ~ 1e-26: clamped
+                         [5.0, 5.0, 5.0, 5.0, 1.0, 2.0]])  # uniform: entropy log 4
+    out = _AdaptiveRoute.apply(proj, router)
+    probs, stats = out[2], out[-1]
+    torch.testing.assert_close(stats[0], torch.logsumexp(proj[:, :4], -1), rtol=1e-6, atol=0)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    torch.testing.assert_close(stats[1], entropy, rtol=2e-6, atol=1e-7)
+    assert abs(float(stats[1, 2]) - math.log(4)) < 1e-6
+
+    cfg = Config(n_layers=2, n_heads=8, d_model=32, d_ff=64, entropy_weight=0.3)  # every term's gradient
+    results = []
+    for keep in (True, False):
+        torch.manual_seed(0)
+        model = LM(cfg, VOCAB)
+        idx = torch.randint(1, VOCAB, (6, 20), generator=torch.Generator().manual_seed(1))
+        idx[2, 12:] = 0
+        targets = idx.roll(-1, 1).clone()
+        targets[:, -1] = -100
+        targets[idx == 0] = -100
+        _, loss_sum, routings = model(idx, targets)
+        assert all(r.lse_entropy is not None for r in routings)
+        if not keep:
+            for r in routings:
+                r.lse_entropy = None
+        aux = aux_losses(routings, idx != 0, cfg)
+        weighted_total(aux, cfg).backward()
+        results.append((aux, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (aux_k, g_k), (aux_c, g_c) = results
+    for t in aux_c:
+        torch.testing.assert_close(aux_k[t], aux_c[t], rtol=1e-6, atol=1e-9, msg=t)
+    for name in g_c:
+        torch.testing.assert_close(g_k[name], g_c[name], rtol=1e-4, atol=1e-6 * float(g_c[name].abs().max()), msg=name)
 
 
 @needs_native

@@ -290,8 +290,9 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
             return None
         heads = range(*bh.indices(H))
         diff = r.difficulty if cfg.complexity_target != "heads" else None
-        tensors += [r.hard, r.probs, r.logits, r.kappa, r.count, None if diff is None else diff.detach(),
-                    r.lse_entropy]
+        # the router's own logsumexp (with its gradient) replaces the logits: no slice of them in the graph
+        tensors += [r.hard, r.probs, r.logits if r.lse is None else None, r.kappa, r.count,
+                    None if diff is None else diff.detach(), r.lse, r.entropy]
         layout.append(_Layer(len(heads), H, r.kappa is not None, r.balance_per_k, heads.start))
     floats = [t for t in tensors if t is not None and t.dtype != torch.bool]
     kernels = native.for_tensors(*floats, width=max(l.H for l in layout))
@@ -305,7 +306,7 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     return _by_name(terms, layout), total
 
 
-_PER_LAYER = 7  # _NativeAux's tensors per routed layer
+_PER_LAYER = 8  # _NativeAux's tensors per routed layer
 
 
 class _NativeAux(torch.autograd.Function):
@@ -318,8 +319,10 @@ class _NativeAux(torch.autograd.Function):
 
     Inputs: spec (kernels, layout, target_heads, the 5 weights in TERMS order, k_min,
     kappa* span, reduce, ent_grad), valid (B, T) and per routed layer (hard, probs, logits,
-    kappa, count, difficulty, lse_entropy), kappa, count and difficulty None for a non-adaptive
-    layer (difficulty also under the "heads" target), lse_entropy where the router has none. Outputs: (total, *the terms that apply). The sums are
+    kappa, count, difficulty, lse, entropy): kappa, count and difficulty None for a
+    non-adaptive layer (difficulty also under the "heads" target); lse and entropy None where
+    the router did not make them (`Routing.lse`), else logits None (the z-loss's gradient goes
+    to lse). Outputs: (total, *the terms that apply). The sums are
     accumulated in double and rounded once, the terms and the total computed in double: the
     torch path's values up to float32 rounding (tests/moh/test_losses_fast.py)."""
 
@@ -330,15 +333,15 @@ class _NativeAux(torch.autograd.Function):
         n = w.numel()
         kept, fields = [w], []
         for l, lay in enumerate(layout):
-            hard, probs, logits, kappa, count, diff, stats = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
+            hard, probs, logits, kappa, count, diff, r_lse, r_ent = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
             hard, hard_at, hard_stride = _rows_of(hard)
-            probs = probs.contiguous()
-            logits, logits_at, logits_stride = _rows_of(logits)
-            kappa, count, diff, stats = (None if t is None else t.contiguous() for t in (kappa, count, diff, stats))
-            kept += [hard, probs, logits, kappa, count, diff, stats]
+            logits, logits_at, logits_stride = _rows_of(logits) if logits is not None else (None, 0, 0)
+            probs, kappa, count, diff, r_lse, r_ent = (None if t is None else t.contiguous()
+                                                       for t in (probs, kappa, count, diff, r_lse, r_ent))
+            kept += [hard, probs, logits, kappa, count, diff, r_lse, r_ent]
             fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, probs.data_ptr(), logits_at, logits_stride,
                        *(0 if t is None else t.data_ptr() for t in (kappa, count, diff)), int(lay.per_k),
-                       0 if stats is None else stats.data_ptr()]
+                       *(0 if t is None else t.data_ptr() for t in (r_lse, r_ent))]
         layers = (ctypes.c_int64 * len(fields))(*fields)
         lse = torch.empty(len(layout), n)
         flat = torch.empty(1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout))
@@ -365,17 +368,21 @@ class _NativeAux(torch.autograd.Function):
         need = ctx.needs_input_grad
         grads: list[torch.Tensor | None] = []
         for l in range(len(layout)):
-            _, probs, logits, kappa = ctx.kept[1 + _PER_LAYER * l: 5 + _PER_LAYER * l]
-            wanted = (probs, logits, kappa, kappa)  # d probs, d logits, d kappa, d count
-            grads += [torch.empty(t.shape) if t is not None and need[3 + _PER_LAYER * l + j] else None
-                      for j, t in enumerate(wanted)]
+            _, probs, logits, kappa, _, _, r_lse, _ = ctx.kept[1 + _PER_LAYER * l: 1 + _PER_LAYER * (l + 1)]
+            at = 2 + _PER_LAYER * l  # the layer's first input
+            z_input = (logits, 2) if r_lse is None else (r_lse, 6)  # where the z-loss's gradient goes
+            wanted = ((probs, 1), z_input, (kappa, 3), (kappa, 4))  # d probs, d logits | d lse, d kappa, d count
+            grads += [torch.empty(t.shape) if t is not None and need[at + k] else None for t, k in wanted]
         addresses = (ctypes.c_int64 * len(grads))(*(0 if g is None else g.data_ptr() for g in grads))
         w = ctx.kept[0]
         kernels.aux_sums_backward(w.numel(), len(layout), ctx.layers, w.data_ptr(), k_min, span,
                                   ctx.lse.data_ptr(), g_flat.data_ptr(), int(ent_grad), addresses)
         out: list[torch.Tensor | None] = [None, None]
-        for l in range(len(layout)):  # (hard, probs, logits, kappa, count, difficulty, lse_entropy)
-            out += [None, *grads[4 * l: 4 * l + 4], None, None]
+        for l in range(len(layout)):  # (hard, probs, logits, kappa, count, difficulty, lse, entropy)
+            g_probs, g_z, g_kappa, g_count = grads[4 * l: 4 * l + 4]
+            z_from_lse = ctx.kept[1 + _PER_LAYER * l + 6] is not None
+            out += [None, g_probs, None if z_from_lse else g_z, g_kappa, g_count, None,
+                    g_z if z_from_lse else None, None]
         return tuple(out)
 
 

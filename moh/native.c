@@ -127,7 +127,7 @@ static float predictor_norm(int64_t C, const float *w_c, const float *w_t) {
         logit, the threshold logit; w_c, w_t: the complexity and threshold weight vectors (C).
    out: probs (n, H); c, kappa, tau, s_t (n) (s_t: the threshold's sigmoid, for the backward
         pass); stats (2, n): each row's logsumexp, then its probabilities' entropy (for the aux
-        objective: aux_sums, L_STATS); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
+        objective: aux_sums, L_LSE and L_ENTROPY); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
         each rank, for the backward pass; hard (n, H) 0/1 bytes; gates (n, H) the same as
         float; count (n); pred_norm: the logged predictor norm (one call instead of two). */
 void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, float k_min,
@@ -164,7 +164,7 @@ void select_heads(int64_t n, int64_t H, const float *probs, const float *tau, co
 }
 
 /* The backward pass of route_forward's node (moh/route_fast.py `_AdaptiveRoute`): upstream
-   gradients of gates, probs, c, kappa, tau and count (NULL = none) -> the gradient of the
+   gradients of gates, probs, c, kappa, tau, count and the logsumexp (NULL = none) -> the gradient of the
    projections g_out (n, H + 2): H router logits, the complexity logit, the threshold logit.
    `straight_through` = 0: the gates and count carry no gradient (pitfall 1 on purpose).
    The surrogate s_j = sigmoid((tau - C_j) / t1) * sigmoid((kappa - j - 1/2) / t2) of sorted rank
@@ -174,8 +174,8 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
                     const float *kappa, const float *tau, const uint8_t *tau_kept,
                     const uint8_t *orders, const float *g_gates,
                     const float *g_probs, const float *g_c, const float *g_kappa, const float *g_tau,
-                    const float *g_count, int straight_through, float t1, float t2, float span_k,
-                    float span_t, float *g_out) {
+                    const float *g_count, const float *g_lse, int straight_through, float t1, float t2,
+                    float span_k, float span_t, float *g_out) {
     float cum[MAX_HEADS], gp[MAX_HEADS], dz1[MAX_HEADS];
     int surrogate = straight_through && (g_gates || g_count);
     for (int64_t i = 0; i < n; i++) {
@@ -204,9 +204,10 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
             gt += sum1;
             gk += sum2;
         }
-        float dot = 0.0f; /* softmax: d logit_h = p_h (g_h - sum_k g_k p_k) */
+        float dot = 0.0f; /* softmax: d logit_h = p_h (g_h - sum_k g_k p_k); logsumexp: + g p_h */
         for (int64_t h = 0; h < H; h++) dot += gp[h] * p[h];
-        for (int64_t h = 0; h < H; h++) go[h] = p[h] * (gp[h] - dot);
+        float gl = g_lse ? g_lse[i] : 0.0f;
+        for (int64_t h = 0; h < H; h++) go[h] = p[h] * (gp[h] - dot) + gl * p[h];
         float ci = c[i], si = s_t[i];
         float gc = (g_c ? g_c[i] : 0.0f) + gk * span_k; /* kappa = k_min + span_k c */
         go[H] = gc * (1.0f - ci) * ci;
@@ -233,8 +234,9 @@ enum {
     L_COUNT,        /* adaptive: head count (n) */
     L_DIFF,         /* adaptive: difficulty quantile (n, NaN = none), 0 = the "heads" target */
     L_PER_K,        /* balance divided by the mean head count (Switch form) */
-    L_STATS,        /* route_forward's stats (2, n) for these logits and probs (the adaptive router's
-                       own, so probs = softmax(logits)), or 0: the logsumexp and entropy from here */
+    L_LSE,          /* each logit row's logsumexp (n) as route_forward made it with probs = softmax(logits),
+                       or 0: computed here from the logits (then read only when L_LSE is 0) */
+    L_ENTROPY,      /* adaptive: the probabilities' entropy per token (n) from route_forward, or 0: here */
     L_FIELDS
 };
 /* The flat sums: [real tokens n, then per layer: f numerators (Hb), P numerators (Hb), z, and
@@ -284,10 +286,10 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
         double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
         memset(f, 0, sizeof f);
         memset(P, 0, sizeof P);
-        const float *stats = PTR(const float *, y[L_STATS]);
+        const float *lse_in = PTR(const float *, y[L_LSE]), *entropy = PTR(const float *, y[L_ENTROPY]);
         for (int64_t i = 0; i < n; i++) {
-            if (stats) {
-                ls[i] = stats[i];
+            if (lse_in) {
+                ls[i] = lse_in[i];
             } else {
                 const float *x = logits + i * y[L_LOGIT_STRIDE];
                 float m = x[0];
@@ -314,8 +316,8 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
                 if (wi != 0.0) {
                     cnt += wi * count[i];
                     double e = 0.0;
-                    if (stats) {
-                        e = stats[n + i];
+                    if (entropy) {
+                        e = entropy[i];
                     } else {
                         for (int64_t h = 0; h < Hb; h++) {
                             float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
@@ -433,8 +435,8 @@ void aux_terms_backward(int64_t layers_n, const int64_t *layers, const float *fl
 }
 
 /* Backward, part 2: per-token gradients of every layer from the (reduced) g_flat. `grads`:
-   4 addresses a layer (d probs (n, Hb), d logits (n, Hb), d kappa (n), d count (n); 0 = not
-   wanted). `ent_grad`: the entropy sum reaches the probabilities (its weight is not 0). */
+   4 addresses a layer (d probs (n, Hb), d logits (n, Hb) or, with L_LSE, d logsumexp (n),
+   d kappa (n), d count (n); 0 = not wanted). `ent_grad`: the entropy sum reaches the probabilities (its weight is not 0). */
 void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const float *w, float k_min,
                        float span, const float *lse, const float *g_flat, int ent_grad, const int64_t *grads) {
     const float *g = g_flat + 1;
@@ -461,10 +463,12 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
                     g_probs[i * Hb + h] = v;
                 }
             }
-            if (g_logits) { /* z = sum w lse^2: d/d logit = 2 lse softmax(logit) (= probs with stats) */
+            if (g_logits && y[L_LSE]) { /* z = sum w lse^2: d/d lse = 2 w lse */
+                g_logits[i] = gz2 * wi * ls[i];
+            } else if (g_logits) { /* d/d logit = 2 w lse softmax(logit) */
                 const float *x = logits + i * y[L_LOGIT_STRIDE];
                 float s = gz2 * wi * ls[i];
-                for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * (y[L_STATS] ? p[h] : expf(x[h] - ls[i]));
+                for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(x[h] - ls[i]);
             }
             if (kappa && g_kappa) { /* complexity = sum w_c (target - kappa)^2 */
                 float wc, t = complexity_target(y, i, wi, k_min, span, &wc);

@@ -100,9 +100,9 @@ def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch
 
 class _AdaptiveRoute(torch.autograd.Function):
     """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
-    (gates, hard, probs, c, kappa, tau, count), and, with no gradient, the router's logged
-    predictor norm and `Routing.lse_entropy` (C kernel only, else None): here because the
-    kernel computes them in the same pass.
+    (gates, hard, probs, c, kappa, tau, count), the router's logged predictor norm (no
+    gradient), and with the C kernel `Routing.lse` and `Routing.entropy` (else None): here
+    because the kernel computes them in the same pass.
 
     The forward pass runs the reference's operations on the same tensors in the same order
     (equal values, bit for bit); the backward pass is the chain rule through softmax, the two
@@ -138,12 +138,12 @@ class _AdaptiveRoute(torch.autograd.Function):
             ctx.mark_non_differentiable(hard, pred_norm)
         else:  # pitfall 1 on purpose: no gradient path from the gates (nor their count)
             ctx.mark_non_differentiable(hard, gates, count, pred_norm)
-        return gates, hard, probs, c, kappa, tau, count, pred_norm, None
+        return gates, hard, probs, c, kappa, tau, count, pred_norm, None, None
 
     @staticmethod
-    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm, _g_stats):  # type: ignore[override]
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm, g_lse, _g_ent):  # type: ignore[override]
         if ctx.kernels is not None:
-            return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count), None
+            return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse), None
         probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
         rt = ctx.router
         g_sel = g_gates if rt.straight_through else None  # upstream gradient of the surrogate
@@ -185,7 +185,7 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     floats = torch.empty(2 * n * H + 7 * n + 1)
     probs, gates = floats[: 2 * n * H].view(2, *lead, H).unbind(0)
     c, kappa, tau, count = floats[2 * n * H: 2 * n * H + 4 * n].view(4, *lead).unbind(0)
-    stats = floats[2 * n * H + 5 * n: 2 * n * H + 7 * n].view(2, *lead)
+    lse, entropy = floats[2 * n * H + 5 * n: 2 * n * H + 7 * n].view(2, *lead).unbind(0)
     pred_norm = floats[-1]
     bytes_ = torch.empty(2 * n * H + n, dtype=torch.uint8)
     hard = bytes_[: n * H].view(torch.bool).view(*lead, H)
@@ -200,10 +200,10 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     ctx.buffers, ctx.n, ctx.lead, ctx.router = (floats, bytes_), n, lead, router
     ctx.set_materialize_grads(False)
     if router.straight_through:
-        ctx.mark_non_differentiable(hard, pred_norm, stats)
+        ctx.mark_non_differentiable(hard, pred_norm, entropy)
     else:
-        ctx.mark_non_differentiable(hard, gates, count, pred_norm, stats)
-    return gates, hard, probs, c, kappa, tau, count, pred_norm, stats
+        ctx.mark_non_differentiable(hard, gates, count, pred_norm, entropy)
+    return gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy
 
 
 def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:
@@ -236,14 +236,14 @@ def _rows_of(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return x, x.data_ptr(), sh[-1]
 
 
-def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count) -> torch.Tensor:
+def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse) -> torch.Tensor:
     (floats, bytes_), n, rt = ctx.buffers, ctx.n, ctx.router
     H = rt.n_heads
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
     c, kappa, tau, s_t = _addresses(f0, n, H)
     g_out = torch.empty(*ctx.lead, H + 2)
     # held in a list while the kernel runs: a temporary's memory would be freed before the call
-    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count)]
+    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse)]
     ctx.kernels.route_backward(
         n, H, f0, c, s_t, kappa, tau, b0 + 2 * n * H, b0 + n * H, *map(native.ptr, upstream),
         int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())

@@ -56,10 +56,12 @@ class Routing:
     # (B, T) rank quantile in [0, 1] of the difficulty of the token's prediction, NaN where it
     # has no target; set by LM.forward only under a difficulty complexity_target (moh/difficulty.py)
     difficulty: torch.Tensor | None = None
-    # (2, B, T) float32, no gradient: logsumexp(logits) and the entropy of probs per token, where
-    # the router's C kernel computed them with probs = softmax(logits) (the adaptive router on
-    # CPU); the aux objective's kernels read them instead of computing them again. None: they do.
-    lse_entropy: torch.Tensor | None = None
+    # (B, T) logsumexp(logits), with its gradient to the logits, and (B, T) the entropy of probs
+    # (no gradient), where the router's C kernel computed them with probs = softmax(logits) (the
+    # adaptive router on CPU): the aux objective's kernels read them instead of computing them
+    # again, and the z-loss reaches the logits through `lse`. None: the objective computes both.
+    lse: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
 
 class DenseRouter(nn.Module):
@@ -152,10 +154,10 @@ class AdaptiveRouter(nn.Module):
         if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
             proj = fused_linear(x.float(), *self.proj_params())
         # one autograd node for the whole head selection (route_reference is its definition)
-        gates, hard, probs, c, kappa, tau, count, pred_norm, stats = _AdaptiveRoute.apply(proj, self)
+        gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy = _AdaptiveRoute.apply(proj, self)
         return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=proj[..., :H],
                        count=count, tau=tau, complexity=c, kappa=kappa,
-                       balance_heads=slice(0, H), pred_norm=pred_norm, lse_entropy=stats)
+                       balance_heads=slice(0, H), pred_norm=pred_norm, lse=lse, entropy=entropy)
 
     def predictor_norm(self) -> torch.Tensor:
         """The logged mean L2 norm of the complexity and threshold weight vectors, no graph

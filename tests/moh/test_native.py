@@ -87,11 +87,11 @@ def test_the_route_kernel_hands_the_aux_kernels_its_logsumexp_and_entropy():
                          [30.0, -30.0, 0.0, 1.0, 0.0, 0.0],  # p(head 1) ~ 1e-26: clamped
                          [5.0, 5.0, 5.0, 5.0, 1.0, 2.0]])  # uniform: entropy log 4
     out = _AdaptiveRoute.apply(proj, router)
-    probs, stats = out[2], out[-1]
-    torch.testing.assert_close(stats[0], torch.logsumexp(proj[:, :4], -1), rtol=1e-6, atol=0)
+    probs, lse, ent = out[2], out[-2], out[-1]
+    torch.testing.assert_close(lse, torch.logsumexp(proj[:, :4], -1), rtol=1e-6, atol=0)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-    torch.testing.assert_close(stats[1], entropy, rtol=2e-6, atol=1e-7)
-    assert abs(float(stats[1, 2]) - math.log(4)) < 1e-6
+    torch.testing.assert_close(ent, entropy, rtol=2e-6, atol=1e-7)
+    assert abs(float(ent[2]) - math.log(4)) < 1e-6
 
     cfg = Config(n_layers=2, n_heads=8, d_model=32, d_ff=64, entropy_weight=0.3)  # every term's gradient
     results = []
@@ -104,10 +104,10 @@ def test_the_route_kernel_hands_the_aux_kernels_its_logsumexp_and_entropy():
         targets[:, -1] = -100
         targets[idx == 0] = -100
         _, loss_sum, routings = model(idx, targets)
-        assert all(r.lse_entropy is not None for r in routings)
+        assert all(r.lse is not None and r.entropy is not None for r in routings)
         if not keep:
             for r in routings:
-                r.lse_entropy = None
+                r.lse = r.entropy = None
         aux = aux_losses(routings, idx != 0, cfg)
         weighted_total(aux, cfg).backward()
         results.append((aux, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))

@@ -25,6 +25,8 @@ keeps fewer heads. A term that does not apply is None, never 0.
 from __future__ import annotations
 
 import ctypes
+import functools
+from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import torch
@@ -48,7 +50,7 @@ def _masked_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-               reference: bool = False) -> dict[str, torch.Tensor | None]:
+               reference: bool = False) -> Mapping[str, torch.Tensor | None]:
     """Raw (unweighted) aux terms, each a 0-d tensor averaged over layers, or None
     (`aux_objective` without the weighted total)."""
     return aux_objective(routings, valid, cfg, reduce, reference=reference)[0]
@@ -56,7 +58,7 @@ def aux_losses(routings: list[Routing], valid: torch.Tensor, cfg: Config,
 
 def aux_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                  reference: bool = False) -> tuple[dict[str, torch.Tensor | None], torch.Tensor | None]:
+                  reference: bool = False) -> tuple[Mapping[str, torch.Tensor | None], torch.Tensor | None]:
     """(raw aux terms, their weighted total): what a training step logs and what it adds to
     the LM loss. Each term is a 0-d tensor averaged over layers, or None; the total is
     `weighted_total(terms, cfg)` (None when no term applies), made by the same node as the
@@ -277,36 +279,66 @@ class _Terms(torch.autograd.Function):
 
 def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
                       reduce: Callable[[torch.Tensor], torch.Tensor] | None
-                      ) -> tuple[dict[str, torch.Tensor | None], torch.Tensor] | None:
+                      ) -> tuple[Mapping[str, torch.Tensor | None], torch.Tensor] | None:
     """aux_objective through `_NativeAux`, or None when moh/native.c cannot take these
     routings (no compiler, a tensor off the CPU or not float32, a head set that is not a
     contiguous slice, rows wider than native.MAX_HEADS)."""
-    routed = [r for r in routings if r.probs is not None]
-    tensors: list[torch.Tensor | None] = []
     layout: list[_Layer] = []
-    for r in routed:
+    inputs: list[torch.Tensor | None] = []  # what has a gradient: _NativeAux's tensor arguments
+    side: list[tuple] = []  # what has none, per layer: (hard, difficulty, entropy)
+    for r in routings:
+        if r.probs is None:  # not routed
+            continue
         H, bh = r.hard.shape[-1], r.balance_heads
         if not isinstance(bh, slice) or bh.step not in (None, 1):
             return None
         heads = range(*bh.indices(H))
-        diff = r.difficulty if cfg.complexity_target != "heads" else None
-        # the router's own logsumexp (with its gradient) replaces the logits: no slice of them in the graph
-        tensors += [r.hard, r.probs, r.logits if r.lse is None else None, r.kappa, r.count,
-                    None if diff is None else diff.detach(), r.lse, r.entropy]
         layout.append(_Layer(len(heads), H, r.kappa is not None, r.balance_per_k, heads.start))
-    floats = [t for t in tensors if t is not None and t.dtype != torch.bool]
-    kernels = native.for_tensors(*floats, width=max(l.H for l in layout))
+        # the router's own logsumexp (with its gradient) replaces the logits: no slice of them in the graph
+        inputs += [r.probs, r.logits if r.lse is None else r.lse, r.kappa, r.count]
+        side.append((r.hard, r.difficulty if cfg.complexity_target != "heads" else None, r.entropy))
+    kernels = native.for_tensors(*(t for t in inputs if t is not None), width=max(l.H for l in layout))
     if kernels is None or valid.device.type != "cpu":
         return None
     layout = tuple(layout)
     weights = tuple(float(getattr(cfg, WEIGHT_KEYS[t])) if _applies(t, layout) else 0.0 for t in TERMS)
     spec = (kernels, layout, float(cfg.target_heads), weights, float(cfg.k_min),
-            budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight))
-    total, *terms = _NativeAux.apply(spec, valid, *tensors)
-    return _by_name(terms, layout), total
+            budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight), valid, side)
+    total, terms = _NativeAux.apply(spec, *inputs)
+    return _TermValues(terms, layout), total
 
 
-_PER_LAYER = 8  # _NativeAux's tensors per routed layer
+class _TermValues(Mapping):
+    """{term: value} over TERMS (None for a term that does not apply), each value selected from
+    `_NativeAux`'s vector of terms when first read: a step reads them only when it is logged,
+    and five selections a step were as many tensor operations."""
+
+    def __init__(self, terms: torch.Tensor, layout: tuple[_Layer, ...]):
+        self._vector, self._index, self._values = terms, _term_index(layout), {}
+
+    def __getitem__(self, term: str) -> torch.Tensor | None:
+        i = self._index[term]
+        if i is None:
+            return None
+        if term not in self._values:
+            self._values[term] = self._vector[i]
+        return self._values[term]
+
+    def __iter__(self):
+        return iter(TERMS)
+
+    def __len__(self) -> int:
+        return len(TERMS)
+
+
+@functools.lru_cache(maxsize=64)
+def _term_index(layout: tuple[_Layer, ...]) -> dict[str, int | None]:
+    """Each term's place in the vector of the terms that apply (None: it does not apply)."""
+    applying = list(_layers_per_term(layout))
+    return {t: (applying.index(t) if t in applying else None) for t in TERMS}
+
+
+_PER_LAYER = 4  # _NativeAux's tensors per routed layer: probs, logits or lse, kappa, count
 
 
 class _NativeAux(torch.autograd.Function):
@@ -317,73 +349,83 @@ class _NativeAux(torch.autograd.Function):
     sums and the terms in both passes. `reduce` must be its own adjoint, as a sum over ranks
     is (`distributed.sum_autograd`: its backward is the same all-reduce).
 
-    Inputs: spec (kernels, layout, target_heads, the 5 weights in TERMS order, k_min,
-    kappa* span, reduce, ent_grad), valid (B, T) and per routed layer (hard, probs, logits,
-    kappa, count, difficulty, lse, entropy): kappa, count and difficulty None for a
-    non-adaptive layer (difficulty also under the "heads" target); lse and entropy None where
-    the router did not make them (`Routing.lse`), else logits None (the z-loss's gradient goes
-    to lse). Outputs: (total, *the terms that apply). The sums are
-    accumulated in double and rounded once, the terms and the total computed in double: the
-    torch path's values up to float32 rounding (tests/moh/test_losses_fast.py)."""
+    Inputs: spec (kernels, layout, target_heads, the 5 weights in TERMS order, k_min, kappa*
+    span, reduce, ent_grad, valid (B, T), and per routed layer (hard, difficulty, entropy)),
+    then the tensors with a gradient, per routed layer (probs, logits or lse, kappa, count):
+    the router's `lse` where it made one (then `entropy` too; the z-loss's gradient goes to
+    lse), else its logits; kappa, count and difficulty None for a non-adaptive layer
+    (difficulty also under the "heads" target). Only these four are node inputs: every input
+    costs autograd bookkeeping. Outputs: (total, the vector of the terms that apply, TERMS
+    order). The sums are accumulated in double and rounded once, the terms and the total
+    computed in double: the torch path's values up to float32 rounding
+    (tests/moh/test_losses_fast.py)."""
 
     @staticmethod
-    def forward(ctx, spec, valid, *tensors):  # type: ignore[override]
-        kernels, layout, target_heads, weights, k_min, span, reduce, _ = spec
-        w = valid.reshape(-1).float()
-        n = w.numel()
-        kept, fields = [w], []
+    def forward(ctx, spec, *tensors):  # type: ignore[override]
+        kernels, layout, target_heads, weights, k_min, span, reduce, _, valid, side = spec
+        valid = valid if valid.dtype == torch.bool and valid.is_contiguous() else valid.bool().contiguous()
+        n = valid.numel()
+        kept, fields = [valid], []
         for l, lay in enumerate(layout):
-            hard, probs, logits, kappa, count, diff, r_lse, r_ent = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
+            probs, z_in, kappa, count = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
+            hard, diff, entropy = side[l]
+            from_lse = entropy is not None  # z_in is the router's lse (made with its entropy)
             hard, hard_at, hard_stride = _rows_of(hard)
-            logits, logits_at, logits_stride = _rows_of(logits) if logits is not None else (None, 0, 0)
-            probs, kappa, count, diff, r_lse, r_ent = (None if t is None else t.contiguous()
-                                                       for t in (probs, kappa, count, diff, r_lse, r_ent))
-            kept += [hard, probs, logits, kappa, count, diff, r_lse, r_ent]
+            logits, logits_at, logits_stride = (None, 0, 0) if from_lse else _rows_of(z_in)
+            probs, kappa, count, diff, lse, entropy = (
+                None if t is None else t.contiguous()
+                for t in (probs, kappa, count, diff, z_in if from_lse else None, entropy))
+            kept += [hard, probs, logits, kappa, count, diff, lse, entropy]
             fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, probs.data_ptr(), logits_at, logits_stride,
                        *(0 if t is None else t.data_ptr() for t in (kappa, count, diff)), int(lay.per_k),
-                       *(0 if t is None else t.data_ptr() for t in (r_lse, r_ent))]
+                       *(0 if t is None else t.data_ptr() for t in (lse, entropy))]
         layers = (ctypes.c_int64 * len(fields))(*fields)
-        lse = torch.empty(len(layout), n)
-        flat = torch.empty(1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout))
-        kernels.aux_sums(n, len(layout), layers, w.data_ptr(), k_min, span, lse.data_ptr(), flat.data_ptr())
-        if reduce is not None:
-            flat = reduce(flat)
-        out = torch.empty(1 + len(_layers_per_term(layout)))
+        # one float buffer, by address: logsumexp (layers x n), the flat sums and their gradient,
+        # then the total and the terms (each tensor allocated or viewed costs a few us here)
+        n_flat = 1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout)
+        n_terms = len(_layers_per_term(layout))
+        buf = torch.empty(len(layout) * n + 2 * n_flat + 1 + n_terms)
+        lse_at = buf.data_ptr()
+        flat_at = lse_at + 4 * len(layout) * n
+        kernels.aux_sums(n, len(layout), layers, valid.data_ptr(), k_min, span, lse_at, flat_at)
+        flat = None
+        if reduce is not None:  # the job's sums, in a tensor of their own
+            flat = reduce(buf[len(layout) * n: len(layout) * n + n_flat])
+            flat_at = flat.data_ptr()
+        out_at = len(layout) * n + 2 * n_flat
         weights_ = (ctypes.c_double * 5)(*weights)
-        kernels.aux_terms(len(layout), layers, flat.data_ptr(), target_heads, weights_, out.data_ptr())
-        ctx.kept, ctx.layers, ctx.weights, ctx.lse, ctx.flat, ctx.spec = kept, layers, weights_, lse, flat, spec
+        kernels.aux_terms(len(layout), layers, flat_at, target_heads, weights_, lse_at + 4 * out_at)
+        ctx.kept, ctx.layers, ctx.weights, ctx.spec = kept, layers, weights_, spec
+        ctx.buf, ctx.flat, ctx.at = buf, flat, (lse_at, flat_at, n_flat)
         ctx.set_materialize_grads(False)  # the terms are usually logged only: no zero gradients
-        return out.unbind(0)
+        return buf.as_strided((), (), out_at), buf.as_strided((n_terms,), (1,), out_at + 1)
 
     @staticmethod
-    def backward(ctx, g_total, *g_terms):  # type: ignore[override]
-        kernels, layout, target_heads, _, k_min, span, reduce, ent_grad = ctx.spec
-        g_by_term = dict(zip(_layers_per_term(layout), g_terms))
-        g_terms_ = (ctypes.c_double * 5)(*(0.0 if g_by_term.get(t) is None else float(g_by_term[t]) for t in TERMS))
-        g_flat = torch.empty_like(ctx.flat)
-        kernels.aux_terms_backward(len(layout), ctx.layers, ctx.flat.data_ptr(), target_heads, ctx.weights,
-                                   0.0 if g_total is None else float(g_total), g_terms_, g_flat.data_ptr())
+    def backward(ctx, g_total, g_terms):  # type: ignore[override]
+        kernels, layout, target_heads, _, k_min, span, reduce, ent_grad, _, _ = ctx.spec
+        lse_at, flat_at, n_flat = ctx.at
+        g_by_term = dict(zip(_layers_per_term(layout), [] if g_terms is None else g_terms.tolist()))
+        g_terms_ = (ctypes.c_double * 5)(*(g_by_term.get(t, 0.0) for t in TERMS))
+        g_flat_at = lse_at + 4 * (len(layout) * ctx.kept[0].numel() + n_flat)  # the buffer's slot
+        kernels.aux_terms_backward(len(layout), ctx.layers, flat_at, target_heads, ctx.weights,
+                                   0.0 if g_total is None else float(g_total), g_terms_, g_flat_at)
+        g_flat = None
         if reduce is not None:
-            g_flat = reduce(g_flat)
+            start = (g_flat_at - lse_at) // 4
+            g_flat = reduce(ctx.buf[start: start + n_flat])
+            g_flat_at = g_flat.data_ptr()
         need = ctx.needs_input_grad
         grads: list[torch.Tensor | None] = []
         for l in range(len(layout)):
-            _, probs, logits, kappa, _, _, r_lse, _ = ctx.kept[1 + _PER_LAYER * l: 1 + _PER_LAYER * (l + 1)]
-            at = 2 + _PER_LAYER * l  # the layer's first input
-            z_input = (logits, 2) if r_lse is None else (r_lse, 6)  # where the z-loss's gradient goes
-            wanted = ((probs, 1), z_input, (kappa, 3), (kappa, 4))  # d probs, d logits | d lse, d kappa, d count
-            grads += [torch.empty(t.shape) if t is not None and need[at + k] else None for t, k in wanted]
+            _, probs, logits, kappa, _, _, lse, _ = ctx.kept[1 + 8 * l: 9 + 8 * l]
+            wanted = (probs, logits if lse is None else lse, kappa, kappa)  # d probs, d logits | d lse, d kappa, d count
+            grads += [torch.empty(t.shape) if t is not None and need[1 + _PER_LAYER * l + j] else None
+                      for j, t in enumerate(wanted)]
         addresses = (ctypes.c_int64 * len(grads))(*(0 if g is None else g.data_ptr() for g in grads))
-        w = ctx.kept[0]
-        kernels.aux_sums_backward(w.numel(), len(layout), ctx.layers, w.data_ptr(), k_min, span,
-                                  ctx.lse.data_ptr(), g_flat.data_ptr(), int(ent_grad), addresses)
-        out: list[torch.Tensor | None] = [None, None]
-        for l in range(len(layout)):  # (hard, probs, logits, kappa, count, difficulty, lse, entropy)
-            g_probs, g_z, g_kappa, g_count = grads[4 * l: 4 * l + 4]
-            z_from_lse = ctx.kept[1 + _PER_LAYER * l + 6] is not None
-            out += [None, g_probs, None if z_from_lse else g_z, g_kappa, g_count, None,
-                    g_z if z_from_lse else None, None]
-        return tuple(out)
+        valid = ctx.kept[0]
+        kernels.aux_sums_backward(valid.numel(), len(layout), ctx.layers, valid.data_ptr(), k_min, span,
+                                  lse_at, g_flat_at, int(ent_grad), addresses)
+        return (None, *grads)
 
 
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -267,12 +267,13 @@ static float complexity_target(const int64_t *y, int64_t i, float wi, float k_mi
     return t > (float)H ? (float)H : t;
 }
 
-/* Forward, part 1: the flat sums of every layer (`flat`, 1 + sum of widths floats) for real-token
-   weights w (n); `lse` (layers x n): each logit row's logsumexp, for the backward pass. */
-void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w, float k_min, float span,
+/* Forward, part 1: the flat sums of every layer (`flat`, 1 + sum of widths floats) over the real
+   tokens, `valid` (n bytes, 1 = real: the weights w are 0 or 1); `lse` (layers x n): each logit
+   row's logsumexp, for the backward pass. */
+void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const uint8_t *valid, float k_min, float span,
               float *lse, float *flat) {
     double real = 0.0;
-    for (int64_t i = 0; i < n; i++) real += w[i];
+    for (int64_t i = 0; i < n; i++) real += valid[i] ? 1.0 : 0.0;
     flat[0] = (float)real;
     float *out = flat + 1;
     for (int64_t l = 0; l < layers_n; l++) {
@@ -298,7 +299,7 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
                 for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
                 ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
             }
-            double wi = w[i];
+            double wi = valid[i] ? 1.0 : 0.0;
             const float *p = probs + i * Hb;
             const uint8_t *hr = hard + i * y[L_HARD_STRIDE];
             if (wi != 0.0) {
@@ -310,7 +311,7 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const float *w
             }
             if (kappa) {
                 float wc;
-                double d = (double)complexity_target(y, i, w[i], k_min, span, &wc) - (double)kappa[i];
+                double d = (double)complexity_target(y, i, (float)wi, k_min, span, &wc) - (double)kappa[i];
                 cx += (double)wc * d * d;
                 wcs += wc;
                 if (wi != 0.0) {
@@ -437,7 +438,7 @@ void aux_terms_backward(int64_t layers_n, const int64_t *layers, const float *fl
 /* Backward, part 2: per-token gradients of every layer from the (reduced) g_flat. `grads`:
    4 addresses a layer (d probs (n, Hb), d logits (n, Hb) or, with L_LSE, d logsumexp (n),
    d kappa (n), d count (n); 0 = not wanted). `ent_grad`: the entropy sum reaches the probabilities (its weight is not 0). */
-void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const float *w, float k_min,
+void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const uint8_t *valid, float k_min,
                        float span, const float *lse, const float *g_flat, int ent_grad, const int64_t *grads) {
     const float *g = g_flat + 1;
     for (int64_t l = 0; l < layers_n; l++) {
@@ -450,7 +451,7 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
         const float *gP = g + Hb;
         float gz2 = 2.0f * g[2 * Hb];
         for (int64_t i = 0; i < n; i++) {
-            float wi = w[i];
+            float wi = valid[i] ? 1.0f : 0.0f;
             const float *p = probs + i * Hb;
             if (g_probs) {
                 float ge = kappa && ent_grad ? g[2 * Hb + 3] * wi : 0.0f;

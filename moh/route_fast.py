@@ -173,22 +173,24 @@ class _AdaptiveRoute(torch.autograd.Function):
 def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:
     """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too).
 
-    Every output lives in one float buffer (probs, gates, c, kappa, tau, count, then s_t and
-    the norm) or one byte buffer (hard, then the sort order and tau_kept), and the backward
-    pass reads the buffers by address: each allocation, view or saved tensor costs a few
-    microseconds at this point of a step, as much as the kernel's work. (No saved-tensor
-    version check, then: nothing writes into a routing's tensors.)"""
+    Every output lives in one float buffer (probs, gates, c, kappa, tau, count, s_t, lse,
+    entropy, then the norm) or one byte buffer (hard, then the sort order and tau_kept), each
+    an `as_strided` view of it, and the backward pass reads the buffers by address: each
+    allocation, view or saved tensor costs a few microseconds at this point of a step, as much
+    as the kernel's work. (No saved-tensor version check, then: nothing writes into a
+    routing's tensors.)"""
     H = router.n_heads
     _, at, stride = _rows_of(out)  # `out` is an input: alive until the call returns
     lead = out.shape[:-1]
     n = lead.numel()
     floats = torch.empty(2 * n * H + 7 * n + 1)
-    probs, gates = floats[: 2 * n * H].view(2, *lead, H).unbind(0)
-    c, kappa, tau, count = floats[2 * n * H: 2 * n * H + 4 * n].view(4, *lead).unbind(0)
-    lse, entropy = floats[2 * n * H + 5 * n: 2 * n * H + 7 * n].view(2, *lead).unbind(0)
-    pred_norm = floats[-1]
-    bytes_ = torch.empty(2 * n * H + n, dtype=torch.uint8)
-    hard = bytes_[: n * H].view(torch.bool).view(*lead, H)
+    # bool bytes: hard is read by torch, the order and tau_kept (values up to H) only by C
+    bytes_ = torch.empty(2 * n * H + n, dtype=torch.bool)
+    rows, tokens = _strides(lead + (H,)), _strides(lead)
+    probs, gates = (floats.as_strided(lead + (H,), rows, k * n * H) for k in (0, 1))
+    c, kappa, tau, count, _, lse, entropy = (floats.as_strided(lead, tokens, 2 * n * H + k * n) for k in range(7))
+    pred_norm = floats.as_strided((), (), 2 * n * H + 7 * n)
+    hard = bytes_.as_strided(lead + (H,), rows, 0)
     w_c, w_t = (p if p.is_contiguous() else p.detach().contiguous()
                 for p in (router.complexity.weight, router.threshold.weight))
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
@@ -204,6 +206,16 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     else:
         ctx.mark_non_differentiable(hard, gates, count, pred_norm, entropy)
     return gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy
+
+
+@functools.lru_cache(maxsize=256)
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of this shape."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:

@@ -155,7 +155,9 @@ class AdaptiveRouter(nn.Module):
             proj = fused_linear(x.float(), *self.proj_params())
         # one autograd node for the whole head selection (route_reference is its definition)
         gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy = _AdaptiveRoute.apply(proj, self)
-        return Routing(hard=hard, gates=gates.to(x.dtype), probs=probs, logits=proj[..., :H],
+        if gates.dtype != x.dtype:  # (a no-op `to` still costs a dispatch)
+            gates = gates.to(x.dtype)
+        return Routing(hard=hard, gates=gates, probs=probs, logits=proj[..., :H],
                        count=count, tau=tau, complexity=c, kappa=kappa,
                        balance_heads=slice(0, H), pred_norm=pred_norm, lse=lse, entropy=entropy)
 

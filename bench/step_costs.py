@@ -28,7 +28,7 @@ import _engine  # noqa: E402
 from moh import losses, native, route_fast, threads, token_loss  # noqa: E402
 from moh.config import Config  # noqa: E402
 
-NODES = (route_fast._AdaptiveRoute, route_fast._QKVAndRouter, losses._NativeAux, losses._LayerSums,
+NODES = (route_fast._AdaptiveRoute, losses._NativeAux, losses._LayerSums,
          losses._Terms, token_loss._TokenLoss)
 
 

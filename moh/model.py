@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .config import Config
 from .data import IGNORE_INDEX
 from .difficulty import quantiles_at
-from .route_fast import _QKVAndRouter
+from .route_fast import fused_projections
 from .routing import Routing, make_router
 from .token_loss import token_loss
 
@@ -44,17 +44,13 @@ class CausalSelfAttention(nn.Module):
         if proj_params is not None and x.dtype == torch.float32:
             # The router's projections of x ride along in the qkv matmul: one matmul and one
             # input gradient instead of two (the qkv columns are computed exactly as alone).
-            # One node for cat + linear + split (moh/route_fast.py: same values, leaner backward).
             ws, bs = proj_params()
-            params = [self.qkv.weight, self.qkv.bias]
-            for wi, bi in zip(ws, bs):
-                params += [wi, bi]
-            qkv, proj = _QKVAndRouter.apply(x, 3 * C, *params)  # (B, T, 3C), (B, T, K)
-            r = self.router(x, proj=proj)
+            sizes = [C, C, C, sum(wi.shape[0] for wi in ws)]
+            q, k, v, proj = fused_projections(x, [self.qkv.weight, *ws], [self.qkv.bias, *bs], sizes)
+            r = self.router(x, proj=proj)  # proj (B, T, K)
         else:  # dense, or a model dtype other than the routers' float32
-            qkv = self.qkv(x)
+            q, k, v = self.qkv(x).split(C, dim=2)
             r = self.router(x)
-        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # Right padding + causal mask: real tokens never attend to the pads after them.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)

@@ -10,7 +10,7 @@ first copied into a tensor), not their arithmetic; docs/benchmarks.md has the me
 - `row_softmax`: a router's softmax on one thread (aten parallelises it at ~256 rows).
 - `_AdaptiveRoute`: the adaptive router from its projections to gates, mask, probabilities,
   complexity, budget, threshold and head count: one node for ~60 autograd nodes.
-- `_QKVAndRouter`: the attention's qkv matmul with the router projections riding along, one node.
+- `fused_projections`: the attention's qkv matmul with the router projections riding along.
 - `scalars`: Python numbers as cached 0-d tensors (also used by moh/losses.py's nodes).
 """
 
@@ -268,52 +268,19 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-class _QKVAndRouter(torch.autograd.Function):
-    """The attention's fused matmul: `F.linear(x, cat(W_qkv, W_1, ...), cat(b_qkv, b_1, ...))`
-    split into the qkv block and the router's projections, as one autograd node.
+def fused_projections(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+                      sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """`F.linear(x, cat(weights), cat(biases))` (a None bias: zeros) as its column blocks of
+    `sizes` (summing to the weights' rows): the attention's q, k, v and the router's
+    projections from one matmul and one input gradient.
 
-    The forward pass is that one F.linear (the same values as before, bit for bit). Autograd
-    through cat + linear + two slices built two zero-filled (B, T, 3C + K) gradients, added
-    them, and left each weight's gradient as a strided slice of a transposed matrix that
-    AccumulateGrad then copied; here the qkv block and the router block are differentiated
-    apart (`g^T x` each, the router's split into contiguous row blocks per parameter) and their
-    input gradients summed in one addmm (docs/benchmarks.md).
-    params: (W_qkv, b_qkv, W_1, b_1, ...), W_qkv with n_qkv rows; a bias may be None (a zero
-    column block).
+    Plain autograd, split in ONE operation: its backward pass joins the blocks' gradients in one
+    copy, as the dense attention's q/k/v split does, and the matmul's backward is dense's. (Two
+    slices had filled two zero gradients of the whole width; the hand-written node that replaced
+    them, and padding the width to a multiple of 16, cost more than this in the step:
+    docs/benchmarks.md, "Sixth session".)
     """
-
-    @staticmethod
-    def forward(ctx, x, n_qkv, *params):  # type: ignore[override]
-        ws, bs = params[0::2], params[1::2]
-        rows = [wi.shape[0] for wi in ws]
-        n = sum(rows)
-        # zero rows up to a multiple of 16 outputs: the matmul and its bias copy run at the
-        # aligned width (3C + K = 394 -> 400: ~15% faster on this CPU, docs/benchmarks.md); the
-        # real columns are the same bits (tests/moh/test_routing_fast.py)
-        pad = -n % 16
-        w0 = ws[0]
-        w = torch.cat([*ws, _zeros((pad, w0.shape[1]), w0.dtype, w0.device)] if pad else ws)
-        b = torch.cat([bi if bi is not None else _zeros(wi.shape[:1], wi.dtype, wi.device) for wi, bi in zip(ws, bs)]
-                      + ([_zeros((pad,), w0.dtype, w0.device)] if pad else []))
-        out = F.linear(x, w, b)  # (B, T, 3C + K + pad)
-        ctx.save_for_backward(x, w[:n_qkv], w[n_qkv:n])
-        ctx.rows = rows
-        ctx.has_bias = [bi is not None for bi in bs]
-        return out[..., :n_qkv], out[..., n_qkv:n]
-
-    @staticmethod
-    def backward(ctx, g_qkv, g_router):  # type: ignore[override]
-        # the two blocks' products apart: joining the gradients first (a (B, T, 3C + K) copy)
-        # cost more than the router block's own small matmuls
-        x, w_qkv, w_r = ctx.saved_tensors
-        gq, x2 = g_qkv.reshape(-1, g_qkv.shape[-1]), x.reshape(-1, x.shape[-1])
-        gr = g_router.reshape(-1, g_router.shape[-1])
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = gq.mm(w_qkv).addmm_(gr, w_r).view(x.shape)
-        gw = [gq.t().mm(x2), *gr.t().mm(x2).split(ctx.rows[1:])]
-        gb = [gq.sum(0), *gr.sum(0).split(ctx.rows[1:])]
-        grads: list[torch.Tensor | None] = []
-        for i, has_b in enumerate(ctx.has_bias):
-            grads += [gw[i], gb[i] if has_b else None]
-        return (gx, None, *grads)
+    w = torch.cat(list(weights))
+    b = torch.cat([bi if bi is not None else _zeros(wi.shape[:1], wi.dtype, wi.device)
+                   for wi, bi in zip(weights, biases)])
+    return F.linear(x, w, b).split(list(sizes), dim=-1)

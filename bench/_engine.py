@@ -121,7 +121,7 @@ class Trainer:
         idx, targets = batch
         cfg = self.cfg
         valid = idx != self.tok.pad_id
-        _, loss_sum, routings = self.model(idx, targets)
+        _, loss_sum, routings = self.model(idx, targets, valid=valid)
         n_tok = (targets != -100).sum()
         lm_loss = loss_sum / n_tok
         aux, aux_total = aux_objective(routings, valid, cfg)

@@ -285,7 +285,7 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     contiguous slice, rows wider than native.MAX_HEADS)."""
     layout: list[_Layer] = []
     inputs: list[torch.Tensor | None] = []  # what has a gradient: _NativeAux's tensor arguments
-    side: list[tuple] = []  # what has none, per layer: (hard, difficulty, entropy)
+    side: list[tuple] = []  # what has none, per layer: (hard, difficulty, whether inputs[0] are the sums)
     for r in routings:
         if r.probs is None:  # not routed
             continue
@@ -294,9 +294,10 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
             return None
         heads = range(*bh.indices(H))
         layout.append(_Layer(len(heads), H, r.kappa is not None, r.balance_per_k, heads.start))
-        # the router's own logsumexp (with its gradient) replaces the logits: no slice of them in the graph
-        inputs += [r.probs, r.logits if r.lse is None else r.lse, r.kappa, r.count]
-        side.append((r.hard, r.difficulty if cfg.complexity_target != "heads" else None, r.entropy))
+        # the router's own sums over this very mask: only kappa is then read per token
+        summed = r.sums is not None and r.sums_valid is valid and len(heads) == H
+        inputs += [r.sums, None, r.kappa, None] if summed else [r.probs, r.logits, r.kappa, r.count]
+        side.append((r.hard, r.difficulty if cfg.complexity_target != "heads" else None, summed))
     kernels = native.for_tensors(*(t for t in inputs if t is not None), width=max(l.H for l in layout))
     if kernels is None or valid.device.type != "cpu":
         return None
@@ -338,7 +339,7 @@ def _term_index(layout: tuple[_Layer, ...]) -> dict[str, int | None]:
     return {t: (applying.index(t) if t in applying else None) for t in TERMS}
 
 
-_PER_LAYER = 4  # _NativeAux's tensors per routed layer: probs, logits or lse, kappa, count
+_PER_LAYER = 4  # _NativeAux's tensors per routed layer: probs or sums, logits, kappa, count
 
 
 class _NativeAux(torch.autograd.Function):
@@ -350,12 +351,12 @@ class _NativeAux(torch.autograd.Function):
     is (`distributed.sum_autograd`: its backward is the same all-reduce).
 
     Inputs: spec (kernels, layout, target_heads, the 5 weights in TERMS order, k_min, kappa*
-    span, reduce, ent_grad, valid (B, T), and per routed layer (hard, difficulty, entropy)),
-    then the tensors with a gradient, per routed layer (probs, logits or lse, kappa, count):
-    the router's `lse` where it made one (then `entropy` too; the z-loss's gradient goes to
-    lse), else its logits; kappa, count and difficulty None for a non-adaptive layer
-    (difficulty also under the "heads" target). Only these four are node inputs: every input
-    costs autograd bookkeeping. Outputs: (total, the vector of the terms that apply, TERMS
+    span, reduce, ent_grad, valid (B, T), and per routed layer (hard, difficulty, summed)),
+    then the tensors with a gradient, per routed layer (probs, logits, kappa, count), or
+    (sums, None, kappa, None) where the router summed over `valid` itself (`Routing.sums`,
+    summed = True: only the complexity sums are made here); kappa, count and difficulty None
+    for a non-adaptive layer (difficulty also under the "heads" target). Only these four are
+    node inputs: every input costs autograd bookkeeping. Outputs: (total, the vector of the terms that apply, TERMS
     order). The sums are accumulated in double and rounded once, the terms and the total
     computed in double: the torch path's values up to float32 rounding
     (tests/moh/test_losses_fast.py)."""
@@ -367,18 +368,16 @@ class _NativeAux(torch.autograd.Function):
         n = valid.numel()
         kept, fields = [valid], []
         for l, lay in enumerate(layout):
-            probs, z_in, kappa, count = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
-            hard, diff, entropy = side[l]
-            from_lse = entropy is not None  # z_in is the router's lse (made with its entropy)
+            first, logits, kappa, count = tensors[_PER_LAYER * l: _PER_LAYER * (l + 1)]
+            hard, diff, summed = side[l]
             hard, hard_at, hard_stride = _rows_of(hard)
-            logits, logits_at, logits_stride = (None, 0, 0) if from_lse else _rows_of(z_in)
-            probs, kappa, count, diff, lse, entropy = (
-                None if t is None else t.contiguous()
-                for t in (probs, kappa, count, diff, z_in if from_lse else None, entropy))
-            kept += [hard, probs, logits, kappa, count, diff, lse, entropy]
-            fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, probs.data_ptr(), logits_at, logits_stride,
+            logits, logits_at, logits_stride = (None, 0, 0) if logits is None else _rows_of(logits)
+            first, kappa, count, diff = (None if t is None else t.contiguous() for t in (first, kappa, count, diff))
+            probs, sums = (None, first) if summed else (first, None)
+            kept += [hard, probs, logits, kappa, count, diff, sums]
+            fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, native.ptr(probs) or 0, logits_at, logits_stride,
                        *(0 if t is None else t.data_ptr() for t in (kappa, count, diff)), int(lay.per_k),
-                       *(0 if t is None else t.data_ptr() for t in (lse, entropy))]
+                       native.ptr(sums) or 0]
         layers = (ctypes.c_int64 * len(fields))(*fields)
         # one float buffer, by address: logsumexp (layers x n), the flat sums and their gradient,
         # then the total and the terms (each tensor allocated or viewed costs a few us here)
@@ -417,8 +416,8 @@ class _NativeAux(torch.autograd.Function):
         need = ctx.needs_input_grad
         grads: list[torch.Tensor | None] = []
         for l in range(len(layout)):
-            _, probs, logits, kappa, _, _, lse, _ = ctx.kept[1 + 8 * l: 9 + 8 * l]
-            wanted = (probs, logits if lse is None else lse, kappa, kappa)  # d probs, d logits | d lse, d kappa, d count
+            _, probs, logits, kappa, _, _, sums = ctx.kept[1 + 7 * l: 8 + 7 * l]
+            wanted = (probs if sums is None else sums, logits, kappa, kappa)  # d probs | d sums, d logits, d kappa, d count
             grads += [torch.empty(t.shape) if t is not None and need[1 + _PER_LAYER * l + j] else None
                       for j, t in enumerate(wanted)]
         addresses = (ctypes.c_int64 * len(grads))(*(0 if g is None else g.data_ptr() for g in grads))

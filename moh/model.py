@@ -37,7 +37,8 @@ class CausalSelfAttention(nn.Module):
         self.router = make_router(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
+        """x (B, T, C) -> (output, routing); `valid` (B, T) real tokens, for the router (LM.forward)."""
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads
         proj_params = getattr(self.router, "proj_params", None)
@@ -47,10 +48,10 @@ class CausalSelfAttention(nn.Module):
             ws, bs = proj_params()
             sizes = [C, C, C, sum(wi.shape[0] for wi in ws)]
             q, k, v, proj = fused_projections(x, [self.qkv.weight, *ws], [self.qkv.bias, *bs], sizes)
-            r = self.router(x, proj=proj)  # proj (B, T, K)
+            r = self.router(x, proj=proj, valid=valid)  # proj (B, T, K)
         else:  # dense, or a model dtype other than the routers' float32
             q, k, v = self.qkv(x).split(C, dim=2)
-            r = self.router(x)
+            r = self.router(x, valid=valid)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # Right padding + causal mask: real tokens never attend to the pads after them.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
@@ -81,8 +82,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
-        a, r = self.attn(self.ln1(x))  # the router sees the same normed input as the heads
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
+        a, r = self.attn(self.ln1(x), valid)  # the router sees the same normed input as the heads
         x = x + a
         x = x + self.mlp(self.ln2(x))
         return x, r
@@ -117,8 +118,10 @@ class LM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied head counted once
 
-    def features(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[Routing]]:
-        """idx (B, T) -> final normed hidden states (B, T, C) and one Routing per layer."""
+    def features(self, idx: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Routing]]:
+        """idx (B, T) -> final normed hidden states (B, T, C) and one Routing per layer;
+        `valid` (B, T) bool, the real tokens, lets a router sum the aux objective's token
+        sums in its own pass (`Routing.sums`)."""
         B, T = idx.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
@@ -126,12 +129,12 @@ class LM(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         routings = []
         for block in self.blocks:
-            x, r = block(x)
+            x, r = block(x, valid)
             routings.append(r)
         return self.ln_f(x), routings
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, token_losses: bool = False
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Routing]]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, token_losses: bool = False,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Routing]]:
         """idx (B, T) -> (logits, loss_sum, one Routing per layer).
 
         Without targets: logits (B, T, V) and loss_sum None. With targets: the loss SUMMED
@@ -140,8 +143,10 @@ class LM(nn.Module):
         None, or with `token_losses` the detached loss of each target token (N,), in the
         row-major order of `targets != -100` (logged steps: moh/alignment.py): the very
         losses `loss_sum` adds up (moh/token_loss.py), so logging them costs nothing.
+        `valid` (B, T) bool, the real tokens: the mask the training step also gives
+        losses.aux_objective, so the routers can sum its token sums in their own pass.
         """
-        x, routings = self.features(idx)
+        x, routings = self.features(idx, valid)
         if targets is None:
             return self.lm_head(x), None, routings  # (B, T, V)
         # Training: project only the positions that have a target (no pads, no last token):

@@ -74,10 +74,10 @@ static float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 /* softmax of one row of H logits: exp(x - max) / sum. torch's softmax kernel costs ~40 us
    for 429 rows of 8 on this CPU (a per-row setup), this loop a few; the values agree with
    torch's to a few ulps (its exp is a vectorised approximation, this one libm's).
-   `stats` (lse, entropy): the row's logsumexp, as aux_sums computes it (the same bits), and
-   the entropy -sum p log max(p, 1e-12) with log p = (x - max) - log(sum) in double: the aux
-   objective's kernels read both instead of 17 exp/log calls a token again. */
-static void softmax_row(const float *x, int64_t H, float *p, float *lse, float *entropy) {
+   `lse`, `entropy`: the row's logsumexp, as aux_sums computes it (the same bits), and the
+   entropy -sum p log max(p, 1e-12) with log p = (x - max) - log(sum) in double: route_forward's
+   token sums for the aux objective use both, without 17 more exp/log calls a token. */
+static void softmax_row(const float *x, int64_t H, float *p, float *lse, double *entropy) {
     float m = x[0];
     for (int64_t h = 1; h < H; h++) m = x[h] > m ? x[h] : m;
     float s = 0.0f;
@@ -90,7 +90,7 @@ static void softmax_row(const float *x, int64_t H, float *p, float *lse, float *
     double log_s = log((double)s), e = 0.0;
     for (int64_t h = 0; h < H; h++) /* the clamp: log(1e-12) below it, as the torch formula */
         e -= (double)p[h] * (p[h] >= 1e-12f ? (double)(x[h] - m) - log_s : (double)logf(1e-12f));
-    *entropy = (float)e;
+    *entropy = e;
 }
 
 /* One token's selection: heads in descending probability while the exclusive cumulative
@@ -124,22 +124,29 @@ static float predictor_norm(int64_t C, const float *w_c, const float *w_t) {
 
 /* AdaptiveRouter.route_reference: the projections -> the routing of each token.
    in:  proj: rows of H + 2 values `row_stride` floats apart: H router logits, the complexity
-        logit, the threshold logit; w_c, w_t: the complexity and threshold weight vectors (C).
+        logit, the threshold logit; w_c, w_t: the complexity and threshold weight vectors (C);
+        valid: NULL, or the real tokens (n bytes): then `sums` (2H + 3) gets this layer's token
+        sums over them for the aux objective, [f numerators (H), P numerators (H), z, head count,
+        entropy] (losses._layer_sums' sums that need no complexity target; aux_sums, L_SUMS).
    out: probs (n, H); c, kappa, tau, s_t (n) (s_t: the threshold's sigmoid, for the backward
-        pass); stats (2, n): each row's logsumexp, then its probabilities' entropy (for the aux
-        objective: aux_sums, L_LSE and L_ENTROPY); tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of
-        each rank, for the backward pass; hard (n, H) 0/1 bytes; gates (n, H) the same as
-        float; count (n); pred_norm: the logged predictor norm (one call instead of two). */
+        pass); lse (n): each logit row's logsumexp (the z-loss's, for the backward pass);
+        tau_kept (n): 1 where the clamp left tau as it was; order (n, H): the head of each rank,
+        for the backward pass; hard (n, H) 0/1 bytes; gates (n, H) the same as float; count (n);
+        pred_norm: the logged predictor norm (one call instead of two). */
 void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, float k_min,
                    float span_k, float tau_min, float span_t, float tau_lo, float tau_hi,
                    int64_t C, const float *w_c, const float *w_t,
-                   float *probs, float *c, float *kappa, float *tau, float *s_t, float *stats,
+                   float *probs, float *c, float *kappa, float *tau, float *s_t, float *lse,
                    uint8_t *tau_kept, uint8_t *order, uint8_t *hard, float *gates, float *count,
-                   float *pred_norm) {
+                   float *pred_norm, const uint8_t *valid, float *sums) {
+    double f[MAX_HEADS], P[MAX_HEADS], z = 0.0, cnt = 0.0, ent = 0.0;
+    memset(f, 0, sizeof f);
+    memset(P, 0, sizeof P);
     for (int64_t i = 0; i < n; i++) {
         const float *row = proj + i * row_stride;
         float *p = probs + i * H;
-        softmax_row(row, H, p, stats + i, stats + n + i);
+        double entropy;
+        softmax_row(row, H, p, lse + i, &entropy);
         float ci = sigmoidf_(row[H]), si = sigmoidf_(row[H + 1]);
         float ki = k_min + span_k * ci;
         float tf = tau_min + span_t * si;
@@ -150,8 +157,26 @@ void route_forward(int64_t n, int64_t H, const float *proj, int64_t row_stride, 
         tau[i] = ti;
         tau_kept[i] = (uint8_t)(tf == ti);
         count[i] = select_row(p, ti, ki, H, order + i * H, hard + i * H, gates + i * H);
+        if (valid && valid[i]) { /* the sums aux_sums would make, while the token is at hand */
+            for (int64_t h = 0; h < H; h++) {
+                f[h] += hard[i * H + h] ? 1.0 : 0.0;
+                P[h] += (double)p[h];
+            }
+            z += (double)lse[i] * (double)lse[i];
+            cnt += count[i];
+            ent += entropy;
+        }
     }
     *pred_norm = predictor_norm(C, w_c, w_t);
+    if (valid) {
+        for (int64_t h = 0; h < H; h++) {
+            sums[h] = (float)f[h];
+            sums[H + h] = (float)P[h];
+        }
+        sums[2 * H] = (float)z;
+        sums[2 * H + 1] = (float)cnt;
+        sums[2 * H + 2] = (float)ent;
+    }
 }
 
 /* The hard top-p-with-budget mask alone, for probabilities, thresholds and budgets given
@@ -164,33 +189,48 @@ void select_heads(int64_t n, int64_t H, const float *probs, const float *tau, co
 }
 
 /* The backward pass of route_forward's node (moh/route_fast.py `_AdaptiveRoute`): upstream
-   gradients of gates, probs, c, kappa, tau, count and the logsumexp (NULL = none) -> the gradient of the
-   projections g_out (n, H + 2): H router logits, the complexity logit, the threshold logit.
-   `straight_through` = 0: the gates and count carry no gradient (pitfall 1 on purpose).
+   gradients of gates, probs, c, kappa, tau and count (NULL = none), and of the token sums
+   (g_sums, 2H + 3, NULL = none; `valid` the real tokens they were summed over, `lse` the
+   forward pass's logsumexp) -> the gradient of the projections g_out (n, H + 2): H router
+   logits, the complexity logit, the threshold logit. `straight_through` = 0: the gates and
+   count carry no gradient (pitfall 1 on purpose).
    The surrogate s_j = sigmoid((tau - C_j) / t1) * sigmoid((kappa - j - 1/2) / t2) of sorted rank
    j gives d s_j / d tau = dz1_j, d s_j / d kappa = dz2_j and, through C_j = sum_{i<j} p_(i),
-   d/d p_(i) = -sum_{j>i} dz1_j. */
+   d/d p_(i) = -sum_{j>i} dz1_j. The sums: P_h = sum w p_h, z = sum w lse^2 (d lse / d logit =
+   p), count = sum w count, entropy = sum w (-sum_h p_h log max(p_h, 1e-12)); f has none. */
 void route_backward(int64_t n, int64_t H, const float *probs, const float *c, const float *s_t,
                     const float *kappa, const float *tau, const uint8_t *tau_kept,
                     const uint8_t *orders, const float *g_gates,
                     const float *g_probs, const float *g_c, const float *g_kappa, const float *g_tau,
-                    const float *g_count, const float *g_lse, int straight_through, float t1, float t2,
-                    float span_k, float span_t, float *g_out) {
+                    const float *g_count, const uint8_t *valid, const float *g_sums, const float *lse,
+                    int straight_through, float t1, float t2, float span_k, float span_t, float *g_out) {
     float cum[MAX_HEADS], gp[MAX_HEADS], dz1[MAX_HEADS];
-    int surrogate = straight_through && (g_gates || g_count);
+    int surrogate = straight_through && (g_gates || g_count || g_sums);
+    const float *gP = g_sums ? g_sums + H : NULL;
+    float gz = g_sums ? g_sums[2 * H] : 0.0f, gcnt = g_sums ? g_sums[2 * H + 1] : 0.0f;
+    float gent = g_sums ? g_sums[2 * H + 2] : 0.0f;
     for (int64_t i = 0; i < n; i++) {
         const float *p = probs + i * H;
         float *go = g_out + i * (H + 2);
-        for (int64_t h = 0; h < H; h++) gp[h] = g_probs ? g_probs[i * H + h] : 0.0f;
+        float wi = g_sums && valid[i] ? 1.0f : 0.0f;
+        for (int64_t h = 0; h < H; h++) {
+            gp[h] = g_probs ? g_probs[i * H + h] : 0.0f;
+            if (wi != 0.0f) {
+                gp[h] += gP[h];
+                if (gent != 0.0f) /* d/dp of -p log max(p, 1e-12) */
+                    gp[h] += gent * (p[h] >= 1e-12f ? -(logf(p[h]) + 1.0f) : -logf(1e-12f));
+            }
+        }
         float gk = g_kappa ? g_kappa[i] : 0.0f;
         float gt = g_tau ? g_tau[i] : 0.0f;
         if (surrogate) { /* the forward pass's sort order, and its cumulative sums again */
             const uint8_t *order = orders + i * H;
+            float gcount = (g_count ? g_count[i] : 0.0f) + wi * gcnt;
             exclusive_cumsum(p, order, H, cum);
             float tail = 0.0f, sum1 = 0.0f, sum2 = 0.0f;
             for (int64_t j = 0; j < H; j++) {
                 int64_t h = order[j];
-                float gs = (g_gates ? g_gates[i * H + h] : 0.0f) + (g_count ? g_count[i] : 0.0f);
+                float gs = (g_gates ? g_gates[i * H + h] : 0.0f) + gcount;
                 float a = sigmoidf_((tau[i] - cum[j]) / t1);
                 float b = sigmoidf_((kappa[i] - (float)j - 0.5f) / t2);
                 dz1[j] = gs * b * (1.0f - a) * a / t1;
@@ -206,7 +246,7 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
         }
         float dot = 0.0f; /* softmax: d logit_h = p_h (g_h - sum_k g_k p_k); logsumexp: + g p_h */
         for (int64_t h = 0; h < H; h++) dot += gp[h] * p[h];
-        float gl = g_lse ? g_lse[i] : 0.0f;
+        float gl = wi * 2.0f * gz * lse[i];
         for (int64_t h = 0; h < H; h++) go[h] = p[h] * (gp[h] - dot) + gl * p[h];
         float ci = c[i], si = s_t[i];
         float gc = (g_c ? g_c[i] : 0.0f) + gk * span_k; /* kappa = k_min + span_k c */
@@ -234,9 +274,9 @@ enum {
     L_COUNT,        /* adaptive: head count (n) */
     L_DIFF,         /* adaptive: difficulty quantile (n, NaN = none), 0 = the "heads" target */
     L_PER_K,        /* balance divided by the mean head count (Switch form) */
-    L_LSE,          /* each logit row's logsumexp (n) as route_forward made it with probs = softmax(logits),
-                       or 0: computed here from the logits (then read only when L_LSE is 0) */
-    L_ENTROPY,      /* adaptive: the probabilities' entropy per token (n) from route_forward, or 0: here */
+    L_SUMS,         /* the layer's sums route_forward made over the same real tokens, [f (H), P (H), z,
+                       count, entropy] (the adaptive router, Hb = H), or 0: from the per-token inputs;
+                       with them no other per-token input but kappa, difficulty and hard is read */
     L_FIELDS
 };
 /* The flat sums: [real tokens n, then per layer: f numerators (Hb), P numerators (Hb), z, and
@@ -287,18 +327,31 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const uint8_t 
         double z = 0.0, cx = 0.0, cnt = 0.0, ent = 0.0, wcs = 0.0;
         memset(f, 0, sizeof f);
         memset(P, 0, sizeof P);
-        const float *lse_in = PTR(const float *, y[L_LSE]), *entropy = PTR(const float *, y[L_ENTROPY]);
-        for (int64_t i = 0; i < n; i++) {
-            if (lse_in) {
-                ls[i] = lse_in[i];
-            } else {
-                const float *x = logits + i * y[L_LOGIT_STRIDE];
-                float m = x[0];
-                for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
-                float s = 0.0f;
-                for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
-                ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
+        const float *pre = PTR(const float *, y[L_SUMS]);
+        if (pre) { /* the router's sums; the complexity's need the target, so they are made here */
+            for (int64_t i = 0; kappa && i < n; i++) {
+                float wc;
+                double d = (double)complexity_target(y, i, valid[i] ? 1.0f : 0.0f, k_min, span, &wc) - (double)kappa[i];
+                cx += (double)wc * d * d;
+                wcs += wc;
             }
+            for (int64_t h = 0; h < 2 * Hb + 1; h++) out[h] = pre[h]; /* f, P, z */
+            if (kappa) {
+                out[2 * Hb + 1] = (float)cx;
+                out[2 * Hb + 2] = pre[2 * Hb + 1];
+                out[2 * Hb + 3] = pre[2 * Hb + 2];
+                out[2 * Hb + 4] = (float)wcs;
+            }
+            out += layer_width(y);
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const float *x = logits + i * y[L_LOGIT_STRIDE];
+            float m = x[0];
+            for (int64_t h = 1; h < Hb; h++) m = x[h] > m ? x[h] : m;
+            float s = 0.0f;
+            for (int64_t h = 0; h < Hb; h++) s += expf(x[h] - m);
+            ls[i] = isinf(m) ? m : m + logf(s); /* all -inf: -inf, as torch.logsumexp */
             double wi = valid[i] ? 1.0 : 0.0;
             const float *p = probs + i * Hb;
             const uint8_t *hr = hard + i * y[L_HARD_STRIDE];
@@ -317,13 +370,9 @@ void aux_sums(int64_t n, int64_t layers_n, const int64_t *layers, const uint8_t 
                 if (wi != 0.0) {
                     cnt += wi * count[i];
                     double e = 0.0;
-                    if (entropy) {
-                        e = entropy[i];
-                    } else {
-                        for (int64_t h = 0; h < Hb; h++) {
-                            float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
-                            e -= (double)p[h] * (double)logf(ph);
-                        }
+                    for (int64_t h = 0; h < Hb; h++) {
+                        float ph = p[h] > 1e-12f ? p[h] : 1e-12f;
+                        e -= (double)p[h] * (double)logf(ph);
                     }
                     ent += wi * e;
                 }
@@ -436,7 +485,7 @@ void aux_terms_backward(int64_t layers_n, const int64_t *layers, const float *fl
 }
 
 /* Backward, part 2: per-token gradients of every layer from the (reduced) g_flat. `grads`:
-   4 addresses a layer (d probs (n, Hb), d logits (n, Hb) or, with L_LSE, d logsumexp (n),
+   4 addresses a layer (d probs (n, Hb) or, with L_SUMS, d sums (2Hb + 3), d logits (n, Hb),
    d kappa (n), d count (n); 0 = not wanted). `ent_grad`: the entropy sum reaches the probabilities (its weight is not 0). */
 void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const uint8_t *valid, float k_min,
                        float span, const float *lse, const float *g_flat, int ent_grad, const int64_t *grads) {
@@ -450,6 +499,20 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
         float *g_kappa = PTR(float *, grads[4 * l + 2]), *g_count = PTR(float *, grads[4 * l + 3]);
         const float *gP = g + Hb;
         float gz2 = 2.0f * g[2 * Hb];
+        if (y[L_SUMS]) { /* the gradient of the router's sums (slot 0), in their order; kappa's */
+            float *g_sums = g_probs;
+            if (g_sums) {
+                for (int64_t h = 0; h < 2 * Hb + 1; h++) g_sums[h] = g[h]; /* f (0), P, z */
+                g_sums[2 * Hb + 1] = kappa ? g[2 * Hb + 2] : 0.0f;
+                g_sums[2 * Hb + 2] = kappa && ent_grad ? g[2 * Hb + 3] : 0.0f;
+            }
+            for (int64_t i = 0; kappa && g_kappa && i < n; i++) {
+                float wc, t = complexity_target(y, i, valid[i] ? 1.0f : 0.0f, k_min, span, &wc);
+                g_kappa[i] = -2.0f * g[2 * Hb + 1] * wc * (t - kappa[i]);
+            }
+            g += layer_width(y);
+            continue;
+        }
         for (int64_t i = 0; i < n; i++) {
             float wi = valid[i] ? 1.0f : 0.0f;
             const float *p = probs + i * Hb;
@@ -464,9 +527,7 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
                     g_probs[i * Hb + h] = v;
                 }
             }
-            if (g_logits && y[L_LSE]) { /* z = sum w lse^2: d/d lse = 2 w lse */
-                g_logits[i] = gz2 * wi * ls[i];
-            } else if (g_logits) { /* d/d logit = 2 w lse softmax(logit) */
+            if (g_logits) { /* z = sum w lse^2: d/d logit = 2 w lse softmax(logit) */
                 const float *x = logits + i * y[L_LOGIT_STRIDE];
                 float s = gz2 * wi * ls[i];
                 for (int64_t h = 0; h < Hb; h++) g_logits[i * Hb + h] = s * expf(x[h] - ls[i]);

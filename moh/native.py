@@ -31,9 +31,9 @@ FLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 
 _P, _I, _F, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES = {  # argument types, in the C declarations' order
-    "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+    "route_forward": [_I, _I, _P, _I, _F, _F, _F, _F, _F, _F, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "select_heads": [_I, _I, _P, _P, _P, _P],
-    "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
+    "route_backward": [_I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P],
     "aux_sums": [_I, _I, _P, _P, _F, _F, _P, _P],
     "aux_terms": [_I, _P, _P, _D, _P, _P],
     "aux_terms_backward": [_I, _P, _P, _D, _P, _D, _P, _P],

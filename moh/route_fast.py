@@ -101,8 +101,8 @@ def _st_backward(g: torch.Tensor, order: torch.Tensor, a: torch.Tensor, b: torch
 class _AdaptiveRoute(torch.autograd.Function):
     """AdaptiveRouter.route_reference as one autograd node: the projections (B, T, H + 2) ->
     (gates, hard, probs, c, kappa, tau, count), the router's logged predictor norm (no
-    gradient), and with the C kernel `Routing.lse` and `Routing.entropy` (else None): here
-    because the kernel computes them in the same pass.
+    gradient), and, with the C kernel and a real-token mask `valid`, `Routing.sums` (else
+    None): here because the kernel computes them in the same pass.
 
     The forward pass runs the reference's operations on the same tensors in the same order
     (equal values, bit for bit); the backward pass is the chain rule through softmax, the two
@@ -112,12 +112,12 @@ class _AdaptiveRoute(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, out, router):  # type: ignore[override]
+    def forward(ctx, out, router, valid=None):  # type: ignore[override]
         H = router.n_heads
         kernels = native.for_tensors(out, width=H)
         ctx.kernels = kernels
         if kernels is not None:
-            return _native_forward(ctx, kernels, out, router)
+            return _native_forward(ctx, kernels, out, router, valid)
         _, (k_min, span_k, tau_min, span_t) = _consts(
             H, (router.k_min, H - router.k_min, router.tau_min, router.tau_max - router.tau_min),
             out.dtype, out.device)
@@ -138,12 +138,12 @@ class _AdaptiveRoute(torch.autograd.Function):
             ctx.mark_non_differentiable(hard, pred_norm)
         else:  # pitfall 1 on purpose: no gradient path from the gates (nor their count)
             ctx.mark_non_differentiable(hard, gates, count, pred_norm)
-        return gates, hard, probs, c, kappa, tau, count, pred_norm, None, None
+        return gates, hard, probs, c, kappa, tau, count, pred_norm, None
 
     @staticmethod
-    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm, g_lse, _g_ent):  # type: ignore[override]
+    def backward(ctx, g_gates, _g_hard, g_probs, g_c, g_kappa, g_tau, g_count, _g_norm, g_sums):  # type: ignore[override]
         if ctx.kernels is not None:
-            return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse), None
+            return _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums), None, None
         probs, c, s_t, tau_free, tau, order, a, b = ctx.saved_tensors
         rt = ctx.router
         g_sel = g_gates if rt.straight_through else None  # upstream gradient of the surrogate
@@ -167,15 +167,16 @@ class _AdaptiveRoute(torch.autograd.Function):
         else:  # tau = clamp(tau_min + (tau_max - tau_min) s_t): the clamp passes the gradient
             # where it left tau as it was (autograd's lo <= x <= hi, NaN included)
             g_xt = torch.ops.aten.sigmoid_backward(torch.where(tau_free == tau, g_tau, 0.0) * ctx.span_t, s_t)
-        return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None
+        return torch.cat([g_logits, g_xc.unsqueeze(-1), g_xt.unsqueeze(-1)], -1), None, None
 
 
-def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tensor, ...]:
-    """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too).
+def _native_forward(ctx, kernels, out: torch.Tensor, router, valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """_AdaptiveRoute.forward in one pass of moh/native.c (the predictor norm too, and with
+    `valid` the layer's token sums for the aux objective).
 
-    Every output lives in one float buffer (probs, gates, c, kappa, tau, count, s_t, lse,
-    entropy, then the norm) or one byte buffer (hard, then the sort order and tau_kept), each
-    an `as_strided` view of it, and the backward pass reads the buffers by address: each
+    Every output lives in one float buffer (probs, gates, c, kappa, tau, count, s_t, lse, the
+    sums, then the norm) or one byte buffer (hard, then the sort order and tau_kept), each an
+    `as_strided` view of it, and the backward pass reads the buffers by address: each
     allocation, view or saved tensor costs a few microseconds at this point of a step, as much
     as the kernel's work. (No saved-tensor version check, then: nothing writes into a
     routing's tensors.)"""
@@ -183,29 +184,37 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router) -> tuple[torch.Tens
     _, at, stride = _rows_of(out)  # `out` is an input: alive until the call returns
     lead = out.shape[:-1]
     n = lead.numel()
-    floats = torch.empty(2 * n * H + 7 * n + 1)
+    n_sums = 2 * H + 3
+    floats = torch.empty(2 * n * H + 6 * n + n_sums + 1)
     # bool bytes: hard is read by torch, the order and tau_kept (values up to H) only by C
     bytes_ = torch.empty(2 * n * H + n, dtype=torch.bool)
     rows, tokens = _strides(lead + (H,)), _strides(lead)
     probs, gates = (floats.as_strided(lead + (H,), rows, k * n * H) for k in (0, 1))
-    c, kappa, tau, count, _, lse, entropy = (floats.as_strided(lead, tokens, 2 * n * H + k * n) for k in range(7))
-    pred_norm = floats.as_strided((), (), 2 * n * H + 7 * n)
+    c, kappa, tau, count = (floats.as_strided(lead, tokens, 2 * n * H + k * n) for k in range(4))
+    sums_at = 2 * n * H + 6 * n
+    sums = floats.as_strided((n_sums,), (1,), sums_at) if valid is not None else None
+    pred_norm = floats.as_strided((), (), sums_at + n_sums)
     hard = bytes_.as_strided(lead + (H,), rows, 0)
+    if valid is not None:
+        valid = valid if valid.dtype == torch.bool and valid.is_contiguous() else valid.bool().contiguous()
+        if valid.numel() != n:
+            raise ValueError(f"valid has {valid.numel()} tokens, the projections {n}")
     w_c, w_t = (p if p.is_contiguous() else p.detach().contiguous()
                 for p in (router.complexity.weight, router.threshold.weight))
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
+    c_at, kappa_at, tau_at, s_t_at = _addresses(f0, n, H)
     kernels.route_forward(n, H, at, stride, router.k_min, H - router.k_min, router.tau_min,
                           router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(),
-                          w_c.data_ptr(), w_t.data_ptr(), f0, *_addresses(f0, n, H), f0 + 4 * (2 * n * H + 5 * n),
+                          w_c.data_ptr(), w_t.data_ptr(), f0, c_at, kappa_at, tau_at, s_t_at, s_t_at + 4 * n,
                           b0 + 2 * n * H, b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n),
-                          f0 + 4 * (2 * n * H + 7 * n))
-    ctx.buffers, ctx.n, ctx.lead, ctx.router = (floats, bytes_), n, lead, router
+                          f0 + 4 * (sums_at + n_sums), native.ptr(valid), f0 + 4 * sums_at)
+    ctx.buffers, ctx.n, ctx.lead, ctx.router, ctx.valid = (floats, bytes_), n, lead, router, valid
     ctx.set_materialize_grads(False)
     if router.straight_through:
-        ctx.mark_non_differentiable(hard, pred_norm, entropy)
+        ctx.mark_non_differentiable(hard, pred_norm)
     else:
-        ctx.mark_non_differentiable(hard, gates, count, pred_norm, entropy)
-    return gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy
+        ctx.mark_non_differentiable(hard, gates, count, pred_norm)
+    return gates, hard, probs, c, kappa, tau, count, pred_norm, sums
 
 
 @functools.lru_cache(maxsize=256)
@@ -219,7 +228,7 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:
-    """Addresses of c, kappa, tau and s_t in `_native_forward`'s float buffer at f0."""
+    """Addresses of c, kappa, tau and s_t in `_native_forward`'s float buffer at f0 (lse follows s_t)."""
     base = f0 + 4 * 2 * n * H
     return base, base + 4 * n, base + 8 * n, base + 16 * n
 
@@ -248,17 +257,18 @@ def _rows_of(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return x, x.data_ptr(), sh[-1]
 
 
-def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse) -> torch.Tensor:
+def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums) -> torch.Tensor:
     (floats, bytes_), n, rt = ctx.buffers, ctx.n, ctx.router
     H = rt.n_heads
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
     c, kappa, tau, s_t = _addresses(f0, n, H)
     g_out = torch.empty(*ctx.lead, H + 2)
     # held in a list while the kernel runs: a temporary's memory would be freed before the call
-    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_lse)]
+    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums)]
+    *per_token, g_sums = map(native.ptr, upstream)
     ctx.kernels.route_backward(
-        n, H, f0, c, s_t, kappa, tau, b0 + 2 * n * H, b0 + n * H, *map(native.ptr, upstream),
-        int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())
+        n, H, f0, c, s_t, kappa, tau, b0 + 2 * n * H, b0 + n * H, *per_token, native.ptr(ctx.valid), g_sums,
+        s_t + 4 * n, int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())
     return g_out
 
 

@@ -56,12 +56,13 @@ class Routing:
     # (B, T) rank quantile in [0, 1] of the difficulty of the token's prediction, NaN where it
     # has no target; set by LM.forward only under a difficulty complexity_target (moh/difficulty.py)
     difficulty: torch.Tensor | None = None
-    # (B, T) logsumexp(logits), with its gradient to the logits, and (B, T) the entropy of probs
-    # (no gradient), where the router's C kernel computed them with probs = softmax(logits) (the
-    # adaptive router on CPU): the aux objective's kernels read them instead of computing them
-    # again, and the z-loss reaches the logits through `lse`. None: the objective computes both.
-    lse: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
+    # (2H' + 3,) the layer's token sums over the real tokens `sums_valid` for the aux objective,
+    # [f numerators (H'), P numerators (H'), z, head count, entropy] (losses._layer_sums' sums
+    # that need no complexity target), with their gradients to the router; made by the router's
+    # C kernel when the forward pass was given the mask (the adaptive router on CPU). The
+    # objective uses them for that very mask object, else computes them from the fields above.
+    sums: torch.Tensor | None = None
+    sums_valid: torch.Tensor | None = None
 
 
 class DenseRouter(nn.Module):
@@ -69,7 +70,7 @@ class DenseRouter(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
 
-    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> Routing:
         B, T, _ = x.shape
         ones = torch.ones(1, 1, self.n_heads, dtype=torch.bool, device=x.device)
         return Routing(hard=ones.expand(B, T, self.n_heads))  # a view: no (B, T, H) allocation
@@ -96,9 +97,10 @@ class MoHRouter(nn.Module):
         ws = [m.weight for m in (self.router, self.shared, self.mix) if m is not None]
         return ws, [None] * len(ws)
 
-    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> Routing:
         """`proj`: the float32 projections of x by `proj_params()` when the caller already
-        computed them (the attention fuses them into its qkv matmul); None = compute here."""
+        computed them (the attention fuses them into its qkv matmul); None = compute here.
+        `valid` (B, T) real tokens: unused (no sums made here)."""
         Hr, Hs, k = self.n_routed, self.n_shared, self.k
         if proj is None:  # routers in float32 whatever the model dtype; one matmul for all
             proj = fused_linear(x.float(), *self.proj_params())
@@ -147,19 +149,22 @@ class AdaptiveRouter(nn.Module):
         return ([self.router.weight, self.complexity.weight, self.threshold.weight],
                 [None, self.complexity.bias, self.threshold.bias])
 
-    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> Routing:
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> Routing:
         """`proj`: the float32 projections of x by `proj_params()` (B, T, H + 2) when the caller
-        already computed them (the attention fuses them into its qkv matmul); None = here."""
+        already computed them (the attention fuses them into its qkv matmul); None = here.
+        `valid` (B, T) bool, the real tokens: the node also sums the aux objective's token sums
+        over them (`Routing.sums`, C kernel only)."""
         H = self.n_heads
         if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
             proj = fused_linear(x.float(), *self.proj_params())
         # one autograd node for the whole head selection (route_reference is its definition)
-        gates, hard, probs, c, kappa, tau, count, pred_norm, lse, entropy = _AdaptiveRoute.apply(proj, self)
+        gates, hard, probs, c, kappa, tau, count, pred_norm, sums = _AdaptiveRoute.apply(proj, self, valid)
         if gates.dtype != x.dtype:  # (a no-op `to` still costs a dispatch)
             gates = gates.to(x.dtype)
         return Routing(hard=hard, gates=gates, probs=probs, logits=proj[..., :H],
                        count=count, tau=tau, complexity=c, kappa=kappa,
-                       balance_heads=slice(0, H), pred_norm=pred_norm, lse=lse, entropy=entropy)
+                       balance_heads=slice(0, H), pred_norm=pred_norm,
+                       sums=sums, sums_valid=None if sums is None else valid)
 
     def predictor_norm(self) -> torch.Tensor:
         """The logged mean L2 norm of the complexity and threshold weight vectors, no graph

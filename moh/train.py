@@ -317,7 +317,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             idx, targets = idx.to(info.device), targets.to(info.device)
             valid = idx != tok.pad_id  # (B, T) real tokens (routing stats, aux losses)
             logged = step % cfg.log_every == 0 or i + 1 == total  # as below, before non-finite
-            token_loss, loss_sum, routings = net(idx, targets, token_losses=logged)
+            token_loss, loss_sum, routings = net(idx, targets, token_losses=logged, valid=valid)
             n_tok = (targets != -100).sum()
             if reduce is not None:  # the job's token-loss sum and target count (all ranks)
                 loss_sum, n_tok = reduce(torch.stack([loss_sum, n_tok.to(loss_sum.dtype)])).unbind()

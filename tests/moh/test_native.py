@@ -2,7 +2,6 @@
 step, the build cache, and the fallback when there is no compiler (real child processes)."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -36,9 +35,10 @@ def _step(cfg: Config) -> tuple[torch.Tensor, dict, dict, list]:
     targets = idx.roll(-1, 1).clone()
     targets[:, -1] = -100
     targets[idx == 0] = -100
-    _, loss_sum, routings = model(idx, targets)
+    valid = idx != 0
+    _, loss_sum, routings = model(idx, targets, valid=valid)  # as a training step: the router's sums
     lm = loss_sum / (targets != -100).sum()
-    aux = aux_losses(routings, idx != 0, cfg)
+    aux = aux_losses(routings, valid, cfg)
     (lm + weighted_total(aux, cfg)).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return lm.detach(), aux, grads, routings
@@ -74,48 +74,60 @@ def test_a_training_step_is_the_same_on_both_paths(kw):
     assert routed and all(g_n[n].abs().sum() > 0 for n in routed)
 
 
-@needs_native
-def test_the_route_kernel_hands_the_aux_kernels_its_logsumexp_and_entropy():
-    """route_forward's per-token (logsumexp, entropy), which aux_sums reads instead of computing
-    them: the torch formulas' values, also for a token whose smallest probability is under
-    the entropy's 1e-12 clamp, and the same aux terms and gradients as the aux kernels' own."""
-    from moh.route_fast import _AdaptiveRoute
-    from moh.routing import AdaptiveRouter
+def _batch():
+    idx = torch.randint(1, VOCAB, (6, 20), generator=torch.Generator().manual_seed(1))
+    idx[2, 12:] = 0  # right padding
+    targets = idx.roll(-1, 1).clone()
+    targets[:, -1] = -100
+    targets[idx == 0] = -100
+    return idx, targets
 
-    router = AdaptiveRouter(Config(n_heads=4, d_model=8))
-    proj = torch.tensor([[0.3, -1.2, 2.0, 0.1, 0.5, -0.5],  # rows: 4 logits, complexity, threshold
-                         [30.0, -30.0, 0.0, 1.0, 0.0, 0.0],  # p(head 1) ~ 1e-26: clamped
-                         [5.0, 5.0, 5.0, 5.0, 1.0, 2.0]])  # uniform: entropy log 4
-    out = _AdaptiveRoute.apply(proj, router)
-    probs, lse, ent = out[2], out[-2], out[-1]
-    torch.testing.assert_close(lse, torch.logsumexp(proj[:, :4], -1), rtol=1e-6, atol=0)
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-    torch.testing.assert_close(ent, entropy, rtol=2e-6, atol=1e-7)
-    assert abs(float(ent[2]) - math.log(4)) < 1e-6
+
+@needs_native
+def test_the_route_kernel_sums_what_the_aux_kernels_would():
+    """With the real-token mask in its forward pass the adaptive router's node makes the layer's
+    token sums itself (`Routing.sums`, [f, P, z, count, entropy]): the reference formulas' values,
+    and the same aux terms and gradients as the aux kernels' own per-token path; for another
+    mask object the objective does not use them."""
+    from moh.losses import _layer_sums
 
     cfg = Config(n_layers=2, n_heads=8, d_model=32, d_ff=64, entropy_weight=0.3)  # every term's gradient
     results = []
-    for keep in (True, False):
+    for use_sums in (True, False):
         torch.manual_seed(0)
         model = LM(cfg, VOCAB)
-        idx = torch.randint(1, VOCAB, (6, 20), generator=torch.Generator().manual_seed(1))
-        idx[2, 12:] = 0
-        targets = idx.roll(-1, 1).clone()
-        targets[:, -1] = -100
-        targets[idx == 0] = -100
-        _, loss_sum, routings = model(idx, targets)
-        assert all(r.lse is not None and r.entropy is not None for r in routings)
-        if not keep:
+        idx, targets = _batch()
+        valid = idx != 0
+        _, loss_sum, routings = model(idx, targets, valid=valid if use_sums else None)
+        assert all((r.sums is not None) == use_sums for r in routings)
+        if use_sums:  # against the torch formulas on the routing's own tensors
+            w = valid.float()
             for r in routings:
-                r.lse = r.entropy = None
-        aux = aux_losses(routings, idx != 0, cfg)
+                ref, _ = _layer_sums(r.hard, r.probs, r.logits, r.kappa, r.count, w, r.kappa, w, False)
+                H = r.hard.shape[-1]
+                expect = torch.cat([ref[: 2 * H + 1], ref[2 * H + 2: 2 * H + 4]])  # no complexity sums
+                torch.testing.assert_close(r.sums.detach(), expect.detach(), rtol=2e-6, atol=1e-5)
+        aux = aux_losses(routings, valid, cfg)
         weighted_total(aux, cfg).backward()
         results.append((aux, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (aux_k, g_k), (aux_c, g_c) = results
-    for t in aux_c:
-        torch.testing.assert_close(aux_k[t], aux_c[t], rtol=1e-6, atol=1e-9, msg=t)
-    for name in g_c:
-        torch.testing.assert_close(g_k[name], g_c[name], rtol=1e-4, atol=1e-6 * float(g_c[name].abs().max()), msg=name)
+    (aux_s, g_s), (aux_t, g_t) = results
+    for t in aux_t:
+        torch.testing.assert_close(aux_s[t], aux_t[t], rtol=1e-6, atol=1e-9, msg=t)
+    for name in g_t:
+        torch.testing.assert_close(g_s[name], g_t[name], rtol=1e-4, atol=1e-6 * float(g_t[name].abs().max()), msg=name)
+
+    # another mask (one more token left out): the router's sums are not this mask's
+    torch.manual_seed(0)
+    model = LM(cfg, VOCAB)
+    idx, targets = _batch()
+    _, _, routings = model(idx, targets, valid=idx != 0)
+    other = (idx != 0).clone()
+    other[0, 0] = False
+    got = aux_losses(routings, other, cfg)
+    want = aux_losses(routings, other, cfg, reference=True)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=2e-6, atol=1e-9, msg=t)
+    assert abs(got["z"].item() - aux_s["z"].item()) > 1e-6  # the mask changed the terms
 
 
 @needs_native

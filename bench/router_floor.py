@@ -44,7 +44,7 @@ def _no_ranks(signal, has_target):
     return torch.full(has_target.shape, float("nan"))
 
 
-def _null_router(self, x, proj=None):
+def _null_router(self, x, proj=None, valid=None):
     B, T, _ = x.shape
     gates = proj[..., : self.n_heads] * 0 + 1  # ones that keep the projections in the graph
     return routing.Routing(hard=torch.ones(B, T, self.n_heads, dtype=torch.bool), gates=gates)

@@ -340,6 +340,7 @@ def _term_index(layout: tuple[_Layer, ...]) -> dict[str, int | None]:
 
 
 _PER_LAYER = 4  # _NativeAux's tensors per routed layer: probs or sums, logits, kappa, count
+_KEPT = 7  # what its forward keeps per layer: hard, probs, logits, kappa, count, difficulty, sums
 
 
 class _NativeAux(torch.autograd.Function):
@@ -356,9 +357,9 @@ class _NativeAux(torch.autograd.Function):
     (sums, None, kappa, None) where the router summed over `valid` itself (`Routing.sums`,
     summed = True: only the complexity sums are made here); kappa, count and difficulty None
     for a non-adaptive layer (difficulty also under the "heads" target). Only these four are
-    node inputs: every input costs autograd bookkeeping. Outputs: (total, the vector of the terms that apply, TERMS
-    order). The sums are accumulated in double and rounded once, the terms and the total
-    computed in double: the torch path's values up to float32 rounding
+    node inputs: every input costs autograd bookkeeping. Outputs: (total, the vector of the
+    terms that apply, TERMS order). The sums are accumulated in double and rounded once, the
+    terms and the total computed in double: the torch path's values up to float32 rounding
     (tests/moh/test_losses_fast.py)."""
 
     @staticmethod
@@ -416,7 +417,7 @@ class _NativeAux(torch.autograd.Function):
         need = ctx.needs_input_grad
         grads: list[torch.Tensor | None] = []
         for l in range(len(layout)):
-            _, probs, logits, kappa, _, _, sums = ctx.kept[1 + 7 * l: 8 + 7 * l]
+            _, probs, logits, kappa, _, _, sums = ctx.kept[1 + _KEPT * l: 1 + _KEPT * (l + 1)]
             wanted = (probs if sums is None else sums, logits, kappa, kappa)  # d probs | d sums, d logits, d kappa, d count
             grads += [torch.empty(t.shape) if t is not None and need[1 + _PER_LAYER * l + j] else None
                       for j, t in enumerate(wanted)]

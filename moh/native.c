@@ -212,7 +212,7 @@ void route_backward(int64_t n, int64_t H, const float *probs, const float *c, co
     for (int64_t i = 0; i < n; i++) {
         const float *p = probs + i * H;
         float *go = g_out + i * (H + 2);
-        float wi = g_sums && valid[i] ? 1.0f : 0.0f;
+        float wi = g_sums && valid && valid[i] ? 1.0f : 0.0f;
         for (int64_t h = 0; h < H; h++) {
             gp[h] = g_probs ? g_probs[i * H + h] : 0.0f;
             if (wi != 0.0f) {

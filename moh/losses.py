@@ -34,6 +34,7 @@ import torch
 from . import native, schema
 from .config import Config
 from .difficulty import budget_span, budget_target
+from .lazy_values import LazyValues
 from .route_fast import _rows_of, scalars
 from .routing import Routing
 
@@ -306,30 +307,8 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     spec = (kernels, layout, float(cfg.target_heads), weights, float(cfg.k_min),
             budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight), valid, side)
     total, terms = _NativeAux.apply(spec, *inputs)
-    return _TermValues(terms, layout), total
-
-
-class _TermValues(Mapping):
-    """{term: value} over TERMS (None for a term that does not apply), each value selected from
-    `_NativeAux`'s vector of terms when first read: a step reads them only when it is logged,
-    and five selections a step were as many tensor operations."""
-
-    def __init__(self, terms: torch.Tensor, layout: tuple[_Layer, ...]):
-        self._vector, self._index, self._values = terms, _term_index(layout), {}
-
-    def __getitem__(self, term: str) -> torch.Tensor | None:
-        i = self._index[term]
-        if i is None:
-            return None
-        if term not in self._values:
-            self._values[term] = self._vector[i]
-        return self._values[term]
-
-    def __iter__(self):
-        return iter(TERMS)
-
-    def __len__(self) -> int:
-        return len(TERMS)
+    index = _term_index(layout)  # the terms dict selects from the vector when read (logged steps)
+    return LazyValues(TERMS, lambda t: None if index[t] is None else terms[index[t]]), total
 
 
 @functools.lru_cache(maxsize=64)

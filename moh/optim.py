@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from . import schema
 from .config import Config
+from .lazy_values import LazyValues
 
 GRAD_GROUPS = schema.GRAD_GROUPS
 ROUTING_GROUPS = schema.ROUTING_GRAD_GROUPS
@@ -168,13 +169,15 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, "GroupNorms"]:
-    """Total L2 grad norm (0-d tensor) and one per group (None for a group with no parameters).
+def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
+    """Total L2 grad norm (0-d tensor) and one per group (0 for a group whose parameters got no
+    gradient, None for a group with no parameters).
 
     No host sync: the caller reads the values on logging steps only. One `_foreach_norm` over
     every gradient; the per-group norms are summed from its squares when first read (logged
-    steps only), as a group's own per-step reductions were ~4 tensor operations each, ~0.05 ms
-    a step for the adaptive router's six groups (docs/benchmarks.md).
+    steps only: `LazyValues`), as a group's own per-step reductions were ~4 tensor operations
+    each, ~0.05 ms a step for the adaptive router's six groups (docs/benchmarks.md). They are the
+    norms of the gradients now, whatever happens to them later (clipping).
     """
     grads: list[torch.Tensor] = []
     spans: dict[str, tuple[int, int] | None] = {}
@@ -182,36 +185,18 @@ def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, "Gr
         start = len(grads)
         grads += [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for p in params if p.grad is not None]
         spans[g] = (start, len(grads)) if params else None
-    if not grads:  # no gradient at all
-        zero = torch.zeros((), device=_device(groups))
-        return zero, GroupNorms(zero.view(1), spans)
-    squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,) in group order
-    return squares.sum().sqrt(), GroupNorms(squares, spans)
+    if grads:
+        squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,) in group order
+        total = squares.sum().sqrt()
+    else:  # no gradient at all
+        total = torch.zeros((), device=_device(groups))
+        squares = total.view(1)
 
+    def norm_of(group: str) -> torch.Tensor | None:
+        span = spans[group]
+        return None if span is None else squares[span[0]:span[1]].sum().sqrt()  # an empty span: 0
 
-class GroupNorms(Mapping):
-    """Group name -> its gradient norm (0-d tensor; 0 for a group whose parameters got no
-    gradient, None for a group without parameters), from the per-tensor squared norms
-    `grad_norms` measured: the values are those of the gradients then, whatever happens to
-    them later (clipping)."""
-
-    def __init__(self, squares: torch.Tensor, spans: dict[str, tuple[int, int] | None]):
-        self._squares, self._spans, self._values = squares, spans, {}
-
-    def __getitem__(self, group: str) -> torch.Tensor | None:
-        span = self._spans[group]
-        if span is None:
-            return None
-        if group not in self._values:
-            a, b = span
-            self._values[group] = self._squares[a:b].sum().sqrt()  # an empty span: 0
-        return self._values[group]
-
-    def __iter__(self):
-        return iter(self._spans)
-
-    def __len__(self) -> int:
-        return len(self._spans)
+    return total, LazyValues(spans, norm_of)
 
 
 def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:

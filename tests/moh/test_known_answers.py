@@ -298,6 +298,8 @@ def test_grad_norms_per_group_are_the_gradients_before_clipping():
     assert per["attention"].item() == pytest.approx(3.0) and per["ffn"].item() == pytest.approx(4.0)
     assert per["router"].item() == 0.0 and per["threshold"] is None
     assert list(per) == ["attention", "ffn", "router", "threshold"] and len(per) == 4
+    with pytest.raises(KeyError):
+        per["embedding"]  # not one of the groups it was given
 
 
 @pytest.mark.parametrize("clip,post", [(1.0, 1.0), (4.9, 4.9), (5.1, 5.0), (100.0, 5.0), (0.0, 5.0)])

@@ -26,7 +26,7 @@ from moh.config import Config  # noqa: E402
 from moh.data import load_corpus, make_batches  # noqa: E402
 from moh.losses import aux_objective  # noqa: E402
 from moh.model import LM  # noqa: E402
-from moh.optim import clip_, grad_norms, make_optimizer, named_groups  # noqa: E402
+from moh.optim import clip_divisor, grad_norms, make_optimizer, named_groups  # noqa: E402
 from moh.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -131,8 +131,7 @@ class Trainer:
         norm, per_group = grad_norms(self.groups)
         finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
         if finite:
-            clip_(self.params, norm, cfg.grad_clip)
-            self.opt.step()
+            self.opt.step(grad_scale=clip_divisor(norm, cfg.grad_clip))
         self.last = (loss, routings, valid)
         self.last_batch = (idx, targets)
         return loss

@@ -101,31 +101,44 @@ class AdamW:
                     p.grad.zero_()
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grad_scale: torch.Tensor | None = None) -> None:
+        """One update of every parameter with a gradient. `grad_scale` (a 0-d float32 tensor on
+        the parameters' device, or None): each gradient is divided by it inside the fused
+        kernel, which also leaves the divided gradient in `.grad` (torch's AMP unscaling; here
+        the global clip, `clip_divisor`). The same as clipping the gradients first, up to the
+        rounding of g / d against g * (1 / d), and one dispatched operation per parameter
+        fewer: ~5 us each in a step on CPU (docs/benchmarks.md, "Seventh session")."""
         for g in self.param_groups:
             params = [p for p in g["params"] if p.grad is not None]
             if not params:
                 continue
-            for p in params:
-                if p not in self.state:
-                    # the fused kernel reads the step count on the parameter's device (CUDA too)
-                    self.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                                     "exp_avg_sq": torch.zeros_like(p)}
+            if len(params) < len(g["params"]):  # a parameter sits this step out: its count stays
+                for p in g["params"]:
+                    if p.grad is None and p in self.state:
+                        self.state[p]["step"] = self.state[p]["step"].clone()
+            fresh = [p for p in params if p not in self.state]
+            # the fused kernel reads the step count on the parameter's device (CUDA too)
+            counters = {p.device: torch.zeros((), device=p.device) for p in fresh}
+            for p in fresh:
+                self.state[p] = {"step": counters[p.device], "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": torch.zeros_like(p)}
             by_kind: dict[tuple, list[torch.Tensor]] = {}  # foreach ops take one device and dtype
             for p in params:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
             for ps in by_kind.values():
-                self._update(ps, g)
+                self._update(ps, g, grad_scale)
 
-    def _update(self, params: list[torch.Tensor], g: dict) -> None:
+    def _update(self, params: list[torch.Tensor], g: dict, grad_scale: torch.Tensor | None) -> None:
         (beta1, beta2) = g["betas"]
         states = [self.state[p] for p in params]
         steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1.0)  # the fused kernel reads the incremented count
+        # the fused kernel reads the incremented count. Parameters stepped together share one
+        # counter tensor, so this is one add, not one per parameter (~2.5 us each in a step)
+        torch._foreach_add_(list({id(t): t for t in steps}.values()), 1.0)
         torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                             [s["exp_avg_sq"] for s in states], [], steps, lr=g["lr"], beta1=beta1,
                             beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
-                            amsgrad=False, maximize=False)
+                            amsgrad=False, maximize=False, grad_scale=grad_scale)
 
     def state_dict(self) -> dict:
         index: dict[torch.Tensor, int] = {}
@@ -142,11 +155,15 @@ class AdamW:
         saved = [len(g["params"]) for g in sd["param_groups"]]
         if saved != [len(g["params"]) for g in self.param_groups]:
             raise ValueError(f"optimizer state for parameter groups of sizes {saved} does not fit this model")
+        group_of = {p: gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
+        counters: dict[tuple, torch.Tensor] = {}  # shared again: a group's equal counts, one tensor
         self.state = {}
         for i, st in sd["state"].items():
             p = params[int(i)]
-            self.state[p] = {"step": torch.as_tensor(st["step"], dtype=torch.float32).to(p.device).clone(),
-                             "exp_avg": st["exp_avg"].to(p).clone(), "exp_avg_sq": st["exp_avg_sq"].to(p).clone()}
+            step = torch.as_tensor(st["step"], dtype=torch.float32)
+            step = counters.setdefault((group_of[p], p.device, float(step)), step.to(p.device).clone())
+            self.state[p] = {"step": step, "exp_avg": st["exp_avg"].to(p).clone(),
+                             "exp_avg_sq": st["exp_avg_sq"].to(p).clone()}
         for g, sg in zip(self.param_groups, sd["param_groups"]):
             g["lr"] = sg.get("lr", g["lr"])
 
@@ -203,11 +220,20 @@ def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:
     return next((p.device for ps in groups.values() for p in ps), torch.device("cpu"))
 
 
-def clip_(params: list[torch.Tensor], total: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Scale grads so their global norm is at most `max_norm` (0 = off); returns the new norm."""
+def clip_divisor(total: torch.Tensor, max_norm: float) -> torch.Tensor | None:
+    """What to divide every gradient by so their global norm `total` is at most `max_norm`:
+    max(1, (total + 1e-6) / max_norm), a 0-d tensor (no host sync), for `AdamW.step(grad_scale=)`;
+    None when clipping is off (max_norm <= 0). The clipped norm is `total / divisor`."""
     if max_norm <= 0:
+        return None
+    return ((total + 1e-6) / max_norm).clamp(min=1.0)
+
+
+def clip_(params: list[torch.Tensor], total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale grads in place so their global norm is at most `max_norm` (0 = off); returns the
+    new norm. For optimizers other than `AdamW` (which takes `clip_divisor` in its step)."""
+    divisor = clip_divisor(total, max_norm)
+    if divisor is None:
         return total
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # tensor op: no sync
-    grads = [p.grad for p in params if p.grad is not None]
-    torch._foreach_mul_(grads, scale)
-    return total * scale
+    torch._foreach_div_([p.grad for p in params if p.grad is not None], divisor)
+    return total / divisor

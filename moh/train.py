@@ -34,7 +34,7 @@ from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_objective
 from .model import IGNORE_INDEX, LM
 from .monitor import Recorder
-from .optim import AdamW, clip_, grad_group, lr_at, make_optimizer, set_lr
+from .optim import AdamW, clip_divisor, grad_group, lr_at, make_optimizer, set_lr
 from .telemetry import Monitor, Sink
 from .tokenizer import Tokenizer
 
@@ -297,7 +297,6 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     rec = log.rec
-    params = [p for p in model.parameters()]
     phase_seed = cfg.seed + (0 if phase == schema.PHASE_PRETRAIN else 7919)
     shard = {"rank": info.rank, "world_size": info.world_size}
     first = min(start_epoch, epochs - 1)  # a resume at the phase's end only re-runs its eval
@@ -330,11 +329,11 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             loss.backward()
             norm, _ = rec.grad_norms()  # per group too, for the step record
             finite = bool(torch.isfinite(loss) & torch.isfinite(norm))  # the one per-step sync
-            clipped = norm
+            divisor = None  # the global clip, applied inside the optimizer's fused kernel
             failed = None
             if finite:
-                clipped = clip_(params, norm, cfg.grad_clip)
-                opt.step()
+                divisor = clip_divisor(norm, cfg.grad_clip)
+                opt.step(grad_scale=divisor)
             else:
                 what = f"non-finite loss or gradient at step {step} ({phase}, epoch {epoch})"
                 if cfg.nonfinite == "stop":
@@ -357,7 +356,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     aux={t: aux[t] for t in TERMS},
                     aux_weighted={t: (None if aux[t] is None else
                                       getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    grad_norm_clipped=_f(clipped) if finite else None, tokens=int(n_tok), skipped=not finite,
+                    grad_norm_clipped=_f(norm if divisor is None else norm / divisor) if finite else None, tokens=int(n_tok), skipped=not finite,
                     token_loss=token_loss, has_target=targets != IGNORE_INDEX)
             else:
                 rec.step(step, loss=loss)  # not logged: the recorder's step bookkeeping only

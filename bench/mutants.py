@@ -170,6 +170,9 @@ ENGINE = [
        "parts = [v for t, v in aux.items() if v is not None]",
        "weighted_total (the reference objective) ignores the weights", LOSSES_T),
     # ---- the CPU kernels (moh/native.c): what the engine runs ---------------------------------
+    _m("by_heads_wrong_constant", "routing", "moh/native.c",
+       "case 16: { const int64_t H_ = 16;", "case 16: { const int64_t H_ = 15;",
+       "the 16-head branch of the route kernels runs as if there were 15 heads", NATIVE_ROUTING_T),
     _m("native_budget_rank_le", "budget", "moh/native.c",
        "uint8_t keep = j == 0 || (cum[j] < ti && (float)j < ki);",
        "uint8_t keep = j == 0 || (cum[j] < ti && (float)j <= ki);",

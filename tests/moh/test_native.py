@@ -74,6 +74,23 @@ def test_a_training_step_is_the_same_on_both_paths(kw):
     assert routed and all(g_n[n].abs().sum() > 0 for n in routed)
 
 
+@needs_native
+@pytest.mark.parametrize("heads", [4, 6, 12, 16])
+def test_every_head_count_branch_of_the_kernels_matches_torch(heads):
+    """native.c's route kernels run with the head count as a compile-time constant at 4, 8 and
+    16 heads and generic loops otherwise (BY_HEADS): each branch (8 above) must route and
+    differentiate as the torch path does."""
+    cfg = Config(n_layers=1, n_heads=heads, d_model=48, d_ff=64, k_min=1.0, target_heads=min(3.5, heads))
+    lm_n, _, g_n, r_n = _step(cfg)
+    with native.disabled():
+        lm_t, _, g_t, r_t = _step(cfg)
+    assert torch.equal(lm_n, lm_t) and torch.equal(r_n[0].hard, r_t[0].hard)
+    assert 1 < float(r_n[0].count.mean()) < heads  # a real selection, not all or one head
+    for name in g_t:
+        scale = float(g_t[name].abs().max())
+        torch.testing.assert_close(g_n[name], g_t[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
 def _batch():
     idx = torch.randint(1, VOCAB, (6, 20), generator=torch.Generator().manual_seed(1))
     idx[2, 12:] = 0  # right padding

@@ -26,7 +26,7 @@ from moh.config import Config  # noqa: E402
 from moh.data import load_corpus, make_batches  # noqa: E402
 from moh.losses import aux_objective  # noqa: E402
 from moh.model import LM  # noqa: E402
-from moh.optim import clip_divisor, grad_norms, make_optimizer, named_groups  # noqa: E402
+from moh.optim import GradNorms, clip_divisor, make_optimizer, named_groups  # noqa: E402
 from moh.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -109,6 +109,7 @@ class Trainer:
         self.model.train()
         self.opt = make_optimizer(self.model, cfg, cfg.lr)
         self.groups = named_groups(self.model)
+        self.grad_norms = GradNorms(self.groups)
         self.params = list(self.model.parameters())
         self.i = 0
         self.last = None
@@ -128,7 +129,7 @@ class Trainer:
         loss = lm_loss if aux_total is None else lm_loss + aux_total
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm, per_group = grad_norms(self.groups)
+        norm, per_group = self.grad_norms()
         finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
         if finite:
             self.opt.step(grad_scale=clip_divisor(norm, cfg.grad_clip))

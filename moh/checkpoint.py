@@ -46,7 +46,9 @@ import torch
 from .atomic import replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 1
+# 2: the adaptive router's parameters are one matrix [W_r; w_c; w_t] and one bias [b_c, b_t]
+# (format 1 had five tensors): a format-1 checkpoint's model and optimizer state do not fit
+FORMAT = 2
 
 # Config keys a resume may change: they alter what is logged, how often a checkpoint is
 # written, what happens on a non-finite step or how fast a step runs, never the maths of a
@@ -142,6 +144,9 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # UnpicklingError (code or a type weights_only refuses), RuntimeError, EOFError
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable moh checkpoint ({why[:200]})") from None
+    if isinstance(ck, dict) and isinstance(ck.get("format"), int) and ck["format"] < FORMAT:
+        raise CheckpointError(f"{path}: written by an earlier moh (checkpoint format {ck['format']}, this one reads "
+                              f"{FORMAT}); resume it with that version, or start the run again with --overwrite")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a moh checkpoint of format {FORMAT}")
     missing = [k for k in ("model", "rng", "position", "config", "tokenizer", "run_id") if k not in ck]

@@ -5,8 +5,9 @@ Parameter groups for telemetry (schema.GRAD_GROUPS), by name:
   attention  qkv and output projections and the pre-attention LayerNorm
   ffn        MLP and the pre-MLP LayerNorm
   router     router weights (adaptive W_r; moh W_r, W_s, W_h)
-  complexity complexity predictor (adaptive)
-  threshold  threshold predictor (adaptive)
+  complexity complexity predictor (adaptive: rows of the router's one matrix and bias, by
+             its `grad_rows`, moh/row_blocks.py)
+  threshold  threshold predictor (adaptive, likewise)
 Optimizer groups: matrices of the main model decay; biases, norms and everything routing
 (router + predictors, with `router_lr_mult`) do not.
 """
@@ -22,18 +23,17 @@ import torch.nn as nn
 from . import schema
 from .config import Config
 from .lazy_values import LazyValues
+from .row_blocks import RowBlock, group_members
 
 GRAD_GROUPS = schema.GRAD_GROUPS
 ROUTING_GROUPS = schema.ROUTING_GRAD_GROUPS
 
 
 def grad_group(name: str) -> str:
-    """Telemetry group of a parameter, from its qualified name in `model.LM`."""
+    """Telemetry group of a parameter, from its qualified name in `model.LM`. (The adaptive
+    router's one matrix splits into router, complexity and threshold rows by its `grad_rows`:
+    `named_groups`; here, for the optimizer's grouping, it is all routing.)"""
     if ".attn.router." in name:
-        if ".attn.router.complexity." in name:
-            return "complexity"
-        if ".attn.router.threshold." in name:
-            return "threshold"
         return "router"
     if ".attn." in name or ".ln1." in name:
         return "attention"
@@ -42,12 +42,10 @@ def grad_group(name: str) -> str:
     return "embedding"  # tok_emb, pos_emb, lm_head (tied to tok_emb or not), ln_f
 
 
-def named_groups(model: nn.Module) -> dict[str, list[torch.Tensor]]:
-    """Group name -> parameters (every group key present, possibly empty)."""
-    groups: dict[str, list[torch.Tensor]] = {g: [] for g in GRAD_GROUPS}
-    for name, p in model.named_parameters():  # tied weights are yielded once
-        groups[grad_group(name)].append(p)
-    return groups
+def named_groups(model: nn.Module) -> dict[str, list]:
+    """Group name -> parameters (and `RowBlock`s of a fused one: the adaptive router's rows),
+    every group key present, possibly empty."""
+    return group_members(model, grad_group, GRAD_GROUPS)
 
 
 def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> "AdamW":
@@ -186,34 +184,72 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def grad_norms(groups: dict[str, list[torch.Tensor]]) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
-    """Total L2 grad norm (0-d tensor) and one per group (0 for a group whose parameters got no
-    gradient, None for a group with no parameters).
+class GradNorms:
+    """The gradient norms of a fixed group table, {group: parameters and `RowBlock`s}: call it
+    after backward for (total L2 norm, one per group: 0 for a group whose parameters got no
+    gradient, None for a group with no parameters). A fused tensor split into `RowBlock`s
+    counts once in the total.
 
-    No host sync: the caller reads the values on logging steps only. One `_foreach_norm` over
-    every gradient; the per-group norms are summed from its squares when first read (logged
-    steps only: `LazyValues`), as a group's own per-step reductions were ~4 tensor operations
-    each, ~0.05 ms a step for the adaptive router's six groups (docs/benchmarks.md). They are the
-    norms of the gradients now, whatever happens to them later (clipping).
+    The table is read once here: in the step it is one `_foreach_norm` over every gradient and a
+    few reductions, as every tensor operation or Python loop costs microseconds there
+    (docs/benchmarks.md, "Seventh session"). No host sync: the per-group norms are summed from
+    the kept squares when first read (logged steps only: `LazyValues`); a fused tensor's row
+    norms are taken at the call (one operation each). They are the norms of the gradients at the
+    call, whatever happens to the gradients later (clipping, which the optimizer does in place).
     """
-    grads: list[torch.Tensor] = []
-    spans: dict[str, tuple[int, int] | None] = {}
-    for g, params in groups.items():
-        start = len(grads)
-        grads += [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for p in params if p.grad is not None]
-        spans[g] = (start, len(grads)) if params else None
-    if grads:
-        squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,) in group order
+
+    def __init__(self, groups: Mapping[str, list]):
+        self.groups = groups
+        self.params: list[torch.Tensor] = []  # every tensor once, in table order
+        at: dict[int, int] = {}
+        self.whole: dict[str, list[int]] = {}  # group -> indices of its whole tensors
+        self.blocks: dict[str, list[tuple[int, int, int]]] = {}  # group -> (index, start, stop)
+        for g, members in groups.items():
+            self.whole[g], self.blocks[g] = [], []
+            for m in members:
+                p = m.param if isinstance(m, RowBlock) else m
+                if id(p) not in at:
+                    at[id(p)] = len(self.params)
+                    self.params.append(p)
+                if isinstance(m, RowBlock):
+                    self.blocks[g].append((at[id(p)], m.start, m.stop))
+                else:
+                    self.whole[g].append(at[id(p)])
+        self.fused = sorted({i for bs in self.blocks.values() for i, _, _ in bs})
+
+    def __call__(self) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
+        raw = [p.grad for p in self.params]
+        grads = raw
+        if not any(g is not None for g in raw):
+            total = torch.zeros((), device=_device(self.groups))
+            return total, LazyValues(self.groups, lambda g: None if not self.groups[g] else total)
+        if any(g is None or g.dtype != torch.float32 for g in raw):  # (a zero stands in for none)
+            zero = next(g for g in raw if g is not None).new_zeros((), dtype=torch.float32)
+            grads = [zero if g is None else g.float() for g in raw]
+        squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
-    else:  # no gradient at all
-        total = torch.zeros((), device=_device(groups))
-        squares = total.view(1)
+        row_norms = {i: _row_norms(grads[i]) for i in self.fused if raw[i] is not None}
 
-    def norm_of(group: str) -> torch.Tensor | None:
-        span = spans[group]
-        return None if span is None else squares[span[0]:span[1]].sum().sqrt()  # an empty span: 0
+        def norm_of(group: str) -> torch.Tensor | None:
+            if not self.groups[group]:
+                return None
+            sq = squares[self.whole[group]].sum()  # no whole tensor: 0
+            for i, start, stop in self.blocks[group]:
+                if i in row_norms:
+                    sq = sq + row_norms[i][start:stop].square().sum()
+            return sq.sqrt()
 
-    return total, LazyValues(spans, norm_of)
+        return total, LazyValues(self.groups, norm_of)
+
+
+def grad_norms(groups: Mapping[str, list]) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
+    """`GradNorms(groups)()`: once. A training loop keeps the `GradNorms` (it reads the table once)."""
+    return GradNorms(groups)()
+
+
+def _row_norms(g: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each row (dim 0) of a gradient: (rows,)."""
+    return g.abs() if g.dim() == 1 else torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())))
 
 
 def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:

@@ -11,7 +11,8 @@ first copied into a tensor), not their arithmetic; docs/benchmarks.md has the me
 - `_AdaptiveRoute`: the adaptive router from its projections to gates, mask, probabilities,
   complexity, budget, threshold and head count: one node for ~60 autograd nodes.
 - `fused_projections`: the attention's qkv matmul with the router projections riding along.
-- `scalars`: Python numbers as cached 0-d tensors (also used by moh/losses.py's nodes).
+- `scalars`: Python numbers as cached 0-d tensors (also used by moh/losses.py's nodes);
+  `zeros_block` a cached zero block.
 """
 
 from __future__ import annotations
@@ -199,13 +200,16 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router, valid: torch.Tensor
         valid = valid if valid.dtype == torch.bool and valid.is_contiguous() else valid.bool().contiguous()
         if valid.numel() != n:
             raise ValueError(f"valid has {valid.numel()} tokens, the projections {n}")
-    w_c, w_t = (p if p.is_contiguous() else p.detach().contiguous()
-                for p in (router.complexity.weight, router.threshold.weight))
+    w = router.weight
+    if w.dtype != torch.float32 or not w.is_contiguous():  # the kernel reads float32 rows
+        w = w.detach().float().contiguous()
+    C = w.shape[1]
+    w_c = w.data_ptr() + 4 * H * C  # rows H and H + 1 of [W_r; w_c; w_t]
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
     c_at, kappa_at, tau_at, s_t_at = _addresses(f0, n, H)
     kernels.route_forward(n, H, at, stride, router.k_min, H - router.k_min, router.tau_min,
-                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, w_c.numel(),
-                          w_c.data_ptr(), w_t.data_ptr(), f0, c_at, kappa_at, tau_at, s_t_at, s_t_at + 4 * n,
+                          router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, C,
+                          w_c, w_c + 4 * C, f0, c_at, kappa_at, tau_at, s_t_at, s_t_at + 4 * n,
                           b0 + 2 * n * H, b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n),
                           f0 + 4 * (sums_at + n_sums), native.ptr(valid), f0 + 4 * sums_at)
     ctx.buffers, ctx.n, ctx.lead, ctx.router, ctx.valid = (floats, bytes_), n, lead, router, valid
@@ -273,16 +277,17 @@ def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums
 
 
 @functools.lru_cache(maxsize=64)
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zero block made once (only ever read: torch.cat copies it)."""
+def zeros_block(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero block made once (only ever read: torch.cat copies it), e.g. the bias of a
+    router's rows that have none."""
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def fused_projections(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+def fused_projections(x: torch.Tensor, weights: list[torch.Tensor], bias_parts: list[torch.Tensor],
                       sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """`F.linear(x, cat(weights), cat(biases))` (a None bias: zeros) as its column blocks of
-    `sizes` (summing to the weights' rows): the attention's q, k, v and the router's
-    projections from one matmul and one input gradient.
+    """`F.linear(x, cat(weights), cat(bias_parts))` (the bias parts cover the weights' rows, in
+    order) as its column blocks of `sizes` (summing to the weights' rows): the attention's q, k,
+    v and the router's projections from one matmul and one input gradient.
 
     Plain autograd, split in ONE operation: its backward pass joins the blocks' gradients in one
     copy, as the dense attention's q/k/v split does, and the matmul's backward is dense's. (Two
@@ -290,7 +295,4 @@ def fused_projections(x: torch.Tensor, weights: list[torch.Tensor], biases: list
     them, and padding the width to a multiple of 16, cost more than this in the step:
     docs/benchmarks.md, "Sixth session".)
     """
-    w = torch.cat(list(weights))
-    b = torch.cat([bi if bi is not None else _zeros(wi.shape[:1], wi.dtype, wi.device)
-                   for wi, bi in zip(weights, biases)])
-    return F.linear(x, w, b).split(list(sizes), dim=-1)
+    return F.linear(x, torch.cat(list(weights)), torch.cat(list(bias_parts))).split(list(sizes), dim=-1)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-from .route_fast import _AdaptiveRoute, row_softmax
+from .route_fast import _AdaptiveRoute, row_softmax, zeros_block
 
 
 @dataclass
@@ -91,11 +91,13 @@ class MoHRouter(nn.Module):
         self.shared = nn.Linear(C, self.n_shared, bias=False) if self.n_shared > 1 else None  # W_s
         self.mix = nn.Linear(C, 2, bias=False) if self.n_shared else None  # W_h -> [a1, a2]
 
-    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Weights and biases of the router's projections of x, in the order forward() reads:
-        W_r (Hr columns), W_s (Hs, when present), W_h (2, when shared heads exist)."""
+    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The router's projections of x, in the order forward() reads: the weights W_r (Hr
+        columns), W_s (Hs, when present), W_h (2, when shared heads exist), and their bias in
+        parts (zeros: none has one), for one concatenated linear map."""
         ws = [m.weight for m in (self.router, self.shared, self.mix) if m is not None]
-        return ws, [None] * len(ws)
+        rows = sum(w.shape[0] for w in ws)
+        return ws, [zeros_block((rows,), ws[0].dtype, ws[0].device)]
 
     def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> Routing:
         """`proj`: the float32 projections of x by `proj_params()` when the caller already
@@ -103,7 +105,7 @@ class MoHRouter(nn.Module):
         `valid` (B, T) real tokens: unused (no sums made here)."""
         Hr, Hs, k = self.n_routed, self.n_shared, self.k
         if proj is None:  # routers in float32 whatever the model dtype; one matmul for all
-            proj = fused_linear(x.float(), *self.proj_params())
+            proj = fused_linear(x.float(), self.proj_params()[0])
         logits = proj[..., :Hr]  # (B, T, Hr)
         probs = row_softmax(logits)
         top = probs.topk(k, dim=-1).indices
@@ -139,15 +141,47 @@ class AdaptiveRouter(nn.Module):
         # float32 bounds inside [tau_min, tau_max]: float32(0.8) is 0.80000001, which would put
         # a saturated threshold just outside its documented range.
         self.tau_lo, self.tau_hi = _f32_inside(cfg.tau_min, up=True), _f32_inside(cfg.tau_max, up=False)
-        C = cfg.d_model
-        self.router = nn.Linear(C, cfg.n_heads, bias=False)  # W_r, small init (model._init)
-        self.complexity = nn.Linear(C, 1)  # w_c . x + b_c
-        self.threshold = nn.Linear(C, 1)  # w_t . x + b_t
+        C, H = cfg.d_model, cfg.n_heads
+        # W_r (H rows: the heads' logits), w_c and w_t (the complexity and threshold predictors)
+        # as ONE matrix, and b_c, b_t as one vector: every parameter tensor costs a few us of
+        # bookkeeping in each step (AccumulateGrad, the grad-norm and optimizer lists, the qkv
+        # concatenation), and three Linear layers were five tensors (docs/benchmarks.md,
+        # "Seventh session"). Init: N(0, 0.02) rows and zero biases, as model._init gives a Linear.
+        self.weight = nn.Parameter(torch.empty(H + 2, C).normal_(0.0, 0.02))  # [W_r; w_c; w_t]
+        self.bias = nn.Parameter(torch.zeros(2))  # [b_c, b_t]; W_r has none
+        # the telemetry groups of the rows (moh/monitor/groups.py `GRAD_ROWS`)
+        self.grad_rows = {"weight": {"router": (0, H), "complexity": (H, H + 1), "threshold": (H + 1, H + 2)},
+                          "bias": {"complexity": (0, 1), "threshold": (1, 2)}}
 
-    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Weights and biases of the router's projections of x, in the order forward() reads."""
-        return ([self.router.weight, self.complexity.weight, self.threshold.weight],
-                [None, self.complexity.bias, self.threshold.bias])
+    @property
+    def w_r(self) -> torch.Tensor:
+        """W_r (H, C), a view of `weight`."""
+        return self.weight[:self.n_heads]
+
+    @property
+    def w_c(self) -> torch.Tensor:
+        """w_c (C,), a view of `weight`."""
+        return self.weight[self.n_heads]
+
+    @property
+    def w_t(self) -> torch.Tensor:
+        """w_t (C,), a view of `weight`."""
+        return self.weight[self.n_heads + 1]
+
+    @property
+    def b_c(self) -> torch.Tensor:
+        """b_c (), a view of `bias`."""
+        return self.bias[0]
+
+    @property
+    def b_t(self) -> torch.Tensor:
+        """b_t (), a view of `bias`."""
+        return self.bias[1]
+
+    def proj_params(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The router's projections of x, in the order forward() reads: the weights, and the
+        bias in parts (zeros for W_r's rows), for one concatenated linear map."""
+        return [self.weight], [zeros_block((self.n_heads,), self.bias.dtype, self.bias.device), self.bias]
 
     def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> Routing:
         """`proj`: the float32 projections of x by `proj_params()` (B, T, H + 2) when the caller
@@ -156,7 +190,8 @@ class AdaptiveRouter(nn.Module):
         over them (`Routing.sums`, C kernel only)."""
         H = self.n_heads
         if proj is None:  # W_r x, w_c . x + b_c, w_t . x + b_t in float32, one matmul
-            proj = fused_linear(x.float(), *self.proj_params())
+            ws, bs = self.proj_params()
+            proj = fused_linear(x.float(), ws, [torch.cat(bs)])
         # one autograd node for the whole head selection (route_reference is its definition)
         gates, hard, probs, c, kappa, tau, count, pred_norm, sums = _AdaptiveRoute.apply(proj, self, valid)
         if gates.dtype != x.dtype:  # (a no-op `to` still costs a dispatch)
@@ -170,7 +205,7 @@ class AdaptiveRouter(nn.Module):
         """The logged mean L2 norm of the complexity and threshold weight vectors, no graph
         (where moh/native.c runs, `_AdaptiveRoute`'s kernel computes it in its own pass)."""
         with torch.no_grad():
-            return 0.5 * (self.complexity.weight.norm() + self.threshold.weight.norm())
+            return 0.5 * (self.w_c.norm() + self.w_t.norm())
 
     def route_reference(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The adaptive routing of the projections `out` (B, T, H + 2) in plain autograd ops:

@@ -4,6 +4,10 @@ The engine knows its own parameter names (`moh.optim.grad_group`); a recorded mo
 whatever its author chose, so the defaults go by common words and a `groups=` argument
 (group name -> predicate on the qualified parameter name) overrides them. The first group whose
 predicate accepts a name wins, user groups before the defaults.
+
+One tensor can also hold several groups' parameters in its rows (a fused projection): its
+module declares `grad_rows` (moh/row_blocks.py) and each block of rows counts toward its own
+group.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable, Mapping
 import torch.nn as nn
 
 from .. import schema
+from ..row_blocks import group_members
 
 Predicate = Callable[[str], bool]
 
@@ -53,11 +58,8 @@ def group_of(name: str, groups: Mapping[str, Predicate] | None = None) -> str:
 
 
 def named_groups(model: nn.Module, groups: Mapping[str, Predicate] | None = None) -> dict[str, list]:
-    """Group name -> parameters that require a gradient. Every schema group is a key (empty where
-    no parameter falls in it, which the record logs as null), then any user group."""
-    out: dict[str, list] = {g: [] for g in schema.GRAD_GROUPS}
-    out.update({g: [] for g in (groups or {}) if g not in out})
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            out[group_of(name, groups)].append(p)
-    return out
+    """Group name -> parameters that require a gradient (and `RowBlock`s). Every schema group is
+    a key (empty where no parameter falls in it, which the record logs as null), then any user
+    group."""
+    keys = list(schema.GRAD_GROUPS) + [g for g in (groups or {}) if g not in schema.GRAD_GROUPS]
+    return group_members(model, lambda name: group_of(name, groups), keys)

@@ -34,7 +34,7 @@ import torch.nn as nn
 from .. import distributed, layer_sums, schema
 from ..alignment import FIELDS as ALIGNMENT_FIELDS
 from ..alignment import loss_alignment
-from ..optim import grad_norms
+from ..optim import GradNorms
 from ..routing import Routing, layer_stats
 from ..telemetry import JsonlSink, Sink
 from . import groups as grouping
@@ -131,6 +131,7 @@ class Recorder:
             self._sinks.extend(sinks)
         self.path = getattr(self._sinks[0], "path", None) if self._sinks else None
         self._groups = grouping.named_groups(model, groups) if model is not None else {}
+        self._grad_norms = GradNorms(self._groups)  # the table read once
         self.n_units: int | None = None if n_units is None else int(n_units)
         # layer -> this step's routing: (Routing, valid) for a layer seen once, Sums after that
         self._acc: dict[int, tuple[Routing, torch.Tensor] | layer_sums.Sums] = {}
@@ -270,7 +271,7 @@ class Recorder:
         record uses these values, so `step()` may then come after clipping and optimizer.step()."""
         if not self._groups:
             raise ValueError("grad_norms() needs the Recorder's model=")
-        self._norms = grad_norms(self._groups)
+        self._norms = self._grad_norms()
         return self._norms
 
     def step(self, step: int, *, loss: float, lm_loss: float | None = None, lr: float | None = None,
@@ -303,7 +304,7 @@ class Recorder:
         if unknown:
             raise ValueError(f"unknown aux terms {unknown}; known: {schema.AUX_TERMS}")
         if norms is None:
-            norms = grad_norms(self._groups) if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
+            norms = self._grad_norms() if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
         norm, per = norms
         layers = self._layer_rows(acc, token_loss, has_target)
         optional: dict[str, Any] = {}

@@ -288,6 +288,50 @@ def test_grad_norms_total_and_per_group():
     assert per["router"] is None
 
 
+class _FusedRouter(torch.nn.Module):
+    """A user's module with two groups in the rows of one matrix and one bias (moh/row_blocks.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3, 2))
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+        self.grad_rows = {"weight": {"router": (0, 2), "threshold": (2, 3)}, "bias": {"threshold": (1, 2)}}
+
+
+def test_row_blocks_split_a_fused_tensor_between_groups():
+    """Rows of one tensor count toward their own groups (a row no group claims, and the bias's
+    row 0, count in the total only); the tensor counts once in the total."""
+    from moh.monitor.groups import named_groups
+
+    model = torch.nn.Module()
+    model.gate = _FusedRouter()
+    model.mlp = torch.nn.Linear(1, 1, bias=False)
+    model.gate.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0], [12.0, 0.0]])  # rows: 3, 4 | 12
+    model.gate.bias.grad = torch.tensor([2.0, 5.0])  # row 0 unclaimed, row 1 threshold
+    model.mlp.weight.grad = torch.tensor([[1.0]])
+    groups = named_groups(model)
+    total, per = grad_norms(groups)
+    assert per["router"].item() == pytest.approx(5.0)  # rows 0-1: sqrt(9 + 16)
+    assert per["threshold"].item() == pytest.approx(13.0)  # sqrt(144 + 25)
+    assert per["ffn"].item() == pytest.approx(1.0) and per["complexity"] is None
+    assert total.item() == pytest.approx(math.sqrt(9 + 16 + 144 + 4 + 25 + 1))
+    model.gate.weight.grad.mul_(0.5)  # clipped in place later: the norms were taken before
+    assert per["router"].item() == pytest.approx(5.0) and per["threshold"].item() == pytest.approx(13.0)
+
+
+def test_the_adaptive_routers_rows_are_its_three_groups():
+    from moh.model import LM
+    from moh.optim import named_groups
+
+    model = LM(Config(n_layers=1, n_heads=4, d_model=16, d_ff=32), vocab_size=10)
+    r = model.blocks[0].attn.router
+    g = named_groups(model)
+    assert [(b.start, b.stop) for b in g["router"]] == [(0, 4)]
+    assert [(b.param is r.bias, b.start, b.stop) for b in g["complexity"]] == [(False, 4, 5), (True, 0, 1)]
+    assert [(b.param is r.bias, b.start, b.stop) for b in g["threshold"]] == [(False, 5, 6), (True, 1, 2)]
+    assert torch.equal(r.w_c, r.weight[4]) and torch.equal(r.w_t, r.weight[5])
+
+
 def test_grad_norms_per_group_are_the_gradients_before_clipping():
     """The per-group norms are read on logged steps, after clip_ has scaled the gradients in
     place: they must still be the norms grad_norms measured (the record logs those)."""

@@ -78,7 +78,10 @@ def test_aux_nodes_match_plain_autograd(kw):
     for name in g_ref:
         torch.testing.assert_close(g_new[name], g_ref[name], rtol=1e-4, atol=1e-7, msg=name)
     if kw["router"] != "dense":
-        w_r = [g for n, g in g_new.items() if n.endswith("attn.router.router.weight")]
+        # adaptive: W_r is the rows of [W_r; w_c; w_t] before the last two
+        key, rows = (("attn.router.weight", slice(0, -2)) if kw["router"] == "adaptive"
+                     else ("attn.router.router.weight", slice(None)))
+        w_r = [g[rows] for n, g in g_new.items() if n.endswith(key)]
         assert len(w_r) == 3 and all(g.abs().sum() > 0 for g in w_r)  # the aux terms reach W_r
 
 

@@ -75,8 +75,8 @@ def _equivalent_pair(seed=0):
     with torch.no_grad():
         for block in adaptive.blocks:
             r = block.attn.router
-            r.threshold.weight.zero_(); r.threshold.bias.fill_(100.0)  # tau -> 1
-            r.complexity.weight.zero_(); r.complexity.bias.fill_(100.0)  # kappa -> H
+            r.w_t.zero_(); r.b_t.fill_(100.0)  # tau -> 1
+            r.w_c.zero_(); r.b_c.fill_(100.0)  # kappa -> H
     return adaptive, dense
 
 
@@ -103,9 +103,9 @@ def test_lm_loss_alone_reaches_router_threshold_and_complexity():
     (loss_sum / targets.numel() + total).backward()
     for i, block in enumerate(model.blocks):
         r = block.attn.router
-        for name, p in (("router", r.router.weight), ("threshold", r.threshold.weight),
-                        ("complexity", r.complexity.weight)):
-            assert p.grad is not None and p.grad.norm() > 0, f"layer {i} {name} gets no LM gradient"
+        assert r.weight.grad is not None, f"layer {i}: the router gets no LM gradient"
+        for name, rows in (("router", slice(0, H)), ("complexity", H), ("threshold", H + 1)):
+            assert r.weight.grad[rows].norm() > 0, f"layer {i} {name} gets no LM gradient"
 
 
 def test_head_count_is_measured_from_the_hard_mask_not_the_budget():
@@ -124,10 +124,10 @@ def test_threshold_stays_inside_its_range_when_saturated():
     cfg = Config(n_heads=H, d_model=32)
     router = AdaptiveRouter(cfg)
     with torch.no_grad():
-        router.threshold.bias.fill_(1e4)
+        router.b_t.fill_(1e4)
     assert float(router(torch.randn(1, 3, 32)).tau.max().detach()) <= 0.8
     with torch.no_grad():
-        router.threshold.bias.fill_(-1e4)
+        router.b_t.fill_(-1e4)
     assert float(router(torch.randn(1, 3, 32)).tau.min().detach()) >= 0.3
 
 

@@ -141,7 +141,7 @@ def test_adaptive_router_forward_runs_the_node_with_the_reference_values():
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
     r = router(x)
     gates, hard, probs, c, kappa, tau, count = router.route_reference(
-        torch.cat([x @ router.router.weight.T, router.complexity(x), router.threshold(x)], -1))
+        torch.cat([x @ router.w_r.T, (x @ router.w_c + router.b_c)[..., None], (x @ router.w_t + router.b_t)[..., None]], -1))
     for got, want in ((r.gates, gates), (r.hard, hard), (r.probs, probs), (r.complexity, c),
                       (r.kappa, kappa), (r.tau, tau), (r.count, count)):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
@@ -187,24 +187,24 @@ def test_fused_projections_are_the_separate_matmuls(C, K):
 
     g = torch.Generator().manual_seed(C + K)
     x = torch.randn(4, 9, C, generator=g)
+    # qkv, then the adaptive router's layout: one (K, C) matrix whose first K - 2 rows (W_r)
+    # have no bias, its bias in parts (zeros, then b_c and b_t)
     params = [torch.randn(3 * C, C, generator=g), torch.randn(3 * C, generator=g),
-              torch.randn(K - 2, C, generator=g), None,  # a weight without a bias (W_r)
-              torch.randn(1, C, generator=g), torch.randn(1, generator=g),
-              torch.randn(1, C, generator=g), torch.randn(1, generator=g)]
+              torch.randn(K, C, generator=g), torch.randn(2, generator=g)]
     w_out = torch.randn(4, 9, 3 * C + K, generator=g)
 
     def run(fast):
         xs = x.clone().requires_grad_()
-        ps = [p.clone().requires_grad_() if p is not None else None for p in params]
-        ws, bs = ps[0::2], ps[1::2]
+        w_qkv, b_qkv, w_r, b_r = (p.clone().requires_grad_() for p in params)
         if fast:
-            blocks = fused_projections(xs, ws, bs, [C, C, C, K])
+            blocks = fused_projections(xs, [w_qkv, w_r], [b_qkv, torch.zeros(K - 2), b_r], [C, C, C, K])
         else:
-            qkv = F.linear(xs, ws[0], bs[0])
-            router = torch.cat([F.linear(xs, wi, bi) for wi, bi in zip(ws[1:], bs[1:])], -1)
+            qkv = F.linear(xs, w_qkv, b_qkv)
+            router = torch.cat([F.linear(xs, w_r[:K - 2]), F.linear(xs, w_r[K - 2:], b_r)], -1)
             blocks = [*qkv.split(C, -1), router]
+        ps = (w_qkv, b_qkv, w_r, b_r)
         (torch.cat(blocks, -1) * w_out).sum().backward()
-        return [t.detach() for t in blocks], [xs.grad] + [p.grad for p in ps if p is not None]
+        return [t.detach() for t in blocks], [xs.grad] + [p.grad for p in ps]
 
     b_ref, d_ref = run(False)
     b_new, d_new = run(True)

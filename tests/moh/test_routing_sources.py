@@ -298,7 +298,7 @@ def _adaptive(H=8, seed=0, **kw):
     torch.manual_seed(seed)
     router = AdaptiveRouter(cfg)
     with torch.no_grad():
-        router.router.weight.normal_(0.0, 0.5)
+        router.w_r.normal_(0.0, 0.5)
     return cfg, router
 
 
@@ -312,7 +312,7 @@ def test_entropy_term_is_the_mean_router_entropy_over_real_tokens_and_layers():
     aux = aux_losses(routes, valid, cfg)
     want = []
     for router in (r1, r2):
-        p = _softmax(x.double().numpy() @ router.router.weight.detach().double().numpy().T)
+        p = _softmax(x.double().numpy() @ router.w_r.detach().double().numpy().T)
         want.append((-(p * np.log(p)).sum(-1))[valid.numpy()].mean())
     assert float(aux["entropy"].detach()) == pytest.approx(float(np.mean(want)), rel=1e-5)
     assert 0 < float(aux["entropy"].detach()) < math.log(8)
@@ -336,7 +336,7 @@ def test_entropy_term_alone_sharpens_the_router():
     for sign in (1.0, -1.0):
         cfg, router = _adaptive(seed=2, entropy_weight=1.0)
         start = float(aux_losses([router(x)], valid, cfg)["entropy"].detach())
-        opt = torch.optim.SGD([router.router.weight], lr=0.5)
+        opt = torch.optim.SGD([router.weight], lr=0.5)
         for _ in range(20):
             opt.zero_grad()
             (sign * aux_losses([router(x)], valid, cfg)["entropy"]).backward()
@@ -348,5 +348,5 @@ def test_entropy_term_alone_sharpens_the_router():
 def test_entropy_term_switched_off_has_no_gradient_path():
     cfg, router = _adaptive()  # entropy_weight = 0: the term is logged but cannot train anything
     ent = aux_losses([router(torch.randn(1, 8, 32))], torch.ones(1, 8, dtype=torch.bool), cfg)["entropy"]
-    (g,) = torch.autograd.grad(ent, router.router.weight, allow_unused=True)
+    (g,) = torch.autograd.grad(ent, router.weight, allow_unused=True)
     assert float(ent.detach()) > 0 and (g is None or not g.any())

@@ -1,6 +1,7 @@
 """Short real training runs: telemetry validates, same seed => same log, non-finite handling."""
 
 import json
+import re
 from importlib import resources
 
 import jsonschema
@@ -114,3 +115,15 @@ def test_existing_log_needs_overwrite(tmp_path, tiny_cfg):
         train(tiny_cfg(), tmp_path)
     assert (tmp_path / "run.jsonl").read_text() == "old\n"
     assert train(tiny_cfg(), tmp_path, overwrite=True).status == "completed"
+
+
+@pytest.mark.parametrize("fmt,says", [(1, "written by an earlier moh (checkpoint format 1"),
+                                      (99, "not a moh checkpoint of format 2")])
+def test_a_checkpoint_of_another_format_is_refused_with_the_reason(tmp_path, fmt, says):
+    """Format 1 held the adaptive router as five tensors: its state cannot fit this model, so a
+    resume says which version wrote it instead of failing inside load_state_dict."""
+    from moh import checkpoint as ck
+
+    torch.save({"format": fmt, "model": {}}, tmp_path / ck.CHECKPOINT_FILE)
+    with pytest.raises(ck.CheckpointError, match=re.escape(says)):
+        ck.load(tmp_path)

@@ -190,11 +190,12 @@ class GradNorms:
     gradient, None for a group with no parameters). A fused tensor split into `RowBlock`s
     counts once in the total.
 
-    The table is read once here: in the step it is one `_foreach_norm` over every gradient and a
-    few reductions, as every tensor operation or Python loop costs microseconds there
-    (docs/benchmarks.md, "Seventh session"). No host sync: the per-group norms are summed from
-    the kept squares when first read (logged steps only: `LazyValues`); a fused tensor's row
-    norms are taken at the call (one operation each). They are the norms of the gradients at the
+    The table is read once here, as every tensor operation or Python loop costs microseconds
+    inside a step (docs/benchmarks.md, "Seventh session"): a call is one `_foreach_norm` over
+    every gradient, its square and sum, and one row-norm operation per fused tensor. No host
+    sync. The per-group norms come when first read (logged steps only: `LazyValues`), all
+    groups at once: the squares, then the fused tensors' row squares, summed per group by one
+    product with a 0/1 membership matrix made here. They are the norms of the gradients at the
     call, whatever happens to the gradients later (clipping, which the optimizer does in place).
     """
 
@@ -202,20 +203,34 @@ class GradNorms:
         self.groups = groups
         self.params: list[torch.Tensor] = []  # every tensor once, in table order
         at: dict[int, int] = {}
-        self.whole: dict[str, list[int]] = {}  # group -> indices of its whole tensors
-        self.blocks: dict[str, list[tuple[int, int, int]]] = {}  # group -> (index, start, stop)
-        for g, members in groups.items():
-            self.whole[g], self.blocks[g] = [], []
+        for members in groups.values():
             for m in members:
                 p = m.param if isinstance(m, RowBlock) else m
                 if id(p) not in at:
                     at[id(p)] = len(self.params)
                     self.params.append(p)
-                if isinstance(m, RowBlock):
-                    self.blocks[g].append((at[id(p)], m.start, m.stop))
-                else:
-                    self.whole[g].append(at[id(p)])
-        self.fused = sorted({i for bs in self.blocks.values() for i, _, _ in bs})
+        fused = {id(m.param) for ms in groups.values() for m in ms if isinstance(m, RowBlock)}
+        self.fused = [i for i, p in enumerate(self.params) if id(p) in fused]
+        # columns of the summed vector: each tensor's square, then each fused tensor's rows
+        first_row, col = {}, len(self.params)
+        for i in self.fused:
+            first_row[i], col = col, col + self.params[i].shape[0]
+        self.columns = col
+        self.members: dict[str, list[int]] = {}
+        for g, ms in groups.items():
+            self.members[g] = [first_row[at[id(m.param)]] + r for m in ms if isinstance(m, RowBlock)
+                               for r in range(m.start, m.stop)]
+            self.members[g] += [at[id(m)] for m in ms if not isinstance(m, RowBlock)]
+        self._membership: torch.Tensor | None = None
+
+    def membership(self, device: torch.device) -> torch.Tensor:
+        """(groups, columns) 0/1: which squares each group sums."""
+        if self._membership is None or self._membership.device != device:
+            m = torch.zeros(len(self.members), self.columns, device=device)
+            for k, cols in enumerate(self.members.values()):
+                m[k, cols] = 1.0
+            self._membership = m
+        return self._membership
 
     def __call__(self) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
         raw = [p.grad for p in self.params]
@@ -228,16 +243,17 @@ class GradNorms:
             grads = [zero if g is None else g.float() for g in raw]
         squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
-        row_norms = {i: _row_norms(grads[i]) for i in self.fused if raw[i] is not None}
+        rows = [_row_norms(grads[i]) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
+                for i in self.fused]
+        per_group: list[torch.Tensor] = []
 
         def norm_of(group: str) -> torch.Tensor | None:
             if not self.groups[group]:
                 return None
-            sq = squares[self.whole[group]].sum()  # no whole tensor: 0
-            for i, start, stop in self.blocks[group]:
-                if i in row_norms:
-                    sq = sq + row_norms[i][start:stop].square().sum()
-            return sq.sqrt()
+            if not per_group:  # every group at once, on the first read
+                cols = torch.cat([squares, *(r.square() for r in rows)]) if rows else squares
+                per_group.extend((self.membership(cols.device) @ cols).sqrt().unbind())
+            return per_group[list(self.members).index(group)]
 
         return total, LazyValues(self.groups, norm_of)
 

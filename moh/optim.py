@@ -279,13 +279,3 @@ def clip_divisor(total: torch.Tensor, max_norm: float) -> torch.Tensor | None:
     if max_norm <= 0:
         return None
     return ((total + 1e-6) / max_norm).clamp(min=1.0)
-
-
-def clip_(params: list[torch.Tensor], total: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Scale grads in place so their global norm is at most `max_norm` (0 = off); returns the
-    new norm. For optimizers other than `AdamW` (which takes `clip_divisor` in its step)."""
-    divisor = clip_divisor(total, max_norm)
-    if divisor is None:
-        return total
-    torch._foreach_div_([p.grad for p in params if p.grad is not None], divisor)
-    return total / divisor

@@ -149,7 +149,7 @@ class AdaptiveRouter(nn.Module):
         # "Seventh session"). Init: N(0, 0.02) rows and zero biases, as model._init gives a Linear.
         self.weight = nn.Parameter(torch.empty(H + 2, C).normal_(0.0, 0.02))  # [W_r; w_c; w_t]
         self.bias = nn.Parameter(torch.zeros(2))  # [b_c, b_t]; W_r has none
-        # the telemetry groups of the rows (moh/monitor/groups.py `GRAD_ROWS`)
+        # which rows are which telemetry group (moh/row_blocks.py)
         self.grad_rows = {"weight": {"router": (0, H), "complexity": (H, H + 1), "threshold": (H + 1, H + 2)},
                           "bias": {"complexity": (0, 1), "threshold": (1, 2)}}
 

@@ -16,7 +16,7 @@ import torch
 
 from moh.config import Config
 from moh.losses import aux_losses, weighted_total
-from moh.optim import clip_, grad_norms
+from moh.optim import AdamW, clip_divisor, grad_norms
 from moh.route_fast import _st_backward, _st_select, native_select
 from moh.routing import Routing, layer_stats, select_heads
 from tests.moh.native_switch import native_on
@@ -332,13 +332,19 @@ def test_the_adaptive_routers_rows_are_its_three_groups():
     assert torch.equal(r.w_c, r.weight[4]) and torch.equal(r.w_t, r.weight[5])
 
 
+def _step_clipped(params, total, clip):
+    """The trainer's clip: AdamW's fused step divides the gradients in place."""
+    AdamW([{"params": params}], lr=0.0, betas=(0.9, 0.999), eps=1e-8).step(grad_scale=clip_divisor(total, clip))
+
+
 def test_grad_norms_per_group_are_the_gradients_before_clipping():
-    """The per-group norms are read on logged steps, after clip_ has scaled the gradients in
-    place: they must still be the norms grad_norms measured (the record logs those)."""
+    """The per-group norms are read on logged steps, after the optimizer's step has clipped the
+    gradients in place: they must still be the norms grad_norms measured (the record logs those)."""
     a, b = _params_with_grads([3.0, 0.0], [0.0, 4.0])
     c = torch.nn.Parameter(torch.zeros(2))  # a parameter that got no gradient
     total, per = grad_norms({"attention": [a], "ffn": [b], "router": [c], "threshold": []})
-    clip_([a, b], total, 1.0)
+    _step_clipped([a, b], total, 1.0)
+    assert a.grad[0].item() == pytest.approx(0.6)  # clipped in place
     assert per["attention"].item() == pytest.approx(3.0) and per["ffn"].item() == pytest.approx(4.0)
     assert per["router"].item() == 0.0 and per["threshold"] is None
     assert list(per) == ["attention", "ffn", "router", "threshold"] and len(per) == 4
@@ -349,8 +355,10 @@ def test_grad_norms_per_group_are_the_gradients_before_clipping():
 @pytest.mark.parametrize("clip,post", [(1.0, 1.0), (4.9, 4.9), (5.1, 5.0), (100.0, 5.0), (0.0, 5.0)])
 def test_clipping_scales_to_min_of_norm_and_clip(clip, post):
     ps = _params_with_grads([3.0, 0.0], [0.0, 4.0])  # global norm 5
-    got = clip_(ps, torch.tensor(5.0), clip)
+    divisor = clip_divisor(torch.tensor(5.0), clip)
+    got = torch.tensor(5.0) if divisor is None else torch.tensor(5.0) / divisor  # what the log says
     assert got.item() == pytest.approx(post, rel=1e-5)
+    _step_clipped(ps, torch.tensor(5.0), clip)
     after = math.sqrt(sum(float((p.grad ** 2).sum()) for p in ps))
     assert after == pytest.approx(post, rel=1e-5)
     assert ps[0].grad[0].item() == pytest.approx(3.0 * post / 5.0, rel=1e-5)  # direction kept

@@ -76,5 +76,10 @@ def test_no_budget_or_balance_terms_miss_the_budget(tmp_path):
 def test_too_few_epochs_does_not_converge(tmp_path):
     found = train(tmp_path, *SHORT)
     assert ("warning", None) in by_code(found, "loss_not_converging") + by_code(found, "loss_plateau")
-    (f,) = [f for f in found if f.code == "loss_not_converging" and f.evidence.get("phase") == "pretrain"]
-    assert f.evidence["second_half_median"] >= 0.8  # >= 2x the 0.40 bar, still falling
+    # pre-training ends far above the bar: still falling (loss_not_converging) or flat under the
+    # decayed learning rate (loss_plateau), which of the two moves with the run's last bits
+    # (the seventh session's engine gives a plateau, the sixth's did not)
+    pre = [f for f in found if f.code in ("loss_not_converging", "loss_plateau")
+           and f.evidence.get("phase") == "pretrain"]
+    assert pre and all(f.severity == "warning" for f in pre)
+    assert all(f.evidence["second_half_median"] >= 0.8 for f in pre)  # >= 2x the 0.40 bar

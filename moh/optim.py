@@ -245,15 +245,15 @@ class GradNorms:
         total = squares.sum().sqrt()
         rows = [_row_norms(grads[i]) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
                 for i in self.fused]
-        per_group: list[torch.Tensor] = []
+        per_group: dict[str, torch.Tensor] = {}
 
         def norm_of(group: str) -> torch.Tensor | None:
             if not self.groups[group]:
                 return None
             if not per_group:  # every group at once, on the first read
                 cols = torch.cat([squares, *(r.square() for r in rows)]) if rows else squares
-                per_group.extend((self.membership(cols.device) @ cols).sqrt().unbind())
-            return per_group[list(self.members).index(group)]
+                per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
+            return per_group[group]
 
         return total, LazyValues(self.groups, norm_of)
 

@@ -24,7 +24,7 @@ keeps fewer heads. A term that does not apply is None, never 0.
 
 from __future__ import annotations
 
-import ctypes
+import array
 import functools
 import types
 from collections.abc import Mapping
@@ -347,6 +347,8 @@ class _NativeAux(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, *tensors):  # type: ignore[override]
+        # (explicit statements rather than generators, and `array` rather than ctypes arrays:
+        # each costs microseconds at this point of a step, docs/benchmarks.md "Eighth session")
         kernels, layout, target_heads, weights, k_min, span, reduce, _, valid, side = spec
         valid = valid if valid.dtype == torch.bool and valid.is_contiguous() else valid.bool().contiguous()
         n = valid.numel()
@@ -356,28 +358,33 @@ class _NativeAux(torch.autograd.Function):
             hard, diff, summed = side[l]
             hard, hard_at, hard_stride = _rows_of(hard)
             logits, logits_at, logits_stride = (None, 0, 0) if logits is None else _rows_of(logits)
-            first, kappa, count, diff = (None if t is None else t.contiguous() for t in (first, kappa, count, diff))
+            first = None if first is None else first.contiguous()
+            kappa = None if kappa is None else kappa.contiguous()
+            count = None if count is None else count.contiguous()
+            diff = None if diff is None else diff.contiguous()
             probs, sums = (None, first) if summed else (first, None)
             kept += [hard, probs, logits, kappa, count, diff, sums]
-            fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, native.ptr(probs) or 0, logits_at, logits_stride,
-                       *(0 if t is None else t.data_ptr() for t in (kappa, count, diff)), int(lay.per_k),
-                       native.ptr(sums) or 0]
-        layers = (ctypes.c_int64 * len(fields))(*fields)
+            fields += [lay.Hb, lay.H, hard_at, hard_stride, lay.b0, 0 if probs is None else probs.data_ptr(),
+                       logits_at, logits_stride, 0 if kappa is None else kappa.data_ptr(),
+                       0 if count is None else count.data_ptr(), 0 if diff is None else diff.data_ptr(),
+                       int(lay.per_k), 0 if sums is None else sums.data_ptr()]
+        layers = array.array("q", fields)  # int64 fields, read by the kernels at its address
+        layers_at = layers.buffer_info()[0]
         # one float buffer, by address: logsumexp (layers x n), the flat sums and their gradient,
         # then the total and the terms (each tensor allocated or viewed costs a few us here)
-        n_flat = 1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout)
-        n_terms = len(_layers_per_term(layout))
+        n_flat, n_terms = _sizes(layout)
         buf = torch.empty(len(layout) * n + 2 * n_flat + 1 + n_terms)
         lse_at = buf.data_ptr()
         flat_at = lse_at + 4 * len(layout) * n
-        kernels.aux_sums(n, len(layout), layers, valid.data_ptr(), k_min, span, lse_at, flat_at)
+        kernels.aux_sums(n, len(layout), layers_at, valid.data_ptr(), k_min, span, lse_at, flat_at)
         flat = None
         if reduce is not None:  # the job's sums, in a tensor of their own
             flat = reduce(buf[len(layout) * n: len(layout) * n + n_flat])
             flat_at = flat.data_ptr()
         out_at = len(layout) * n + 2 * n_flat
-        weights_ = (ctypes.c_double * 5)(*weights)
-        kernels.aux_terms(len(layout), layers, flat_at, target_heads, weights_, lse_at + 4 * out_at)
+        weights_ = array.array("d", weights)
+        kernels.aux_terms(len(layout), layers_at, flat_at, target_heads, weights_.buffer_info()[0],
+                          lse_at + 4 * out_at)
         ctx.kept, ctx.layers, ctx.weights, ctx.spec = kept, layers, weights_, spec
         ctx.buf, ctx.flat, ctx.at = buf, flat, (lse_at, flat_at, n_flat)
         ctx.set_materialize_grads(False)  # the terms are usually logged only: no zero gradients
@@ -387,11 +394,16 @@ class _NativeAux(torch.autograd.Function):
     def backward(ctx, g_total, g_terms):  # type: ignore[override]
         kernels, layout, target_heads, _, k_min, span, reduce, ent_grad, _, _ = ctx.spec
         lse_at, flat_at, n_flat = ctx.at
-        g_by_term = dict(zip(_layers_per_term(layout), [] if g_terms is None else g_terms.tolist()))
-        g_terms_ = (ctypes.c_double * 5)(*(g_by_term.get(t, 0.0) for t in TERMS))
+        if g_terms is None:  # (the usual case: the terms are logged, only the total is trained)
+            g_terms_ = _NO_TERM_GRADS
+        else:
+            index, values = _term_index(layout), g_terms.tolist()
+            g_terms_ = array.array("d", [0.0 if index[t] is None else values[index[t]] for t in TERMS])
+        layers_at = ctx.layers.buffer_info()[0]
         g_flat_at = lse_at + 4 * (len(layout) * ctx.kept[0].numel() + n_flat)  # the buffer's slot
-        kernels.aux_terms_backward(len(layout), ctx.layers, flat_at, target_heads, ctx.weights,
-                                   0.0 if g_total is None else float(g_total), g_terms_, g_flat_at)
+        kernels.aux_terms_backward(len(layout), layers_at, flat_at, target_heads, ctx.weights.buffer_info()[0],
+                                   0.0 if g_total is None else float(g_total), g_terms_.buffer_info()[0],
+                                   g_flat_at)
         g_flat = None
         if reduce is not None:
             start = (g_flat_at - lse_at) // 4
@@ -401,14 +413,26 @@ class _NativeAux(torch.autograd.Function):
         grads: list[torch.Tensor | None] = []
         for l in range(len(layout)):
             _, probs, logits, kappa, _, _, sums = ctx.kept[1 + _KEPT * l: 1 + _KEPT * (l + 1)]
-            wanted = (probs if sums is None else sums, logits, kappa, kappa)  # d probs | d sums, d logits, d kappa, d count
-            grads += [torch.empty(t.shape) if t is not None and need[1 + _PER_LAYER * l + j] else None
-                      for j, t in enumerate(wanted)]
-        addresses = (ctypes.c_int64 * len(grads))(*(0 if g is None else g.data_ptr() for g in grads))
+            at = 1 + _PER_LAYER * l  # d probs | d sums, d logits, d kappa, d count
+            first = probs if sums is None else sums
+            grads.append(torch.empty(first.shape) if first is not None and need[at] else None)
+            grads.append(torch.empty(logits.shape) if logits is not None and need[at + 1] else None)
+            grads.append(torch.empty(kappa.shape) if kappa is not None and need[at + 2] else None)
+            grads.append(torch.empty(kappa.shape) if kappa is not None and need[at + 3] else None)
+        addresses = array.array("q", [0 if g is None else g.data_ptr() for g in grads])
         valid = ctx.kept[0]
-        kernels.aux_sums_backward(valid.numel(), len(layout), ctx.layers, valid.data_ptr(), k_min, span,
-                                  lse_at, g_flat_at, int(ent_grad), addresses)
+        kernels.aux_sums_backward(valid.numel(), len(layout), layers_at, valid.data_ptr(), k_min, span,
+                                  lse_at, g_flat_at, int(ent_grad), addresses.buffer_info()[0])
         return (None, *grads)
+
+
+_NO_TERM_GRADS = array.array("d", [0.0] * len(TERMS))  # read only (const in moh/native.c)
+
+
+@functools.lru_cache(maxsize=64)
+def _sizes(layout: tuple[_Layer, ...]) -> tuple[int, int]:
+    """`_NativeAux`'s flat sums (the real-token count, then each layer's) and terms that apply."""
+    return 1 + sum(2 * l.Hb + (5 if l.adaptive else 1) for l in layout), len(_layers_per_term(layout))
 
 
 def _complexity_target(r: Routing, w: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

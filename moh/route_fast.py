@@ -18,6 +18,7 @@ first copied into a tensor), not their arithmetic; docs/benchmarks.md has the me
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -179,23 +180,25 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router, valid: torch.Tensor
     sums, then the norm) or one byte buffer (hard, then the sort order and tau_kept), each an
     `as_strided` view of it, and the backward pass reads the buffers by address: each
     allocation, view or saved tensor costs a few microseconds at this point of a step, as much
-    as the kernel's work. (No saved-tensor version check, then: nothing writes into a
-    routing's tensors.)"""
+    as the kernel's work, and so does Python arithmetic (the layout is made once per shape:
+    `_BufferLayout`). (No saved-tensor version check, then: nothing writes into a routing's
+    tensors.)"""
     H = router.n_heads
     _, at, stride = _rows_of(out)  # `out` is an input: alive until the call returns
-    lead = out.shape[:-1]
-    n = lead.numel()
-    n_sums = 2 * H + 3
-    floats = torch.empty(2 * n * H + 6 * n + n_sums + 1)
+    lay = _buffer_layout(out.shape[:-1], H)
+    n, lead, tokens, shape, rows = lay.n, lay.lead, lay.tokens, lay.heads, lay.rows
+    floats = torch.empty(lay.floats)
     # bool bytes: hard is read by torch, the order and tau_kept (values up to H) only by C
-    bytes_ = torch.empty(2 * n * H + n, dtype=torch.bool)
-    rows, tokens = _strides(lead + (H,)), _strides(lead)
-    probs, gates = (floats.as_strided(lead + (H,), rows, k * n * H) for k in (0, 1))
-    c, kappa, tau, count = (floats.as_strided(lead, tokens, 2 * n * H + k * n) for k in range(4))
-    sums_at = 2 * n * H + 6 * n
-    sums = floats.as_strided((n_sums,), (1,), sums_at) if valid is not None else None
-    pred_norm = floats.as_strided((), (), sums_at + n_sums)
-    hard = bytes_.as_strided(lead + (H,), rows, 0)
+    bytes_ = torch.empty(lay.bytes, dtype=torch.bool)
+    probs = floats.as_strided(shape, rows, 0)
+    gates = floats.as_strided(shape, rows, n * H)
+    c = floats.as_strided(lead, tokens, lay.c)
+    kappa = floats.as_strided(lead, tokens, lay.c + n)
+    tau = floats.as_strided(lead, tokens, lay.c + 2 * n)
+    count = floats.as_strided(lead, tokens, lay.c + 3 * n)
+    sums = floats.as_strided((lay.n_sums,), (1,), lay.sums) if valid is not None else None
+    pred_norm = floats.as_strided((), (), lay.norm)
+    hard = bytes_.as_strided(shape, rows, 0)
     if valid is not None:
         valid = valid if valid.dtype == torch.bool and valid.is_contiguous() else valid.bool().contiguous()
         if valid.numel() != n:
@@ -206,13 +209,13 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router, valid: torch.Tensor
     C = w.shape[1]
     w_c = w.data_ptr() + 4 * H * C  # rows H and H + 1 of [W_r; w_c; w_t]
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
-    c_at, kappa_at, tau_at, s_t_at = _addresses(f0, n, H)
+    c_at = f0 + 4 * lay.c  # then kappa, tau, count, s_t, lse: n floats each
     kernels.route_forward(n, H, at, stride, router.k_min, H - router.k_min, router.tau_min,
                           router.tau_max - router.tau_min, router.tau_lo, router.tau_hi, C,
-                          w_c, w_c + 4 * C, f0, c_at, kappa_at, tau_at, s_t_at, s_t_at + 4 * n,
-                          b0 + 2 * n * H, b0 + n * H, b0, f0 + 4 * n * H, f0 + 4 * (2 * n * H + 3 * n),
-                          f0 + 4 * (sums_at + n_sums), native.ptr(valid), f0 + 4 * sums_at)
-    ctx.buffers, ctx.n, ctx.lead, ctx.router, ctx.valid = (floats, bytes_), n, lead, router, valid
+                          w_c, w_c + 4 * C, f0, c_at, c_at + 4 * n, c_at + 8 * n, c_at + 16 * n, c_at + 20 * n,
+                          b0 + 2 * n * H, b0 + n * H, b0, f0 + 4 * n * H, c_at + 12 * n,
+                          f0 + 4 * lay.norm, None if valid is None else valid.data_ptr(), f0 + 4 * lay.sums)
+    ctx.buffers, ctx.lay, ctx.router, ctx.valid = (floats, bytes_), lay, router, valid
     ctx.set_materialize_grads(False)
     if router.straight_through:
         ctx.mark_non_differentiable(hard, pred_norm)
@@ -221,7 +224,37 @@ def _native_forward(ctx, kernels, out: torch.Tensor, router, valid: torch.Tensor
     return gates, hard, probs, c, kappa, tau, count, pred_norm, sums
 
 
-@functools.lru_cache(maxsize=256)
+class _BufferLayout(NamedTuple):
+    """Where `_native_forward`'s outputs live in its buffers, for rows `lead` of H heads.
+    Offsets in floats: probs 0, gates n H, then c, kappa, tau, count, s_t, lse (n each) from
+    `c`, the sums (2 H + 3) and the norm."""
+
+    n: int  # tokens
+    lead: tuple[int, ...]  # the projections' leading shape, (B, T)
+    tokens: tuple[int, ...]  # strides of a per-token output
+    heads: tuple[int, ...]  # lead + (H,)
+    rows: tuple[int, ...]  # strides of a per-head output
+    grad: tuple[int, ...]  # lead + (H + 2,), the projections' gradient
+    c: int
+    n_sums: int
+    sums: int
+    norm: int
+    floats: int
+    bytes: int
+
+
+@functools.lru_cache(maxsize=64)
+def _buffer_layout(lead: tuple[int, ...], H: int) -> _BufferLayout:
+    n = 1
+    for size in lead:
+        n *= size
+    n_sums = 2 * H + 3
+    c, sums = 2 * n * H, 2 * n * H + 6 * n
+    return _BufferLayout(n=n, lead=tuple(lead), tokens=_strides(tuple(lead)), heads=(*lead, H),
+                         rows=_strides((*lead, H)), grad=(*lead, H + 2), c=c, n_sums=n_sums, sums=sums,
+                         norm=sums + n_sums, floats=sums + n_sums + 1, bytes=2 * n * H + n)
+
+
 def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The strides of a contiguous tensor of this shape."""
     strides, step = [], 1
@@ -229,12 +262,6 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
-
-
-def _addresses(f0: int, n: int, H: int) -> tuple[int, int, int, int]:
-    """Addresses of c, kappa, tau and s_t in `_native_forward`'s float buffer at f0 (lse follows s_t)."""
-    base = f0 + 4 * 2 * n * H
-    return base, base + 4 * n, base + 8 * n, base + 16 * n
 
 
 def native_select(probs: torch.Tensor, tau: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
@@ -265,17 +292,23 @@ def _rows_of(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 
 def _native_backward(ctx, g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums) -> torch.Tensor:
-    (floats, bytes_), n, rt = ctx.buffers, ctx.n, ctx.router
-    H = rt.n_heads
+    (floats, bytes_), lay, rt = ctx.buffers, ctx.lay, ctx.router
+    H, n = rt.n_heads, lay.n
     f0, b0 = floats.data_ptr(), bytes_.data_ptr()
-    c, kappa, tau, s_t = _addresses(f0, n, H)
-    g_out = torch.empty(*ctx.lead, H + 2)
-    # held in a list while the kernel runs: a temporary's memory would be freed before the call
-    upstream = [None if g is None else g.contiguous() for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums)]
-    *per_token, g_sums = map(native.ptr, upstream)
+    c = f0 + 4 * lay.c  # then kappa, tau, count, s_t, lse: n floats each
+    g_out = torch.empty(lay.grad)
+    # addresses of the upstream gradients; a copy made contiguous is held in `keep` while the
+    # kernel runs (a temporary's memory would be freed before the call)
+    at, keep = [], []
+    for g in (g_gates, g_probs, g_c, g_kappa, g_tau, g_count, g_sums):
+        if g is not None and not g.is_contiguous():
+            g = g.contiguous()
+            keep.append(g)
+        at.append(None if g is None else g.data_ptr())
     ctx.kernels.route_backward(
-        n, H, f0, c, s_t, kappa, tau, b0 + 2 * n * H, b0 + n * H, *per_token, native.ptr(ctx.valid), g_sums,
-        s_t + 4 * n, int(rt.straight_through), rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())
+        n, H, f0, c, c + 16 * n, c + 4 * n, c + 8 * n, b0 + 2 * n * H, b0 + n * H, *at[:6],
+        None if ctx.valid is None else ctx.valid.data_ptr(), at[6], c + 20 * n, int(rt.straight_through),
+        rt.t1, rt.t2, H - rt.k_min, rt.tau_max - rt.tau_min, g_out.data_ptr())
     return g_out
 
 

@@ -36,18 +36,20 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.router = make_router(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        # the column blocks of the fused q, k, v + router matmul, known once (None: not fused)
+        proj_params = getattr(self.router, "proj_params", None)
+        self.fused_sizes = None if proj_params is None else [
+            cfg.d_model, cfg.d_model, cfg.d_model, sum(w.shape[0] for w in proj_params()[0])]
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
         """x (B, T, C) -> (output, routing); `valid` (B, T) real tokens, for the router (LM.forward)."""
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads
-        proj_params = getattr(self.router, "proj_params", None)
-        if proj_params is not None and x.dtype == torch.float32:
+        if self.fused_sizes is not None and x.dtype == torch.float32:
             # The router's projections of x ride along in the qkv matmul: one matmul and one
             # input gradient instead of two (the qkv columns are computed exactly as alone).
-            ws, bs = proj_params()
-            sizes = [C, C, C, sum(wi.shape[0] for wi in ws)]
-            q, k, v, proj = fused_projections(x, [self.qkv.weight, *ws], [self.qkv.bias, *bs], sizes)
+            ws, bs = self.router.proj_params()
+            q, k, v, proj = fused_projections(x, [self.qkv.weight, *ws], [self.qkv.bias, *bs], self.fused_sizes)
             r = self.router(x, proj=proj, valid=valid)  # proj (B, T, K)
         else:  # dense, or a model dtype other than the routers' float32
             q, k, v = self.qkv(x).split(C, dim=2)

@@ -331,4 +331,4 @@ def fused_projections(x: torch.Tensor, weights: list[torch.Tensor], bias_parts: 
     them, and padding the width to a multiple of 16, cost more than this in the step:
     docs/benchmarks.md, "Sixth session".)
     """
-    return F.linear(x, torch.cat(list(weights)), torch.cat(list(bias_parts))).split(list(sizes), dim=-1)
+    return F.linear(x, torch.cat(weights), torch.cat(bias_parts)).split(sizes, dim=-1)

@@ -290,20 +290,27 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
     layout: list[_Layer] = []
     inputs: list[torch.Tensor | None] = []  # what has a gradient: _NativeAux's tensor arguments
     side: list[tuple] = []  # what has none, per layer: (hard, difficulty, whether inputs[0] are the sums)
+    present: list[torch.Tensor] = []  # the inputs that are tensors, for the kernels' dtype check
+    width = 0
+    difficulty_target = cfg.complexity_target != "heads"
     for r in routings:
         if r.probs is None:  # not routed
             continue
         H, bh = r.hard.shape[-1], r.balance_heads
         if not isinstance(bh, slice) or bh.step not in (None, 1):
             return None
-        heads = range(*bh.indices(H))
-        layout.append(_Layer(len(heads), H, r.kappa is not None, r.balance_per_k, heads.start))
+        start, stop, _ = bh.indices(H)
+        Hb = max(stop - start, 0)
+        layout.append(_Layer(Hb, H, r.kappa is not None, r.balance_per_k, start))
+        width = max(width, H)
         # the router's own sums over this very mask: only kappa is then read per token
-        summed = r.sums is not None and r.sums_valid is valid and len(heads) == H
-        inputs += [r.sums, None, r.kappa, None] if summed else [r.probs, r.logits, r.kappa, r.count]
-        side.append((r.hard, r.difficulty if cfg.complexity_target != "heads" else None, summed))
-    kernels = native.for_tensors(*(t for t in inputs if t is not None), width=max(l.H for l in layout))
-    if kernels is None or valid.device.type != "cpu":
+        summed = r.sums is not None and r.sums_valid is valid and Hb == H
+        layer_inputs = [r.sums, None, r.kappa, None] if summed else [r.probs, r.logits, r.kappa, r.count]
+        inputs += layer_inputs
+        present += [t for t in layer_inputs if t is not None]
+        side.append((r.hard, r.difficulty if difficulty_target else None, summed))
+    kernels = native.for_tensors(*present, width=width)
+    if kernels is None or not valid.is_cpu:
         return None
     layout = tuple(layout)
     applying = _layers_per_term(layout)

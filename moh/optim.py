@@ -196,7 +196,8 @@ class GradNorms:
     sync. The per-group norms come when first read (logged steps only: `LazyValues`), all
     groups at once: the squares, then the fused tensors' row squares, summed per group by one
     product with a 0/1 membership matrix made here. They are the norms of the gradients at the
-    call, whatever happens to the gradients later (clipping, which the optimizer does in place).
+    call, whatever happens to the gradients later (clipping, which the optimizer does in place):
+    a call keeps |g| of the fused tensors (one foreach dispatch) for their row norms.
     """
 
     def __init__(self, groups: Mapping[str, list]):
@@ -243,14 +244,18 @@ class GradNorms:
             grads = [zero if g is None else g.float() for g in raw]
         squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
-        rows = [_row_norms(grads[i]) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
-                for i in self.fused]
+        # the fused tensors' gradients as they are now, |g| (the same row norms), in one dispatch:
+        # the optimizer's clip divides the gradients in place later, and the row norms are only
+        # wanted on logged steps
+        kept = torch._foreach_abs([grads[i] for i in self.fused]) if self.fused else []
         per_group: dict[str, torch.Tensor] = {}
 
         def norm_of(group: str) -> torch.Tensor | None:
             if not self.groups[group]:
                 return None
             if not per_group:  # every group at once, on the first read
+                rows = [_row_norms(g) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
+                        for g, i in zip(kept, self.fused)]
                 cols = torch.cat([squares, *(r.square() for r in rows)]) if rows else squares
                 per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
             return per_group[group]

@@ -34,6 +34,7 @@ from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_objective
 from .model import IGNORE_INDEX, LM
 from .monitor import Recorder
+from .monitor.recorder import floats
 from .optim import AdamW, clip_divisor, grad_group, lr_at, make_optimizer, set_lr
 from .telemetry import Monitor, Sink
 from .tokenizer import Tokenizer
@@ -57,10 +58,6 @@ class Result:
 
 class _Stop(Exception):
     """Non-finite values under `nonfinite = "stop"`: end the run with status failed."""
-
-
-def _f(t: torch.Tensor | float | None) -> float | None:
-    return None if t is None else float(t.detach() if isinstance(t, torch.Tensor) else t)
 
 
 def _kernels(device: torch.device) -> str:
@@ -351,13 +348,14 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 for li, r in enumerate(routings):
                     rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
                                 valid=valid, pred_norm=r.pred_norm)
+                # the aux terms read once (one host read), the weighted ones from those floats
+                aux_f = dict(zip(TERMS, floats([aux[t] for t in TERMS])))
                 written = rec.step(
-                    step, loss=loss, lm_loss=lm_loss, lr=lr, epoch=epoch, phase=phase,
-                    aux={t: aux[t] for t in TERMS},
-                    aux_weighted={t: (None if aux[t] is None else
-                                      getattr(cfg, WEIGHT_KEYS[t]) * _f(aux[t])) for t in TERMS},
-                    grad_norm_clipped=_f(norm if divisor is None else norm / divisor) if finite else None, tokens=int(n_tok), skipped=not finite,
-                    token_loss=token_loss, has_target=targets != IGNORE_INDEX)
+                    step, loss=loss, lm_loss=lm_loss, lr=lr, epoch=epoch, phase=phase, aux=aux_f,
+                    aux_weighted={t: (None if aux_f[t] is None else getattr(cfg, WEIGHT_KEYS[t]) * aux_f[t])
+                                  for t in TERMS},
+                    grad_norm_clipped=(norm if divisor is None else norm / divisor) if finite else None,
+                    tokens=int(n_tok), skipped=not finite, token_loss=token_loss, has_target=targets != IGNORE_INDEX)
             else:
                 rec.step(step, loss=loss)  # not logged: the recorder's step bookkeeping only
             if written is not None:

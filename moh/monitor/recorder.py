@@ -62,6 +62,29 @@ def _float(x: Any) -> float | None:
     return float(x)
 
 
+def floats(xs: list[Any]) -> list[float | None]:
+    """`_float` of each value, the floating-point one-element tensors among them read from the
+    device in ONE copy (a record has ~20 such scalars; each read alone is a dispatched copy and
+    a sync, ~5-10 us inside a training step: docs/benchmarks.md, "Eighth session"). The same
+    values: stacking promotes to the widest floating dtype among them, which holds every
+    narrower value exactly. Tensors on another device than the first, or not floating point,
+    are read one by one."""
+    out: list[float | None] = [None if x is None else (x if isinstance(x, torch.Tensor) else float(x)) for x in xs]
+    batch = [i for i, x in enumerate(out) if isinstance(x, torch.Tensor)]
+    if batch:
+        first = out[batch[0]]
+        together = [i for i in batch if out[i].numel() == 1 and out[i].is_floating_point()
+                    and out[i].device == first.device]
+        if len(together) > 1:
+            values = torch.stack([out[i].detach().reshape(()) for i in together]).tolist()
+            for i, v in zip(together, values):
+                out[i] = v
+        for i in batch:
+            if isinstance(out[i], torch.Tensor):
+                out[i] = float(out[i].detach())
+    return out
+
+
 def _infer_d_model(model: nn.Module | None) -> int | None:
     """Width of the model's first embedding (else the first linear layer's input)."""
     if model is None:
@@ -307,9 +330,19 @@ class Recorder:
             norms = self._grad_norms() if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
         norm, per = norms
         layers = self._layer_rows(acc, token_loss, has_target)
+        # every scalar of the record in one host read
+        groups = list(per)
+        aux_, weighted = aux or {}, aux_weighted or {}
+        values = floats([lm_loss, lr, norm, grad_norm_clipped, *(per[g] for g in groups),
+                         *(aux_.get(t) for t in schema.AUX_TERMS), *(weighted.get(t) for t in schema.AUX_TERMS)])
+        lm_loss_f, lr_f, norm_f, clipped_f = values[:4]
+        at = 4 + len(groups)
+        per_f = dict(zip(groups, values[4:at]))
+        aux_f = dict(zip(schema.AUX_TERMS, values[at:at + len(schema.AUX_TERMS)]))
+        weighted_f = dict(zip(schema.AUX_TERMS, values[at + len(schema.AUX_TERMS):]))
         optional: dict[str, Any] = {}
         if aux_weighted is not None:
-            optional["aux_weighted"] = {t: _float(aux_weighted.get(t)) for t in schema.AUX_TERMS}
+            optional["aux_weighted"] = weighted_f
         optional["layers"] = layers
         if tokens is not None:
             optional["tokens"] = int(tokens)
@@ -319,10 +352,8 @@ class Recorder:
         rec = schema.record(
             schema.STEP, step=step, epoch=int(epoch), phase=phase, time=now,
             elapsed=now - self.t0, loss=loss_f,
-            lm_loss=loss_f if lm_loss is None else _float(lm_loss), lr=_float(lr),
-            grad_norm=_float(norm), grad_norm_clipped=_float(grad_norm_clipped),
-            grad_norms={g: _float(v) for g, v in per.items()},
-            aux={t: _float((aux or {}).get(t)) for t in schema.AUX_TERMS}, **optional,
+            lm_loss=loss_f if lm_loss is None else lm_loss_f, lr=lr_f,
+            grad_norm=norm_f, grad_norm_clipped=clipped_f, grad_norms=per_f, aux=aux_f, **optional,
         )
         self._write(rec)
         return rec

@@ -266,3 +266,23 @@ def test_every_record_validates_against_the_json_schema(tmp_path):
         validator.validate(r)
         assert schema.missing_fields(r) == []
     assert recs[2]["loss"] == "Infinity" and len(recs[1]["layers"][0]["heads_hist"]) == 3
+
+
+def test_floats_reads_every_scalar_as_float_would():
+    """A record's scalars in one host read: each value is what float() of it alone gives, also
+    where the batch is promoted (a float32 value stacked with a float64 one keeps its bits), an
+    integer tensor is read on its own (a float32 batch would round 2**24 + 1), and plain
+    numbers and None pass through."""
+    from moh.monitor.recorder import floats
+    f32 = torch.tensor(0.1, dtype=torch.float32)  # 0.100000001490116..., not 0.1
+    f64 = torch.tensor(0.1, dtype=torch.float64)
+    bf16 = torch.tensor(1.0 / 3.0, dtype=torch.bfloat16)
+    big = torch.tensor(2 ** 24 + 1, dtype=torch.int64)
+    one_elem = torch.tensor([2.5])  # (1,) not 0-d
+    xs = [None, 1.5, f32, f64, bf16, big, one_elem, torch.tensor(float("nan"))]
+    got = floats(xs)
+    assert got[:7] == [None, 1.5, float(f32), 0.1, float(bf16), float(2 ** 24 + 1), 2.5]
+    assert got[2] != 0.1 and got[6] == 2.5 and math.isnan(got[7])
+    assert all(type(v) is float for v in got[1:])
+    assert floats([f32, big, torch.tensor(3.0)]) == [float(f32), 16777217.0, 3.0]  # no float64 to widen to
+    assert floats([]) == [] and floats([None]) == [None]

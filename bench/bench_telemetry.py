@@ -21,7 +21,9 @@ stacked all-layers path of moh/monitor/stacked.py), `basic` / `full` rows with t
 reference functions (routing.layer_stats, alignment.loss_alignment, monitor.rows.layer_rows).
 Not included: `moh train`'s early-alert checks (analyze/live/early.py, capped at 1% of the run).
 Goal (issue 7): default <= 2 % of step time. JSON: bench/results/bench_telemetry.json.
-"""
+The whole-run medians spread by several percent between runs of the same code, and the record
+timed alone here is warm and leaves out the aux terms and group norms: bench/telemetry_in_place.py
+times the records inside real runs (docs/benchmarks.md, "Eighth session")."""
 
 from __future__ import annotations
 

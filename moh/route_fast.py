@@ -235,12 +235,12 @@ class _BufferLayout(NamedTuple):
     heads: tuple[int, ...]  # lead + (H,)
     rows: tuple[int, ...]  # strides of a per-head output
     grad: tuple[int, ...]  # lead + (H + 2,), the projections' gradient
-    c: int
-    n_sums: int
-    sums: int
-    norm: int
-    floats: int
-    bytes: int
+    c: int  # offset of c (kappa, tau, count, s_t and lse follow, n floats each)
+    n_sums: int  # the aux sums' length, 2 H + 3
+    sums: int  # offset of the sums
+    norm: int  # offset of the predictor norm
+    floats: int  # the float buffer's length
+    bytes: int  # the byte buffer's length: hard (n H), the sort order (n H), tau_kept (n)
 
 
 @functools.lru_cache(maxsize=64)

@@ -69,7 +69,7 @@ def floats(xs: list[Any]) -> list[float | None]:
     values: stacking promotes to the widest floating dtype among them, which holds every
     narrower value exactly. Tensors on another device than the first, or not floating point,
     are read one by one."""
-    out: list[float | None] = [None if x is None else (x if isinstance(x, torch.Tensor) else float(x)) for x in xs]
+    out: list[Any] = [x if isinstance(x, torch.Tensor) else _float(x) for x in xs]
     batch = [i for i, x in enumerate(out) if isinstance(x, torch.Tensor)]
     if batch:
         first = out[batch[0]]
@@ -81,7 +81,7 @@ def floats(xs: list[Any]) -> list[float | None]:
                 out[i] = v
         for i in batch:
             if isinstance(out[i], torch.Tensor):
-                out[i] = float(out[i].detach())
+                out[i] = _float(out[i])
     return out
 
 

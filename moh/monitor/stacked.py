@@ -101,7 +101,7 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     lo, hi = table.aminmax(dim=-1)
     # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
     # guaranteed to round alike
-    std = torch.stack([c.std(unbiased=False) for c in counts])
+    std = torch.stack([c.std(unbiased=False) for c in counts.unbind()])  # (one op for the rows)
     # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
     flat = [mean, lo, hi, std, hard.sum(1, dtype=_F32) / N]  # (R,) x 3, (L,), (L, H)
     if r0.pred_norm is not None:
@@ -131,7 +131,8 @@ def _alignment(hard_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.T
     BT = hard_all.shape[1]
     cx = _take(cx_all, tidx, BT)
     hc = _take(hard_all, tidx, BT).sum(-1, dtype=_F32)  # head counts, exact in float32
-    table = torch.cat([_f32(token_loss.detach()).reshape(1, -1), _f32(cx), hc])
+    loss = token_loss.detach() if token_loss.requires_grad else token_loss  # (no no-op dispatch)
+    table = torch.cat([_f32(loss).reshape(1, -1), _f32(cx), hc])
     return spearman_rows(table)
 
 

@@ -254,7 +254,7 @@ class GradNorms:
             if not self.groups[group]:
                 return None
             if not per_group:  # every group at once, on the first read
-                rows = [_row_norms(g) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
+                rows = [_row_norms_of_abs(g) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
                         for g, i in zip(kept, self.fused)]
                 cols = torch.cat([squares, *(r.square() for r in rows)]) if rows else squares
                 per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
@@ -268,9 +268,10 @@ def grad_norms(groups: Mapping[str, list]) -> tuple[torch.Tensor, Mapping[str, t
     return GradNorms(groups)()
 
 
-def _row_norms(g: torch.Tensor) -> torch.Tensor:
-    """The L2 norm of each row (dim 0) of a gradient: (rows,)."""
-    return g.abs() if g.dim() == 1 else torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())))
+def _row_norms_of_abs(a: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each row (dim 0) of a gradient, given its |g| (`GradNorms` keeps that):
+    (rows,); a 1-d one's rows are its elements, already their own norms."""
+    return a if a.dim() == 1 else torch.linalg.vector_norm(a, dim=tuple(range(1, a.dim())))
 
 
 def _device(groups: dict[str, list[torch.Tensor]]) -> torch.device:

@@ -96,8 +96,11 @@ def test_shell_completion_completes_commands_and_options():
     assert r.stdout.split() == ["report"], r
     env = {"_MOH_COMPLETE": "complete_bash", "COMP_WORDS": "moh report --form", "COMP_CWORD": "2"}
     assert moh(env=env).stdout.split() == ["--format"]
-    assert "complete -o default -F _moh_completion moh" in moh("--show-completion", "bash",
-                                                               env={"SHELL": "/bin/bash"}).stdout
+    # Typer finds the shell among the command's ancestors (shellingham), not in $SHELL: run it
+    # under a bash that stays its parent (a test run whose shell has exited has none above it)
+    shown = subprocess.run(["/bin/bash", "-c", '"$@"; status=$?; exit $status', "bash", *MOH, "--show-completion"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "complete -o default -F _moh_completion moh" in shown.stdout, shown
 
 
 def test_every_command_has_quiet():

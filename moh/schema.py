@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import orjson
+
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
@@ -355,8 +357,44 @@ def sanitize(value: Any) -> Any:
     return value
 
 
+def _all_finite(value: Any) -> bool:
+    """No non-finite float at any depth of `value` (x - x is 0.0 for a finite float, NaN for
+    NaN and the infinities). ~8 us for a step record, a fifth of json.dumps's time."""
+    if isinstance(value, float):
+        return value - value == 0.0
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return True
+    for v in value:
+        if type(v) is float:  # the common leaf, without the call
+            if v - v != 0.0:
+                return False
+        elif isinstance(v, (float, dict, list, tuple)) and not _all_finite(v):
+            return False
+    return True
+
+
+def encode_line(record: dict) -> bytes:
+    """One line of `run.jsonl`, UTF-8 with its newline; strict JSON, non-finite numbers tagged.
+
+    orjson when every float is finite (it writes NaN and the infinities as null, which would
+    lose the tag): a step record in ~10 us instead of json's ~45 (issue 14: the record's share
+    of a run). Its floats are the shortest text that reads back to the same float, as json's
+    are, in another notation where they are tiny or huge (0.0000466 for 4.66e-05): the same
+    values. What orjson refuses (an int beyond 64 bits, a float subclass, a non-str key)
+    goes through json as before."""
+    if _all_finite(record):
+        try:
+            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            pass
+    return (encode_record(record) + "\n").encode("utf-8")
+
+
 def encode_record(record: dict) -> str:
-    """One line of `run.jsonl` (without the newline); strict JSON, non-finite numbers tagged."""
+    """One line of `run.jsonl` as json writes it (without the newline); strict JSON,
+    non-finite numbers tagged. `encode_line` is the faster writer's form of it."""
     try:  # the common record is all finite: no copy through sanitize() (half the encode time)
         return json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except ValueError:  # a non-finite float somewhere: tag it

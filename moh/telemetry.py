@@ -69,7 +69,7 @@ class JsonlSink:
             raise ValueError(f"unknown record kind {record.get('event')!r}")
         if self._failed is not None:
             raise OSError(self._failed.errno, f"{self._failed.strerror} (earlier write)", self.path)
-        data = memoryview((schema.encode_record(record) + "\n").encode("utf-8"))
+        data = memoryview(schema.encode_line(record))
         done = 0
         try:
             while done < len(data):

@@ -155,19 +155,27 @@ def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int],
         if Hp:
             pmean, pos = pos, pos + L * Hp
     cpos = pos if corr else None
+    # each per-token series' row in the table (None: the field is absent, written as null)
+    t_row, c_row = ((1 + per_token.index(a)) * L if a in per_token else None for a in ("tau", "complexity"))
+    e_row = (1 + len(per_token)) * L if r0.probs is not None else None
     out = []
     for l, li in enumerate(layers):
-        row: dict[str, Any] = {"layer": li, "heads_mean": vals[mean + l], "heads_min": vals[lo + l],
-                               "heads_max": vals[hi + l], "heads_std": vals[std + l],
-                               "head_load": vals[load + l * H:load + (l + 1) * H]}
-        for name, attr in (("threshold", "tau"), ("complexity", "complexity")):
-            if attr in per_token:
-                k = (1 + per_token.index(attr)) * L + l
-                row |= {f"{name}_mean": vals[mean + k], f"{name}_min": vals[lo + k], f"{name}_max": vals[hi + k]}
-            else:
-                row |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
-        row["entropy"] = None if r0.probs is None else vals[mean + (1 + len(per_token)) * L + l]
-        row["pred_norm"] = None if pred is None else vals[pred + l]
+        t = None if t_row is None else t_row + l
+        c = None if c_row is None else c_row + l
+        # the keys in schema.layer_row's order (LAYER_FIELDS, then the optional ones given):
+        # literal keys need no check, and the copy layer_row makes is ~20 us a layer here
+        row: dict[str, Any] = {
+            "layer": li, "heads_mean": vals[mean + l], "heads_min": vals[lo + l], "heads_max": vals[hi + l],
+            "heads_std": vals[std + l], "head_load": vals[load + l * H:load + (l + 1) * H],
+            "threshold_mean": None if t is None else vals[mean + t],
+            "threshold_min": None if t is None else vals[lo + t],
+            "threshold_max": None if t is None else vals[hi + t],
+            "complexity_mean": None if c is None else vals[mean + c],
+            "complexity_min": None if c is None else vals[lo + c],
+            "complexity_max": None if c is None else vals[hi + c],
+            "entropy": None if e_row is None else vals[mean + e_row + l],
+            "pred_norm": None if pred is None else vals[pred + l],
+        }
         if full:
             row["heads_hist"] = vals[hist + l * (H + 1):hist + (l + 1) * (H + 1)]
             row["prob_mean"] = None if pmean is None else vals[pmean + l * Hp:pmean + (l + 1) * Hp]
@@ -175,5 +183,5 @@ def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int],
             for j, f in enumerate(schema.ALIGNMENT_STATS):  # NaN: undefined on this step
                 x = None if cpos is None else vals[cpos + j * L + l]
                 row[f] = None if x is None or x != x else x
-        out.append(schema.layer_row(**row))
+        out.append(row)
     return out

@@ -172,6 +172,28 @@ def test_without_the_definition_the_field_is_not_a_column(tmp_path):
     assert out.returncode != 0 and "unknown fields ['probe_stat']" in out.stderr
 
 
+def test_encode_line_writes_what_encode_record_means_and_tags_what_orjson_would_null():
+    finite = {"event": "step", "loss": 4.663108484237455e-05, "n": 3, "ok": True, "none": None,
+              "layers": [{"heads_mean": 1.5, "head_load": [0.25, 1e-30, 1e300], "tag": "é"}]}
+    line = schema.encode_line(finite)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and b" " not in line
+    assert json.loads(line) == finite == json.loads(schema.encode_record(finite))
+    # a non-finite float at any depth (a dict in a list in a dict, a list in a list): tagged, not
+    # null (orjson's reading of NaN), wherever it sits among finite ones
+    for bad, where in (({"a": [1.0, {"b": [0.5, float("nan")]}]}, lambda d: d["a"][1]["b"][1]),
+                       ({"a": [[2.0], [float("-inf")]]}, lambda d: d["a"][1][0]),
+                       ({"a": 1.0, "z": float("inf")}, lambda d: d["z"]),
+                       ({"a": (0.0, float("nan"))}, lambda d: d["a"][1])):
+        got = json.loads(schema.encode_line(bad))
+        assert where(got) in ("NaN", "Infinity", "-Infinity"), (bad, got)
+    # what orjson refuses goes through json: an int beyond 64 bits, a float subclass, an int key
+    class Half(float):
+        pass
+    for odd in ({"big": 2 ** 70}, {"x": Half(0.5)}, {"k": {1: 2.0}}):
+        assert schema.encode_line(odd) == (schema.encode_record(odd) + "\n").encode()
+    assert json.loads(schema.encode_line({"x": Half("nan")})) == {"x": "NaN"}
+
+
 def test_encode_record_tags_non_finite_floats_at_any_depth_and_leaves_finite_ones():
     finite = {"event": "step", "loss": 0.1, "layers": [{"heads_mean": 1.5, "head_load": [0.25, 1e-30]}]}
     assert schema.encode_record(finite) == json.dumps(finite, separators=(",", ":"))

@@ -44,7 +44,7 @@ def test_train_module_makes_no_record_and_no_statistic_of_its_own():
     used = _names(ast.parse(open(TRAIN, encoding="utf-8").read()))
     assert "Recorder" in used
     bypass = {"schema.record", "JsonlSink", "NullSink", "TeeSink", "layer_stats", "layer_stats_global",
-              "loss_alignment", "grad_norms", "layer_rows", "encode_record"}
+              "loss_alignment", "grad_norms", "layer_rows", "encode_record", "encode_line"}
     assert not used & bypass, f"moh/train.py writes or reduces telemetry itself: {sorted(used & bypass)}"
 
 
@@ -59,8 +59,8 @@ def test_a_real_run_logs_exactly_what_the_recorder_emitted(tmp_path, tiny_cfg, m
     extra = Records()
     res = train(tiny_cfg(threads=1, log_every=3, eval_prompts=2), tmp_path, sink=extra)
     assert res.status == "completed"
-    lines = open(tmp_path / "run.jsonl", encoding="utf-8").read().splitlines()
-    assert lines == [schema.encode_record(r) for r in emitted]
+    lines = open(tmp_path / "run.jsonl", "rb").read().splitlines(keepends=True)
+    assert lines == [schema.encode_line(r) for r in emitted]
     assert [r is e for r, e in zip(extra.records, emitted)] == [True] * len(emitted) and len(extra.records) == len(emitted)
     kinds = [r["event"] for r in emitted]
     assert kinds[0] == "run_start" and kinds[-1] == "run_end" and kinds.count("eval") == 2

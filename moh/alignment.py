@@ -36,6 +36,9 @@ from . import native
 from .routing import Routing
 
 FIELDS = ("complexity_loss_corr", "heads_loss_corr")
+# spearman_rows' sums are exact (so its bits are order-free, C or torch) below this many tokens:
+# N^3 / 12 < 2^51 (see there)
+EXACT_N = 300_000
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +85,20 @@ def spearman_rows(table: torch.Tensor) -> torch.Tensor:
     # Average ranks of N values always sum to N (N - 1) / 2, so every row's mean is exactly
     # (N - 1) / 2 (a half-integer): centring by it is _pearson's mean subtraction, bit for bit,
     # for all rows in one operator.
-    # Centred ranks are multiples of 1/2, so every product and sum below is exact in float64
-    # whatever its order while the sums of squares (about N^3 / 12) stay under 2^53, i.e. for
-    # N below ~470,000 tokens a step: one matrix-vector product gives every row's dot product
-    # with the loss row (its own sum of squares first).
-    c = average_ranks(table) - (table.shape[-1] - 1) / 2
+    # Centred ranks are multiples of 1/2, so every product and sum below is a multiple of 1/4,
+    # exact in float64 whatever its order while it stays under 2^51: the sums of squares are
+    # about N^3 / 12, so for N below EXACT_N tokens a step. One matrix-vector product gives every
+    # row's dot product with the loss row (its own sum of squares first).
+    n = table.shape[-1]
+    kernels = native.for_tensors(table) if table.dim() == 2 and n < EXACT_N else None
+    if kernels is not None:  # the same in one C pass (moh/native.c spearman_rows)
+        rows = table.contiguous()
+        k = rows.shape[0]
+        order, ranks = torch.empty(2, n, dtype=torch.int64), torch.empty(k * n + k - 1, dtype=torch.float64)
+        at, out = order.data_ptr(), ranks.data_ptr()
+        kernels.spearman_rows(k, n, rows.data_ptr(), at, at + 8 * n, out, out + 8 * k * n)
+        return ranks[k * n:]  # (the correlations follow the ranks' scratch in one allocation)
+    c = average_ranks(table) - (n - 1) / 2
     dot = c @ c[0]
     r = dot[1:] / (c[1:].square().sum(-1) * dot[0]).sqrt()  # 0 / 0 = NaN for a constant series
     return r.clamp(-1.0, 1.0)

@@ -587,11 +587,34 @@ static int before(const float *x, int64_t a, int64_t b) {
     return a < b;
 }
 
+/* average_ranks_row for a series of small non-negative integers (head counts: most tokens tie):
+   a counting pass instead of the sort, the same ranks (a value's run starts after every
+   smaller value). 0 when some value is not one (then nothing is written). */
+#define SMALL_INT_VALUES 128
+static int small_int_ranks(int64_t n, const float *x, double *ranks) {
+    int64_t count[SMALL_INT_VALUES] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (!(v >= 0.0f && v < (float)SMALL_INT_VALUES) || v != (float)(int)v) return 0; /* NaN fails too */
+        count[(int)v]++;
+    }
+    double rank[SMALL_INT_VALUES];
+    int64_t start = 0;
+    for (int v = 0; v < SMALL_INT_VALUES; v++) {
+        int64_t end = start + count[v] - 1; /* the run of v: sorted positions start..end */
+        rank[v] = ((double)start + (double)end) / 2.0;
+        start = end + 1;
+    }
+    for (int64_t i = 0; i < n; i++) ranks[i] = rank[(int)x[i]];
+    return 1;
+}
+
 /* Ranks 0..n-1 of x (n,), tied values sharing the mean of their ranks (a NaN is a run of its
    own, sorted last), as float64: moh/alignment.py `average_ranks` for one series. `order`,
    `tmp`: int64 scratch of n each, for a bottom-up merge sort (torch's sort and the dozen
    operators of the tie averaging cost more than this whole function at ~400 values). */
 static void average_ranks_row(int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks) {
+    if (small_int_ranks(n, x, ranks)) return;
     for (int64_t i = 0; i < n; i++) order[i] = i;
     for (int64_t width = 1; width < n; width *= 2) {
         for (int64_t lo = 0; lo < n; lo += 2 * width) {
@@ -618,6 +641,34 @@ static void average_ranks_row(int64_t n, const float *x, int64_t *order, int64_t
 /* average_ranks_row for each of `rows` series of n values (a (rows, n) table). */
 void average_ranks(int64_t rows, int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks) {
     for (int64_t r = 0; r < rows; r++) average_ranks_row(n, x + r * n, order, tmp, ranks + r * n);
+}
+
+/* moh/alignment.py `spearman_rows`: the Spearman correlation of rows 1..rows-1 of x (rows, n)
+   with row 0, into out (rows - 1), float64, each clamped to [-1, 1] (NaN for a constant row).
+   `order`, `tmp`: int64 scratch of n each; `ranks`: float64 scratch of rows * n. The torch
+   formulation's bits: ranks centred by (n - 1) / 2 are multiples of 1/2, so every product and
+   sum here is exact whatever its order (for n below alignment.EXACT_N, which the caller checks), and the
+   product, square root and division after them are single IEEE roundings on both sides. */
+void spearman_rows(int64_t rows, int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks,
+                   double *out) {
+    const double mid = (double)(n - 1) / 2.0;
+    for (int64_t r = 0; r < rows; r++) {
+        double *c = ranks + r * n;
+        average_ranks_row(n, x + r * n, order, tmp, c);
+        for (int64_t i = 0; i < n; i++) c[i] -= mid;
+    }
+    double own = 0.0; /* row 0's sum of squares: its dot product with itself */
+    for (int64_t i = 0; i < n; i++) own += ranks[i] * ranks[i];
+    for (int64_t r = 1; r < rows; r++) {
+        const double *c = ranks + r * n;
+        double dot = 0.0, sq = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            dot += c[i] * ranks[i];
+            sq += c[i] * c[i];
+        }
+        double v = dot / sqrt(sq * own); /* 0 / 0 = NaN: a constant row; the comparisons keep it */
+        out[r - 1] = v > 1.0 ? 1.0 : (v < -1.0 ? -1.0 : v);
+    }
 }
 
 /* The complexity target's rank quantiles in one pass (moh/difficulty.py `quantiles_at`):

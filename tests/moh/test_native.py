@@ -286,6 +286,57 @@ def test_average_ranks_of_a_table_are_the_torch_bits():
     assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
 
 
+@needs_native
+def test_small_integer_rows_are_ranked_by_counting_with_the_sorts_bits():
+    """Head counts (small non-negative integers) take native.c's counting pass; a row with any
+    other value (negative, fractional, 128 or more, NaN) the merge sort. Both against the torch
+    sort and tie averaging, at the edges of the counting range."""
+    from moh.alignment import average_ranks
+
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 9, (300,), generator=g).float()
+    rows = [counts, counts * 15.875, counts.clone(), counts.clone(), counts.clone(), counts.clone(),
+            torch.full((300,), 127.0), torch.tensor([0.0, -0.0, 3.0, 0.0, 127.0, 1.0])]
+    rows[2][7] = 127.0  # the largest value counted
+    rows[3][7] = 128.0  # one past it: sorted
+    rows[4][7] = -1.0
+    rows[5][7] = float("nan")
+    for row in rows:
+        with native.disabled():
+            want = average_ranks(row)
+        assert torch.equal(average_ranks(row), want), row[:8]
+    # known answer: 0, -0.0 and 0 tie (ranks 0..2 -> 1.0), then 1.0, 3.0, 127.0
+    assert average_ranks(rows[-1]).tolist() == [1.0, 1.0, 4.0, 1.0, 5.0, 3.0]
+
+
+@needs_native
+def test_spearman_rows_in_one_c_pass_are_the_torch_bits():
+    """alignment.spearman_rows: the C pass (ranks, centring, dot products, square root,
+    clamp) against the torch formulation for the loss-alignment table's shapes, with ties,
+    head counts, a constant row (NaN), a NaN loss and a perfectly (anti)correlated row (the
+    clamp's edges)."""
+    from moh.alignment import spearman_rows
+
+    g = torch.Generator().manual_seed(7)
+    for n in (2, 3, 17, 224, 1001):
+        loss = torch.rand(n, generator=g)
+        table = torch.stack([loss, torch.rand(n, generator=g), torch.randint(0, 9, (n,), generator=g).float(),
+                             (torch.randn(n, generator=g) * 2).round(), torch.full((n,), 3.0), loss * 2, -loss])
+        with native.disabled():
+            want = spearman_rows(table)
+        got = spearman_rows(table)
+        assert got.dtype == torch.float64 and got.shape == (6,), n
+        assert torch.equal(got.nan_to_num(9.0), want.nan_to_num(9.0)), (n, got, want)
+        assert bool(got[3].isnan()) and got[4].item() == 1.0 and got[5].item() == -1.0
+        table[0, 0] = float("nan")
+        with native.disabled():
+            want = spearman_rows(table)
+        assert torch.equal(spearman_rows(table).nan_to_num(9.0), want.nan_to_num(9.0)), n
+    assert spearman_rows(torch.rand(1, 5, generator=g)).shape == (0,)
+    # known answer: ranks [0, 1, 2] against [2, 0, 1] -> 1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5
+    assert spearman_rows(torch.tensor([[1.0, 2.0, 3.0], [5.0, 1.0, 2.0]])).tolist() == [-0.5]
+
+
 def test_the_ctypes_signatures_match_the_c_declarations():
     """ctypes cannot see a C prototype: an argument added on one side only would be passed
     as garbage. Every exported function of moh/native.c against native.SIGNATURES."""

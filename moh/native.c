@@ -671,6 +671,30 @@ void spearman_rows(int64_t rows, int64_t n, const float *x, int64_t *order, int6
     }
 }
 
+/* spearman_rows of the table [y; a's rows; b's rows] over the tokens `has` marks: y (n,) the
+   values of those tokens, a (ka, n_all) and b (kb, n_all) rows of every token, read at the
+   positions where has (n_all bytes) is 1, in order. out (ka + kb): a's correlations, then
+   b's. Writes the number of marked positions to *found; when it is not n nothing else is
+   written (the caller raises). `table`: float32 scratch of (1 + ka + kb) * n; `order`, `tmp`,
+   `ranks` as spearman_rows. The bits of gathering the rows first and calling spearman_rows. */
+void spearman_rows_at(int64_t n_all, const uint8_t *has, int64_t n, const float *y, int64_t ka, const float *a,
+                      int64_t kb, const float *b, float *table, int64_t *order, int64_t *tmp, double *ranks,
+                      double *out, int64_t *found) {
+    int64_t marked = 0;
+    for (int64_t i = 0; i < n_all; i++) marked += has[i] != 0;
+    *found = marked;
+    if (marked != n) return;
+    memcpy(table, y, (size_t)n * sizeof(float));
+    float *row = table + n;
+    for (int64_t r = 0; r < ka + kb; r++, row += n) {
+        const float *src = r < ka ? a + r * n_all : b + (r - ka) * n_all;
+        int64_t k = 0;
+        for (int64_t i = 0; i < n_all; i++)
+            if (has[i]) row[k++] = src[i];
+    }
+    spearman_rows(1 + ka + kb, n, table, order, tmp, ranks, out);
+}
+
 /* The complexity target's rank quantiles in one pass (moh/difficulty.py `quantiles_at`):
    the average ranks of the n values of `signal` (the difficulty of the selected positions, in
    row-major order) divided by n - 1 (a single value: 0.5), as float32, written at the

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .. import schema
-from ..alignment import spearman_rows
+from ..alignment import spearman_rows, spearman_rows_at
 from ..routing import Routing
 
 _F32 = torch.float32
@@ -81,7 +81,10 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
     BT = hard_all.shape[1]
     hard = _take(hard_all, idx, BT)  # (L, N, H) bool
-    counts = hard.sum(-1, dtype=_F32)  # (L, N) head counts: small integers, exact in float32
+    # (L, B*T) every token's head count (small integers, exact in float32): the alignment reads
+    # its target tokens, the statistics its valid ones
+    counts_all = hard_all.sum(-1, dtype=_F32)
+    counts = _take(counts_all, idx, BT)  # (L, N)
     # every per-token series whose mean / min / max is logged, one row each, so one mean and one
     # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
     # where present, then minus each token's entropy (L; mean(-x) is -mean(x) to the bit)
@@ -115,24 +118,27 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
             flat.append(p.mean(1))
     corr = None
     if has_target is not None and token_loss is not None and "complexity" in per_token:
-        corr = _alignment(hard_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
+        corr = _alignment(counts_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
         flat.append(corr)
     # one host sync for every value of the step
     vals = torch.cat([_f32(t if t.dim() == 1 else t.reshape(-1)) for t in flat]).tolist()
     return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, corr is not None)
 
 
-def _alignment(hard_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.Tensor,
+def _alignment(counts_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.Tensor,
                token_loss: torch.Tensor) -> torch.Tensor:
     """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment),
     (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
-    tokens, ranked once."""
-    tidx = has_target.reshape(-1).nonzero().squeeze(1)
-    BT = hard_all.shape[1]
-    cx = _take(cx_all, tidx, BT)
-    hc = _take(hard_all, tidx, BT).sum(-1, dtype=_F32)  # head counts, exact in float32
+    tokens, ranked once. counts_all (L, B*T) and cx_all (L, B*T): every token's head count and
+    complexity."""
     loss = token_loss.detach() if token_loss.requires_grad else token_loss  # (no no-op dispatch)
-    table = torch.cat([_f32(loss).reshape(1, -1), _f32(cx), hc])
+    has = has_target.reshape(-1)
+    corr = spearman_rows_at(_f32(loss).reshape(-1), _f32(cx_all), counts_all, has)
+    if corr is not None:  # one C pass reads the target tokens itself
+        return corr
+    tidx = has.nonzero().squeeze(1)
+    BT = counts_all.shape[1]
+    table = torch.cat([_f32(loss).reshape(1, -1), _f32(_take(cx_all, tidx, BT)), _take(counts_all, tidx, BT)])
     return spearman_rows(table)
 
 

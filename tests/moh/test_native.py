@@ -337,6 +337,38 @@ def test_spearman_rows_in_one_c_pass_are_the_torch_bits():
     assert spearman_rows(torch.tensor([[1.0, 2.0, 3.0], [5.0, 1.0, 2.0]])).tolist() == [-0.5]
 
 
+@needs_native
+def test_spearman_rows_at_reads_the_marked_tokens_as_the_gathered_table_would():
+    """alignment.spearman_rows_at (the C pass that selects the target tokens itself) against
+    spearman_rows of the table built by indexing: the same bits for masks with few and most
+    tokens marked, strided inputs, ties and head counts; a token count that does not match the
+    mask raises; float64 rows are not the kernel's (None: the caller's torch path)."""
+    from moh.alignment import spearman_rows, spearman_rows_at
+
+    g = torch.Generator().manual_seed(11)
+    for n_all, share in ((40, 0.1), (300, 0.9), (300, 1.0)):
+        has = torch.rand(n_all, generator=g) < share
+        has[:2] = True
+        y = torch.rand(int(has.sum()), generator=g)
+        a = torch.rand(n_all, 3, generator=g).t()  # strided rows
+        b = torch.randint(0, 9, (2, n_all), generator=g).float()
+        a[1] = (a[1] * 4).round()
+        got = spearman_rows_at(y, a, b, has)
+        want = spearman_rows(torch.cat([y[None], a[:, has], b[:, has]]))
+        assert got.shape == (5,) and torch.equal(got.nan_to_num(9.0), want.nan_to_num(9.0)), n_all
+    with pytest.raises(ValueError, match="5 token values for 2 marked tokens"):
+        spearman_rows_at(torch.rand(5), torch.rand(1, 4), torch.rand(1, 4), torch.tensor([True, False, True, False]))
+    with pytest.raises(ValueError, match="2 token values for 3 marked tokens"):  # (never read past the table)
+        spearman_rows_at(torch.rand(2), torch.rand(1, 4), torch.rand(1, 4), torch.tensor([True, True, True, False]))
+    assert spearman_rows_at(torch.rand(2), torch.rand(1, 4, dtype=torch.float64), torch.rand(1, 4),
+                            torch.tensor([True, False, True, False])) is None
+    # known answer: tokens 0, 2, 3 marked; a reads [1, 3, 2] against y [1, 2, 3] -> 0.5,
+    # b reads [5, 1, 1] (a tie) -> -sqrt(3) / 2
+    got = spearman_rows_at(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1.0, 9.0, 3.0, 2.0]]),
+                           torch.tensor([[5.0, 0.0, 1.0, 1.0]]), torch.tensor([True, False, True, True]))
+    assert got[0].item() == 0.5 and abs(got[1].item() + 3 ** 0.5 / 2) < 1e-15
+
+
 def test_the_ctypes_signatures_match_the_c_declarations():
     """ctypes cannot see a C prototype: an argument added on one side only would be passed
     as garbage. Every exported function of moh/native.c against native.SIGNATURES."""

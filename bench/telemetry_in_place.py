@@ -6,8 +6,8 @@ and writing its step records, over the run's CPU time.
 Why besides bench_telemetry.py: its whole-run comparison (telemetry on against off, paired runs)
 spreads by several percent between repetitions, too coarse to tell 1.5 % from 2.5 %
 (docs/benchmarks.md, "Eighth session"). Here one run times its own logging: `Recorder.routing`
-and the `Recorder.step` calls that write a record, plus train()'s one read of the aux terms
-(`moh.train.floats`). What this leaves out: the arguments train() builds inline for the record
+and the `Recorder.step` calls that write a record (which read the aux terms with the record's
+other scalars). What this leaves out: the arguments train() builds inline for the record
 (a mask comparison, the clipped norm's division: a few operations), and whatever the record's
 work does to the caches of the step after it; so it is a floor, the whole-run figure the
 ceiling. Default config, embedded corpus, pre-training only, no exact-match eval, a JSONL sink
@@ -55,17 +55,16 @@ class Clock:
 
 def one_run(cfg: Config, corpus, tmp: str) -> tuple[float, float, int, int]:
     clock = Clock()
-    saved = recorder.Recorder.routing, recorder.Recorder.step, train_module.floats
+    saved = recorder.Recorder.routing, recorder.Recorder.step
     recorder.Recorder.routing = clock.wrap(saved[0])
     recorder.Recorder.step = clock.wrap(saved[1], records_only=True)
-    train_module.floats = clock.wrap(saved[2])
     try:
         sink = JsonlSink(os.path.join(tmp, "run"), overwrite=True)
         t = time.process_time()
         res = train_module.train(cfg, None, sink=sink, corpus=corpus)
         total = time.process_time() - t
     finally:
-        recorder.Recorder.routing, recorder.Recorder.step, train_module.floats = saved
+        recorder.Recorder.routing, recorder.Recorder.step = saved
     return clock.seconds, total, clock.records, res.steps
 
 

@@ -34,7 +34,6 @@ from .evaluate import exact_match, held_prompts, mean_loss
 from .losses import TERMS, WEIGHT_KEYS, aux_objective
 from .model import IGNORE_INDEX, LM
 from .monitor import Recorder
-from .monitor.recorder import floats
 from .optim import AdamW, clip_divisor, grad_group, lr_at, make_optimizer, set_lr
 from .telemetry import Monitor, Sink
 from .tokenizer import Tokenizer
@@ -294,6 +293,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     rec = log.rec
+    aux_weights = {t: getattr(cfg, WEIGHT_KEYS[t]) for t in TERMS}  # the step record's aux_weighted
     phase_seed = cfg.seed + (0 if phase == schema.PHASE_PRETRAIN else 7919)
     shard = {"rank": info.rank, "world_size": info.world_size}
     first = min(start_epoch, epochs - 1)  # a resume at the phase's end only re-runs its eval
@@ -348,12 +348,11 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 for li, r in enumerate(routings):
                     rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
                                 valid=valid, pred_norm=r.pred_norm)
-                # the aux terms read once (one host read), the weighted ones from those floats
-                aux_f = dict(zip(TERMS, floats([aux[t] for t in TERMS])))
+                # the aux terms as tensors: the recorder reads them with the record's other scalars
+                # (one host read) and weights the floats
                 written = rec.step(
-                    step, loss=loss, lm_loss=lm_loss, lr=lr, epoch=epoch, phase=phase, aux=aux_f,
-                    aux_weighted={t: (None if aux_f[t] is None else getattr(cfg, WEIGHT_KEYS[t]) * aux_f[t])
-                                  for t in TERMS},
+                    step, loss=loss, lm_loss=lm_loss, lr=lr, epoch=epoch, phase=phase, aux=aux,
+                    aux_weights=aux_weights,
                     grad_norm_clipped=(norm if divisor is None else norm / divisor) if finite else None,
                     tokens=int(n_tok), skipped=not finite, token_loss=token_loss, has_target=targets != IGNORE_INDEX)
             else:

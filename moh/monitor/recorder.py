@@ -310,14 +310,18 @@ class Recorder:
 
     def step(self, step: int, *, loss: float, lm_loss: float | None = None, lr: float | None = None,
              epoch: int = 0, phase: str = schema.PHASE_PRETRAIN, aux: Mapping[str, float] | None = None,
-             aux_weighted: Mapping[str, float | None] | None = None, tokens: int | None = None,
+             aux_weighted: Mapping[str, float | None] | None = None,
+             aux_weights: Mapping[str, float] | None = None, tokens: int | None = None,
              grad_norm_clipped: float | None = None, skipped: bool | None = None,
              token_loss: torch.Tensor | None = None, has_target: torch.Tensor | None = None) -> dict | None:
         """End optimizer step `step`: write its record if it is a logged step (returned; None
         otherwise) and start the next. Call after backward and before clipping, or after
         `grad_norms()` at any point of the step.
 
-        aux / aux_weighted  auxiliary loss terms (schema.AUX_TERMS), raw and times their weight;
+        aux / aux_weighted  auxiliary loss terms (schema.AUX_TERMS), raw (floats or one-element
+            tensors) and times their weight;
+        aux_weights         instead of aux_weighted: each term's weight, the record's aux_weighted
+            then weight * aux (Python floats, from the same host read as every other scalar);
         grad_norm_clipped   the norm after clipping, where the caller clips;
         skipped             the optimizer step was skipped (e.g. non-finite gradients): logged;
         token_loss, has_target  the per-token LM loss of the step's forward pass: `has_target`
@@ -334,6 +338,8 @@ class Recorder:
         finite_loss = loss_f is not None and math.isfinite(loss_f)
         if step % self.log_every and finite_loss and not forced and not skipped:
             return None
+        if aux_weighted is not None and aux_weights is not None:
+            raise ValueError("give aux_weighted or aux_weights, not both")
         unknown = sorted(set(aux or {}) - set(schema.AUX_TERMS))
         if unknown:
             raise ValueError(f"unknown aux terms {unknown}; known: {schema.AUX_TERMS}")
@@ -351,8 +357,11 @@ class Recorder:
         per_f = dict(zip(groups, values[4:at]))
         aux_f = dict(zip(schema.AUX_TERMS, values[at:at + len(schema.AUX_TERMS)]))
         weighted_f = dict(zip(schema.AUX_TERMS, values[at + len(schema.AUX_TERMS):]))
+        if aux_weights is not None:
+            weighted_f = {t: None if aux_f[t] is None or t not in aux_weights else aux_weights[t] * aux_f[t]
+                          for t in schema.AUX_TERMS}
         optional: dict[str, Any] = {}
-        if aux_weighted is not None:
+        if aux_weighted is not None or aux_weights is not None:
             optional["aux_weighted"] = weighted_f
         optional["layers"] = layers
         if tokens is not None:

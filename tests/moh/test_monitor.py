@@ -286,3 +286,25 @@ def test_floats_reads_every_scalar_as_float_would():
     assert all(type(v) is float for v in got[1:])
     assert floats([f32, big, torch.tensor(3.0)]) == [float(f32), 16777217.0, 3.0]  # no float64 to widen to
     assert floats([]) == [] and floats([None]) == [None]
+
+
+def test_step_weights_aux_tensors_it_reads_with_the_other_scalars(tmp_path):
+    """aux as one-element tensors with aux_weights: aux_weighted is each weight times the float
+    read (Python arithmetic, as a caller weighting floats would get), None where a term is
+    absent or has no weight; aux_weighted and aux_weights together are refused."""
+    rec = Recorder(tmp_path, n_units=4)
+    sel = torch.tensor([[True, False, True, False]])
+    z = torch.tensor(0.1, dtype=torch.float32)  # 0.100000001490116...
+    rec.routing(0, selected=sel)
+    got = rec.step(1, loss=2.0, aux={"z": z, "load_balance": torch.tensor([0.5]), "entropy": 1.25},
+                   aux_weights={"z": 0.01, "load_balance": 3.0})
+    assert got["aux"]["z"] == float(z) and got["aux"]["load_balance"] == 0.5 and got["aux"]["entropy"] == 1.25
+    assert got["aux_weighted"] == {"load_balance": 1.5, "z": 0.01 * float(z), "complexity": None,
+                                   "budget": None, "entropy": None}
+    assert got["aux_weighted"]["z"] != 0.01 * 0.1  # the float32 value was weighted, not a rounder one
+    rec.routing(0, selected=sel)
+    with pytest.raises(ValueError, match="aux_weighted or aux_weights, not both"):
+        rec.step(2, loss=2.0, aux={"z": 0.1}, aux_weighted={"z": 0.001}, aux_weights={"z": 0.01})
+    rec.close()
+    written = [r for r in _records(tmp_path / "run.jsonl") if r["event"] == "step"]
+    assert [r["aux_weighted"]["load_balance"] for r in written] == [1.5]

@@ -695,6 +695,56 @@ void spearman_rows_at(int64_t n_all, const uint8_t *has, int64_t n, const float 
     spearman_rows(1 + ka + kb, n, table, order, tmp, ranks, out);
 }
 
+/* The head-count statistics of L layers' selections (moh/monitor/stacked.py): hard[l] (n_all, H)
+   bytes, layer l's selection per token; valid (n_all) bytes, the tokens counted. Writes counts
+   (L, n_all) float32, every token's head count (the loss alignment reads the target tokens), and
+   stats, float32: per layer the valid tokens' head-count mean, min, max and std (four blocks of
+   L), each head's share of them (head_load, L * H), and where hist is set the share using 0..H
+   heads (L * (H + 1)). *found: the number of valid tokens (0: only counts written). torch's bits
+   (tests/moh/test_native.py): counts and their sums are exact integers (the caller keeps
+   n * H under 2^24, exact in float32 as torch sums them); a mean or share is one float32
+   division; std is torch's 1-d CPU std below its parallel grain (the caller checks): the squared
+   deviations from the float32 mean summed in token order in double, over n, square-rooted in
+   double, cast to float32. */
+void head_count_stats(int64_t L, int64_t n_all, int64_t H, const uint8_t *const *hard, const uint8_t *valid,
+                      int hist, float *counts, float *stats, int64_t *found) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < n_all; i++) n += valid[i] != 0;
+    *found = n;
+    float *load_out = stats + 4 * L, *hist_out = stats + 4 * L + L * H;
+    for (int64_t l = 0; l < L; l++) {
+        const uint8_t *h = hard[l];
+        float *c = counts + l * n_all;
+        int64_t load[MAX_HEADS] = {0}, bins[MAX_HEADS + 1] = {0}, sum = 0, lo = H, hi = 0;
+        for (int64_t i = 0; i < n_all; i++, h += H) {
+            int64_t k = 0;
+            for (int64_t j = 0; j < H; j++) k += h[j] != 0;
+            c[i] = (float)k;
+            if (!valid[i]) continue;
+            sum += k;
+            lo = k < lo ? k : lo;
+            hi = k > hi ? k : hi;
+            bins[k]++;
+            for (int64_t j = 0; j < H; j++) load[j] += h[j] != 0;
+        }
+        if (n == 0) continue;
+        const float mean = (float)sum / (float)n;
+        double dev = 0.0;
+        for (int64_t i = 0; i < n_all; i++) {
+            if (!valid[i]) continue;
+            double d = (double)c[i] - (double)mean;
+            dev += d * d;
+        }
+        stats[l] = mean;
+        stats[L + l] = (float)lo;
+        stats[2 * L + l] = (float)hi;
+        stats[3 * L + l] = (float)sqrt(dev / (double)n);
+        for (int64_t j = 0; j < H; j++) load_out[l * H + j] = (float)load[j] / (float)n;
+        if (hist)
+            for (int64_t k = 0; k <= H; k++) hist_out[l * (H + 1) + k] = (float)bins[k] / (float)n;
+    }
+}
+
 /* The complexity target's rank quantiles in one pass (moh/difficulty.py `quantiles_at`):
    the average ranks of the n values of `signal` (the difficulty of the selected positions, in
    row-major order) divided by n - 1 (a single value: 0.5), as float32, written at the

@@ -17,11 +17,12 @@ only batched over a leading layer dimension. Reductions whose bits could depend 
 
 from __future__ import annotations
 
+import array
 from typing import Any
 
 import torch
 
-from .. import schema
+from .. import native, schema
 from ..alignment import spearman_rows, spearman_rows_at
 from ..routing import Routing
 
@@ -51,14 +52,43 @@ def stackable(parts: list[tuple[Routing, torch.Tensor]]) -> bool:
     return r0.pred_norm is None or r0.pred_norm.numel() == 1
 
 
-def _take(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
-    """t (L, n, ...) at the tokens idx along dim 1; t itself when idx is every token in order
-    (a batch without padding: the copy would hold the same values in the same layout)."""
-    return t if idx.numel() == n else t.index_select(1, idx)
+def _take(t: torch.Tensor, idx: torch.Tensor | None, n: int) -> torch.Tensor:
+    """t (L, n, ...) at the tokens idx along dim 1; t itself when idx is None or every token in
+    order (a batch without padding: the copy would hold the same values in the same layout)."""
+    return t if idx is None or idx.numel() == n else t.index_select(1, idx)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == _F32 else t.float()
+
+
+# torch's 1-d CPU std sums its squared deviations in token order below this many elements
+# (at::internal::GRAIN_SIZE); native.c head_count_stats reproduces that order only
+_STD_GRAIN = 32768
+
+
+def _head_counts_native(rs: list[Routing], v: torch.Tensor, H: int, full: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """(every token's head count (L, B*T), the head-count statistics laid out as rows() reads
+    them, the number of valid tokens) from one pass of native.c head_count_stats over the
+    layers' selections; None where the kernel cannot take them (the caller's torch ops)."""
+    BT = v.numel()
+    if BT >= _STD_GRAIN or BT * H >= 2 ** 24 or H > native.MAX_HEADS or not v.is_cpu:
+        return None
+    for r in rs:
+        if r.hard.dtype is not torch.bool or not r.hard.is_cpu or not r.hard.is_contiguous():
+            return None
+    kernels = native.lib()
+    if kernels is None:
+        return None
+    v = v if v.is_contiguous() else v.contiguous()
+    L = len(rs)
+    buf = torch.empty(L * BT + 4 * L + L * H + (L * (H + 1) if full else 0), dtype=_F32)
+    hards, found = array.array("q", [r.hard.data_ptr() for r in rs]), array.array("q", [0])
+    at = buf.data_ptr()
+    kernels.head_count_stats(L, BT, H, hards.buffer_info()[0], v.data_ptr(), int(full), at, at + 4 * L * BT,
+                             found.buffer_info()[0])
+    return buf[:L * BT].view(L, BT), buf[L * BT:], found[0]
 
 
 def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: bool,
@@ -72,24 +102,32 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
         return None
     rs = [r for r, _ in parts]
     v = parts[0][1].reshape(-1)
-    idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
-    N = idx.numel()
-    if N == 0:  # the reference's min() of no tokens raises: let it say so
-        return None
+    BT = v.numel()
     L, r0 = len(rs), rs[0]
     H = r0.hard.shape[-1]
-    hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
-    BT = hard_all.shape[1]
-    hard = _take(hard_all, idx, BT)  # (L, N, H) bool
-    # (L, B*T) every token's head count (small integers, exact in float32): the alignment reads
-    # its target tokens, the statistics its valid ones
-    counts_all = hard_all.sum(-1, dtype=_F32)
-    counts = _take(counts_all, idx, BT)  # (L, N)
+    # The head counts: every token's (L, B*T; small integers, exact in float32: the alignment
+    # reads its target tokens), and their statistics over the valid tokens, `cstats`: mean, min,
+    # max and std per layer, head_load, heads_hist (full). In C where it can, else torch ops.
+    native_counts = _head_counts_native(rs, v, H, full)
+    if native_counts is not None:
+        counts_all, cstats, N = native_counts
+        idx = None if N == BT else v.nonzero().squeeze(1)  # (None: every token is valid)
+        series = []
+    else:
+        idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
+        N = idx.numel()
+        hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
+        hard = _take(hard_all, idx, BT)  # (L, N, H) bool
+        counts_all = hard_all.sum(-1, dtype=_F32)
+        counts = _take(counts_all, idx, BT)  # (L, N)
+        series = [counts]  # its mean / min / max from the table below
+    if N == 0:  # the reference's min() of no tokens raises: let it say so
+        return None
     # every per-token series whose mean / min / max is logged, one row each, so one mean and one
-    # aminmax serve all layers and fields: head counts (L), then threshold (L) and complexity (L)
-    # where present, then minus each token's entropy (L; mean(-x) is -mean(x) to the bit)
+    # aminmax serve all layers and fields: (the head counts, L, on the torch path) threshold (L)
+    # and complexity (L) where present, then each token's sum of p log p (L; the entropy is
+    # minus its mean, negated in _assemble: mean(-x) is -mean(x) to the bit)
     per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
-    series = [counts]
     tc_all = None
     if per_token:
         tc_all = torch.stack([getattr(r, a) for a in per_token for r in rs]).reshape(len(per_token) * L, -1)
@@ -98,24 +136,32 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     if r0.probs is not None:
         Hp = r0.probs.shape[-1]
         p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT)  # (L, N, Hp)
-        series.append((p * p.clamp_min(1e-12).log()).sum(-1).neg_())
-    table = torch.cat(series) if len(series) > 1 else counts
-    mean = table.mean(-1)
-    lo, hi = table.aminmax(dim=-1)
-    # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
-    # guaranteed to round alike
-    std = torch.stack([c.std(unbiased=False) for c in counts.unbind()])  # (one op for the rows)
-    # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
-    flat = [mean, lo, hi, std, hard.sum(1, dtype=_F32) / N]  # (R,) x 3, (L,), (L, H)
+        series.append((p * p.clamp_min(1e-12).log()).sum(-1))
+    flat: list[torch.Tensor] = []
+    if series:
+        table = torch.cat(series) if len(series) > 1 else series[0]
+        mean = table.mean(-1)
+        lo, hi = table.aminmax(dim=-1)
+    if native_counts is not None:
+        flat.append(cstats)
+    else:
+        # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
+        # guaranteed to round alike
+        std = torch.stack([c.std(unbiased=False) for c in counts.unbind()])  # (one op for the rows)
+        # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
+        flat += [mean[:L], lo[:L], hi[:L], std, hard.sum(1, dtype=_F32) / N]
+        mean, lo, hi = mean[L:], lo[L:], hi[L:]
+        if full:
+            # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
+            off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
+            bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
+            flat.append(bins.float() / N)
+    if len(series) > (native_counts is None):
+        flat += [mean, lo, hi]
     if r0.pred_norm is not None:
         flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each
-    if full:
-        # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
-        off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
-        bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
-        flat.append(bins.float() / N)
-        if p is not None:
-            flat.append(p.mean(1))
+    if full and p is not None:
+        flat.append(p.mean(1))
     corr = None
     if has_target is not None and token_loss is not None and "complexity" in per_token:
         corr = _alignment(counts_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
@@ -146,24 +192,26 @@ def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int],
               full: bool, aligned: bool, corr: bool) -> list[dict]:
     """Cut the flat values (laid out as rows() cats them) into `layers` entries, in the
     reference's field order (routing.layer_stats, then the alignment fields)."""
-    rows_ = L * (1 + len(per_token) + (r0.probs is not None))  # rows of the series table
-    mean, lo, hi = 0, rows_, 2 * rows_
-    pos = 3 * rows_
-    std, load = pos, pos + L
+    # the head counts' mean, min, max, std (L each), head_load (L * H), heads_hist (full)
+    load = 4 * L
     pos = load + L * H
+    hist = pmean = None
+    if full:
+        hist, pos = pos, pos + L * (H + 1)
+    # the per-token series' mean, min, max (S each)
+    S = L * (len(per_token) + (r0.probs is not None))
+    mean, lo, hi = pos, pos + S, pos + 2 * S
+    pos += 3 * S
     pred = None
     if r0.pred_norm is not None:
         pred, pos = pos, pos + L
-    hist = pmean = None
     Hp = 0 if r0.probs is None else r0.probs.shape[-1]
-    if full:
-        hist, pos = pos, pos + L * (H + 1)
-        if Hp:
-            pmean, pos = pos, pos + L * Hp
+    if full and Hp:
+        pmean, pos = pos, pos + L * Hp
     cpos = pos if corr else None
     # each per-token series' row in the table (None: the field is absent, written as null)
-    t_row, c_row = ((1 + per_token.index(a)) * L if a in per_token else None for a in ("tau", "complexity"))
-    e_row = (1 + len(per_token)) * L if r0.probs is not None else None
+    t_row, c_row = (per_token.index(a) * L if a in per_token else None for a in ("tau", "complexity"))
+    e_row = len(per_token) * L if r0.probs is not None else None
     out = []
     for l, li in enumerate(layers):
         t = None if t_row is None else t_row + l
@@ -171,15 +219,15 @@ def _assemble(vals: list[float], L: int, H: int, r0: Routing, layers: list[int],
         # the keys in schema.layer_row's order (LAYER_FIELDS, then the optional ones given):
         # literal keys need no check, and the copy layer_row makes is ~20 us a layer here
         row: dict[str, Any] = {
-            "layer": li, "heads_mean": vals[mean + l], "heads_min": vals[lo + l], "heads_max": vals[hi + l],
-            "heads_std": vals[std + l], "head_load": vals[load + l * H:load + (l + 1) * H],
+            "layer": li, "heads_mean": vals[l], "heads_min": vals[L + l], "heads_max": vals[2 * L + l],
+            "heads_std": vals[3 * L + l], "head_load": vals[load + l * H:load + (l + 1) * H],
             "threshold_mean": None if t is None else vals[mean + t],
             "threshold_min": None if t is None else vals[lo + t],
             "threshold_max": None if t is None else vals[hi + t],
             "complexity_mean": None if c is None else vals[mean + c],
             "complexity_min": None if c is None else vals[lo + c],
             "complexity_max": None if c is None else vals[hi + c],
-            "entropy": None if e_row is None else vals[mean + e_row + l],
+            "entropy": None if e_row is None else -vals[mean + e_row + l],
             "pred_norm": None if pred is None else vals[pred + l],
         }
         if full:

@@ -5,6 +5,7 @@ which round-trips floats exactly), and the reference whenever the layers cannot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from moh.alignment import average_ranks, loss_alignment, spearman, spearman_rows
 from moh.data import load_corpus, make_batches
 from moh.model import IGNORE_INDEX, LM
+from moh import native
 from moh.monitor import Recorder, stacked
 from moh.monitor.rows import layer_rows
 from moh.optim import make_optimizer
@@ -64,10 +66,12 @@ def real_step(tiny_cfg, router, steps=3, padded=True):
 @pytest.mark.parametrize("router", ["adaptive", "moh", "dense"])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("padded", [True, False])
-def test_stacked_rows_are_the_reference_to_the_bit(tiny_cfg, router, full, padded):
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_stacked_rows_are_the_reference_to_the_bit(tiny_cfg, router, full, padded, kernels):
     parts, has_target, token_loss = real_step(tiny_cfg, router, padded=padded)
     for ht, tl in ((None, None), (has_target, None), (has_target, token_loss)):
-        fast = stacked.rows(parts, [0, 1], full, ht, tl)
+        with native.disabled() if kernels == "torch" else contextlib.nullcontext():
+            fast = stacked.rows(parts, [0, 1], full, ht, tl)
         assert fast is not None  # same shapes: the stacked path is taken
         assert text(fast) == text(reference(parts, [0, 1], full, ht, tl))
     if router == "adaptive":  # the alignment values are measured, not null, on this step
@@ -94,6 +98,24 @@ def test_random_float_fields_of_many_sizes_match_the_reference():
         for full in (False, True):
             fast = stacked.rows(parts, [3, 5, 9], full, has_target, loss)
             assert text(fast) == text(reference(parts, [3, 5, 9], full, has_target, loss)), n
+
+
+def test_head_counts_of_many_values_match_the_reference_in_c_and_past_its_limits():
+    """Head counts with many distinct values (40 units), so the std's squared deviations do
+    not sum exactly: native.c head_count_stats must add them in torch's order, in double. At
+    stacked._STD_GRAIN tokens and more the torch ops answer (torch's std then sums in
+    parallel chunks); both against the reference, padded and not."""
+    g = torch.Generator().manual_seed(4)
+    for n in (3, 224, 5000, stacked._STD_GRAIN):
+        for pad in (0.0, 0.3):
+            valid = torch.rand(n, generator=g) >= pad
+            valid[0] = True
+            parts = [(Routing(hard=torch.rand(n, 40, generator=g) < torch.rand(n, 1, generator=g)), valid)
+                     for _ in range(2)]
+            for full in (False, True):
+                fast = stacked.rows(parts, [0, 1], full, None, None)
+                assert text(fast) == text(reference(parts, [0, 1], full, None, None)), (n, pad, full)
+            assert n < 224 or parts[0][0].hard.sum(-1).unique().numel() > 20  # many distinct counts
 
 
 def test_layers_that_cannot_be_stacked_take_the_reference_path(tiny_cfg):

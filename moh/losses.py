@@ -319,7 +319,15 @@ def _native_objective(routings: list[Routing], valid: torch.Tensor, cfg: Config,
             budget_span(cfg.k_min, cfg.target_heads), reduce, bool(cfg.entropy_weight), valid, side)
     total, terms = _NativeAux.apply(spec, *inputs)
     index = _term_index(layout)  # the terms dict selects from the vector when read (logged steps)
-    return LazyValues(TERMS, lambda t: None if index[t] is None else terms[index[t]]), total
+    views: list[torch.Tensor] = []
+
+    def term(t: str) -> torch.Tensor | None:
+        if index[t] is None:
+            return None
+        if not views:  # every term's view in one operator on the first read, not an index each
+            views.extend(terms.unbind())
+        return views[index[t]]
+    return LazyValues(TERMS, term), total
 
 
 @functools.lru_cache(maxsize=64)

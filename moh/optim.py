@@ -256,7 +256,8 @@ class GradNorms:
             if not per_group:  # every group at once, on the first read
                 rows = [_row_norms_of_abs(g) if raw[i] is not None else squares.new_zeros(self.params[i].shape[0])
                         for g, i in zip(kept, self.fused)]
-                cols = torch.cat([squares, *(r.square() for r in rows)]) if rows else squares
+                # (one dispatch squares every row vector: _foreach_pow by 2 is square(), bit for bit)
+                cols = torch.cat([squares, *torch._foreach_pow(rows, 2)]) if rows else squares
                 per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
             return per_group[group]
 

@@ -2,7 +2,7 @@
 batches, stepped alternately, one writing step records every `log_every` steps as `moh train` does,
 the other never.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/telemetry_ab.py [--steps 400] [--repeat 3]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/telemetry_ab.py [--steps 1000] [--repeat 3] [--threads 1]
 
 Why besides bench_telemetry.py and telemetry_in_place.py: whole runs (telemetry on against off)
 spread by several percent from one run to the next, more than the 2 % goal, and the in-place
@@ -116,10 +116,16 @@ def measure(cfg: Config, corpus, periods: int, tmp: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=400, help="steps per trainer per measurement")
+    ap.add_argument("--steps", type=int, default=1000, help="steps per trainer per measurement")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--log-every", type=int, default=None, help="instead of the default config's")
+    ap.add_argument("--threads", type=int, default=None, help="instead of the default config's (0: automatic)")
     a = ap.parse_args(argv)
     cfg = Config()
+    if a.log_every is not None:
+        cfg = cfg.replace(log_every=a.log_every)
+    if a.threads is not None:
+        cfg = cfg.replace(threads=a.threads)
     torch.set_num_threads(threads.resolve(cfg.threads))
     corpus = load_corpus(cfg.data)
     periods = a.steps // cfg.log_every

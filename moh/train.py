@@ -324,6 +324,8 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                 loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if logged:  # before grad_norms(): the record's per-group norms are measured with it
+                rec.force_log()
             norm, _ = rec.grad_norms()  # per group too, for the step record
             finite = bool(torch.isfinite(loss) & torch.isfinite(norm))  # the one per-step sync
             divisor = None  # the global clip, applied inside the optimizer's fused kernel
@@ -338,6 +340,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     failed = what  # raised once the step record (the evidence) is logged
                 else:
                     log.alert(step, "warning", "nonfinite", what + "; step skipped (nonfinite=skip)")
+                rec.force_log()  # logged: its per-group norms measured before the gradients go
                 opt.zero_grad(set_to_none=True)
             i += 1
             result.steps = step  # what run_end reports if the phase ends by an exception

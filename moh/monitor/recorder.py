@@ -249,8 +249,11 @@ class Recorder:
 
     def force_log(self) -> None:
         """Write the step in progress (the one whose `step()` comes next) whatever `log_every`
-        says, e.g. the last step of a run; routing seen from now on in this step is kept."""
+        says, e.g. the last step of a run; routing seen from now on in this step is kept. After
+        `grad_norms()`, call it before clipping: the per-group norms are measured here then."""
         self._forced = True
+        if self._norms is not None:
+            self._norms[1].measure()
 
     def _wanted(self) -> bool:
         if self._closed or not torch.is_grad_enabled():
@@ -305,7 +308,9 @@ class Recorder:
         record uses these values, so `step()` may then come after clipping and optimizer.step()."""
         if not self._groups:
             raise ValueError("grad_norms() needs the Recorder's model=")
-        self._norms = self._grad_norms()
+        # the row blocks' norms (fused tensors' groups) only for a step that will be logged;
+        # force_log() after this call measures them then
+        self._norms = self._grad_norms(blocks=self._wanted())
         return self._norms
 
     def step(self, step: int, *, loss: float, lm_loss: float | None = None, lr: float | None = None,

@@ -319,6 +319,33 @@ def test_row_blocks_split_a_fused_tensor_between_groups():
     assert per["router"].item() == pytest.approx(5.0) and per["threshold"].item() == pytest.approx(13.0)
 
 
+def test_row_blocks_of_several_fused_tensors_go_to_their_own_groups():
+    """Two fused modules whose groups interleave across tensors (router rows of both, then the
+    threshold rows of both, then a bias row): each group is the norm of exactly its rows, and
+    with blocks=False the blocks are measured at measure(), before a clip, or when first read."""
+    from moh.monitor.groups import named_groups
+    from moh.optim import GradNorms
+
+    model = torch.nn.Module()
+    model.a, model.b = _FusedRouter(), _FusedRouter()
+    model.a.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0], [12.0, 0.0]])
+    model.b.weight.grad = torch.tensor([[0.0, 6.0], [8.0, 0.0], [0.0, 5.0]])
+    model.a.bias.grad = torch.tensor([2.0, 9.0])
+    model.b.bias.grad = torch.tensor([7.0, 1.0])
+    norms = GradNorms(named_groups(model))
+    total, per = norms()
+    assert per["router"].item() == pytest.approx(math.sqrt(9 + 16 + 36 + 64))  # rows 0-1 of each
+    assert per["threshold"].item() == pytest.approx(math.sqrt(144 + 25 + 81 + 1))  # row 2, bias row 1
+    assert total.item() == pytest.approx(math.sqrt(9 + 16 + 144 + 36 + 64 + 25 + 4 + 81 + 49 + 1))
+    _, later = norms(blocks=False)
+    later.measure()  # the step turns out to be logged: measured before the clip below
+    model.a.weight.grad.mul_(0.5)
+    assert later["router"].item() == pytest.approx(math.sqrt(9 + 16 + 36 + 64))
+    _, unmeasured = norms(blocks=False)  # never measured: read as the gradients are at the read
+    model.b.weight.grad.mul_(0.0)
+    assert unmeasured["router"].item() == pytest.approx(math.sqrt(9 + 16) / 2)
+
+
 def test_the_adaptive_routers_rows_are_its_three_groups():
     from moh.model import LM
     from moh.optim import named_groups

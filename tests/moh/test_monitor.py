@@ -308,3 +308,28 @@ def test_step_weights_aux_tensors_it_reads_with_the_other_scalars(tmp_path):
     rec.close()
     written = [r for r in _records(tmp_path / "run.jsonl") if r["event"] == "step"]
     assert [r["aux_weighted"]["load_balance"] for r in written] == [1.5]
+
+
+def test_a_step_forced_after_grad_norms_logs_the_fused_groups_before_clipping(tmp_path):
+    """grad_norms() on a step log_every skips leaves the row blocks unmeasured; force_log()
+    before the clip measures them, so the record holds the pre-clip norms of a fused tensor's
+    groups (moh train forces a non-finite step's record this way)."""
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3, 2))
+            self.grad_rows = {"weight": {"router": (0, 2), "threshold": (2, 3)}}
+
+    model = nn.Module()
+    model.gate = Fused()
+    with Recorder(tmp_path, model=model, n_units=2, log_every=10) as rec:
+        assert rec.step(1, loss=1.0) is None  # step 1: not logged
+        model.gate.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0], [12.0, 0.0]])
+        rec.grad_norms()  # step 2: not a logged step by log_every
+        rec.force_log()
+        model.gate.weight.grad.mul_(0.01)  # the clip, in place
+        rec.routing(0, selected=torch.tensor([[True, False]]))
+        out = rec.step(2, loss=1.0)
+    assert out["grad_norms"]["router"] == pytest.approx(5.0)
+    assert out["grad_norms"]["threshold"] == pytest.approx(12.0)
+    assert out["grad_norm"] == pytest.approx(13.0)

@@ -192,14 +192,14 @@ class GradNorms:
 
     The table is read once here, as every tensor operation or Python loop costs microseconds
     inside a step (docs/benchmarks.md, "Seventh session"). A call is one `_foreach_norm` over
-    every gradient, its square and sum (the total, which the clip needs), and with `blocks` the
-    norms of the row blocks too, in the same dispatch (each fused tensor cut into its blocks by
-    one tensor_split). The per-group norms come when first read (`GroupNorms`), all groups at
-    once: the tensors' and blocks' squares summed per group by one product with a 0/1
-    membership matrix made here. They are the norms of the gradients when the blocks were
-    measured, whatever happens to the gradients later (clipping, which the optimizer does in
-    place): at the call, or with blocks=False (a step that will not be logged) at
-    `GroupNorms.measure()`, which must come before any in-place change to read the same values.
+    every gradient, its square and sum (the total, which the clip needs), and with `rows` one
+    row-norm operation per fused tensor. The per-group norms come when first read
+    (`GroupNorms`), all groups at once: the tensors' squares and the fused tensors' row squares
+    summed per group by one product with a 0/1 membership matrix made here. They are the norms
+    of the gradients when the rows were measured, whatever happens to the gradients later
+    (clipping, which the optimizer does in place): at the call, or with rows=False (a step that
+    will not be logged: no row work at all) at `GroupNorms.measure()`, which must come before
+    any in-place change to read the same values.
     """
 
     def __init__(self, groups: Mapping[str, list]):
@@ -212,27 +212,18 @@ class GradNorms:
                 if id(p) not in at:
                     at[id(p)] = len(self.params)
                     self.params.append(p)
-        # columns of the summed vector: each tensor's square, then each distinct row block's,
-        # ordered by tensor and first row (the order _pieces makes them in)
-        spans_of = sorted({(at[id(m.param)], m.start, m.stop) for ms in groups.values() for m in ms
-                           if isinstance(m, RowBlock)})
-        blocks = {b: len(self.params) + k for k, b in enumerate(spans_of)}
-        self.columns = len(self.params) + len(blocks)
-        # per fused tensor: the row boundaries that cut out its blocks, and which pieces they are
-        self.cuts: list[tuple[int, list[int], list[int]]] = []
-        for i in sorted({i for i, _, _ in blocks}):
-            spans = [(s, e) for j, s, e in spans_of if j == i]  # by first row: column order
-            bounds = sorted({b for span in spans for b in span})
-            self.cuts.append((i, bounds, [bounds.index(s) + 1 for s, _ in spans]))
-            # (tensor_split at bounds: piece k + 1 starts at bounds[k]; a block spans exactly
-            # one piece only when no other block's boundary falls inside it, checked here)
-            for s, e in spans:
-                k = bounds.index(s)
-                if k + 1 >= len(bounds) or bounds[k + 1] != e:
-                    raise ValueError(f"row blocks of one tensor overlap: {sorted(spans)}")
-        self.members: dict[str, list[int]] = {
-            g: [blocks[(at[id(m.param)], m.start, m.stop)] if isinstance(m, RowBlock) else at[id(m)] for m in ms]
-            for g, ms in groups.items()}
+        fused = {id(m.param) for ms in groups.values() for m in ms if isinstance(m, RowBlock)}
+        self.fused = [i for i, p in enumerate(self.params) if id(p) in fused]
+        # columns of the summed vector: each tensor's square, then each fused tensor's rows
+        first_row, col = {}, len(self.params)
+        for i in self.fused:
+            first_row[i], col = col, col + self.params[i].shape[0]
+        self.columns = col
+        self.members: dict[str, list[int]] = {}
+        for g, ms in groups.items():
+            self.members[g] = [first_row[at[id(m.param)]] + r for m in ms if isinstance(m, RowBlock)
+                               for r in range(m.start, m.stop)]
+            self.members[g] += [at[id(m)] for m in ms if not isinstance(m, RowBlock)]
         self._membership: torch.Tensor | None = None
 
     def membership(self, device: torch.device) -> torch.Tensor:
@@ -244,19 +235,12 @@ class GradNorms:
             self._membership = m
         return self._membership
 
-    def _pieces(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The row blocks of the fused tensors' gradients, in column order (views)."""
-        out: list[torch.Tensor] = []
-        for i, bounds, which in self.cuts:
-            g = grads[i]
-            if g.dim() == 0:  # no gradient (the zero stand-in): each block's norm is 0
-                out.extend(g for _ in which)
-                continue
-            parts = g.tensor_split(bounds)
-            out.extend(parts[k] for k in which)
-        return out
+    def _row_norms(self, grads: list[torch.Tensor], raw: list) -> list[torch.Tensor]:
+        """Each fused tensor's row norms (rows,) from its gradient now (zeros without one)."""
+        return [_row_norms(grads[i]) if raw[i] is not None else grads[i].new_zeros(self.params[i].shape[0])
+                for i in self.fused]
 
-    def __call__(self, blocks: bool = True) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
+    def __call__(self, rows: bool = True) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:
         raw = [p.grad for p in self.params]
         grads = raw
         if not any(g is not None for g in raw):
@@ -265,16 +249,15 @@ class GradNorms:
         if any(g is None or g.dtype != torch.float32 for g in raw):  # (a zero stands in for none)
             zero = next(g for g in raw if g is not None).new_zeros((), dtype=torch.float32)
             grads = [zero if g is None else g.float() for g in raw]
-        n = len(grads)
-        pieces = self._pieces(grads) if blocks and self.cuts else []
-        norms = torch._foreach_norm(grads + pieces) if pieces else torch._foreach_norm(grads)
-        squares = torch.stack(norms[:n] if pieces else norms).square()  # (tensors,)
+        squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
-        measured: list[list[torch.Tensor]] = [norms[n:]] if pieces or not self.cuts else []
+        # the fused tensors' row norms, now or at measure(): the optimizer's clip divides the
+        # gradients in place later, and they are only wanted on logged steps
+        measured = [self._row_norms(grads, raw)] if rows or not self.fused else []
 
         def measure() -> None:
-            if not measured:  # the blocks' norms from the gradients as they are now
-                measured.append(torch._foreach_norm(self._pieces(grads)))
+            if not measured:
+                measured.append(self._row_norms(grads, raw))
 
         per_group: dict[str, torch.Tensor] = {}
 
@@ -283,7 +266,8 @@ class GradNorms:
                 return None
             if not per_group:  # every group at once, on the first read
                 measure()
-                cols = torch.cat([squares, torch.stack(measured[0]).square()]) if measured[0] else squares
+                # (one dispatch squares every row vector: _foreach_pow by 2 is square(), bit for bit)
+                cols = torch.cat([squares, *torch._foreach_pow(measured[0], 2)]) if measured[0] else squares
                 per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
             return per_group[group]
 
@@ -291,9 +275,9 @@ class GradNorms:
 
 
 class GroupNorms(LazyValues):
-    """The per-group norms of one `GradNorms` call, made on first read. `measure()` takes the row
-    blocks' norms now where the call did not (blocks=False), e.g. before a clip when a step
-    turns out to be logged after all."""
+    """The per-group norms of one `GradNorms` call, made on first read. `measure()` takes the
+    fused tensors' row norms now where the call did not (rows=False), e.g. before a clip when a
+    step turns out to be logged after all."""
 
     def __init__(self, keys, value_of, measure: Callable[[], None] = lambda: None):
         super().__init__(keys, value_of)
@@ -316,3 +300,9 @@ def clip_divisor(total: torch.Tensor, max_norm: float) -> torch.Tensor | None:
     if max_norm <= 0:
         return None
     return ((total + 1e-6) / max_norm).clamp(min=1.0)
+
+
+def _row_norms(g: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each row (dim 0) of a gradient: (rows,); a 1-d one's rows are its
+    elements, whose norms are their magnitudes."""
+    return g.abs() if g.dim() == 1 else torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())))

@@ -308,9 +308,9 @@ class Recorder:
         record uses these values, so `step()` may then come after clipping and optimizer.step()."""
         if not self._groups:
             raise ValueError("grad_norms() needs the Recorder's model=")
-        # the row blocks' norms (fused tensors' groups) only for a step that will be logged;
+        # the fused tensors' row norms (their groups) only for a step that will be logged;
         # force_log() after this call measures them then
-        self._norms = self._grad_norms(blocks=self._wanted())
+        self._norms = self._grad_norms(rows=self._wanted())
         return self._norms
 
     def step(self, step: int, *, loss: float, lm_loss: float | None = None, lr: float | None = None,

@@ -322,7 +322,7 @@ def test_row_blocks_split_a_fused_tensor_between_groups():
 def test_row_blocks_of_several_fused_tensors_go_to_their_own_groups():
     """Two fused modules whose groups interleave across tensors (router rows of both, then the
     threshold rows of both, then a bias row): each group is the norm of exactly its rows, and
-    with blocks=False the blocks are measured at measure(), before a clip, or when first read."""
+    with rows=False the rows are measured at measure(), before a clip, or when first read."""
     from moh.monitor.groups import named_groups
     from moh.optim import GradNorms
 
@@ -337,11 +337,11 @@ def test_row_blocks_of_several_fused_tensors_go_to_their_own_groups():
     assert per["router"].item() == pytest.approx(math.sqrt(9 + 16 + 36 + 64))  # rows 0-1 of each
     assert per["threshold"].item() == pytest.approx(math.sqrt(144 + 25 + 81 + 1))  # row 2, bias row 1
     assert total.item() == pytest.approx(math.sqrt(9 + 16 + 144 + 36 + 64 + 25 + 4 + 81 + 49 + 1))
-    _, later = norms(blocks=False)
+    _, later = norms(rows=False)
     later.measure()  # the step turns out to be logged: measured before the clip below
     model.a.weight.grad.mul_(0.5)
     assert later["router"].item() == pytest.approx(math.sqrt(9 + 16 + 36 + 64))
-    _, unmeasured = norms(blocks=False)  # never measured: read as the gradients are at the read
+    _, unmeasured = norms(rows=False)  # never measured: read as the gradients are at the read
     model.b.weight.grad.mul_(0.0)
     assert unmeasured["router"].item() == pytest.approx(math.sqrt(9 + 16) / 2)
 

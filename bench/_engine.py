@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Mapping, NamedTuple
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,17 @@ def _fmt(c) -> str:
     return str(c)
 
 
+class Pass(NamedTuple):
+    """What one forward and backward pass of `Trainer.forward_backward` made."""
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    aux: Mapping
+    routings: list
+    valid: torch.Tensor
+    n_tok: torch.Tensor
+    token_loss: torch.Tensor | None
+
+
 class Trainer:
     """One model + optimizer + a fixed list of batches; `step()` is moh.train's step."""
 
@@ -115,20 +127,26 @@ class Trainer:
         self.last = None
         self.last_batch = None
 
+    def forward_backward(self, idx: torch.Tensor, targets: torch.Tensor, token_losses: bool = False) -> "Pass":
+        """moh.train's forward pass, losses and backward for one batch (gradients zeroed first)."""
+        valid = idx != self.tok.pad_id
+        token_loss, loss_sum, routings = self.model(idx, targets, token_losses=token_losses, valid=valid)
+        n_tok = (targets != -100).sum()
+        lm_loss = loss_sum / n_tok
+        aux, aux_total = aux_objective(routings, valid, self.cfg)
+        loss = lm_loss if aux_total is None else lm_loss + aux_total
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return Pass(loss, lm_loss, aux, routings, valid, n_tok, token_loss)
+
     def step(self, batch=None):
         if batch is None:
             batch = self.batches[self.i % len(self.batches)]
             self.i += 1
         idx, targets = batch
         cfg = self.cfg
-        valid = idx != self.tok.pad_id
-        _, loss_sum, routings = self.model(idx, targets, valid=valid)
-        n_tok = (targets != -100).sum()
-        lm_loss = loss_sum / n_tok
-        aux, aux_total = aux_objective(routings, valid, cfg)
-        loss = lm_loss if aux_total is None else lm_loss + aux_total
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        f = self.forward_backward(idx, targets)
+        loss, routings, valid = f.loss, f.routings, f.valid
         norm, per_group = self.grad_norms()
         finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
         if finite:

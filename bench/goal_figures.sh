@@ -6,7 +6,7 @@
 # 1. the default `moh train` run, timed 3 times (automatic threads), then `moh report` on the last;
 # 2. the reference corpus: time to loss <= 0.40 and the whole two-phase run (bench_time_to_target);
 # 3. adaptive / dense step cost (bench_router, paired CPU-time medians);
-# 4. telemetry overhead (bench_telemetry, then bench/telemetry_in_place.py);
+# 4. telemetry overhead (bench_telemetry, bench/telemetry_in_place.py, bench/telemetry_ab.py);
 # 5. tokens/s and MFU against the matmul peak measured in the same run (bench_throughput).
 # Each step's full output goes to OUT_DIR/<name>.log; the lines that carry the figures are
 # printed with the load average before and after, so the summary can go into docs/benchmarks.md.
@@ -40,5 +40,8 @@ grep -iE "overhead|goal|^(off|default|full) " "$OUT/telemetry.log" | head -n 12
 # the records' share of real runs, timed in place (1 thread): less spread than whole runs
 run telemetry_in_place env OMP_NUM_THREADS=1 "$PY" bench/telemetry_in_place.py --epochs 10 --runs 3
 tail -n 1 "$OUT/telemetry_in_place.log"
+# ... and paired inside the step against a trainer that never logs (counts what the floor leaves out)
+run telemetry_ab env OMP_NUM_THREADS=1 "$PY" bench/telemetry_ab.py --threads 1 --repeat 3
+grep -E "telemetry" "$OUT/telemetry_ab.log"
 run throughput "$PY" bench/bench_throughput.py --steps 60
 grep -iE "mfu|peak|tokens/s" "$OUT/throughput.log" | head -n 8

@@ -35,7 +35,7 @@ from _engine import Trainer, load_avg, write_json  # noqa: E402
 from moh import schema, threads  # noqa: E402
 from moh.config import Config  # noqa: E402
 from moh.data import load_corpus  # noqa: E402
-from moh.losses import TERMS, WEIGHT_KEYS, aux_objective  # noqa: E402
+from moh.losses import TERMS, WEIGHT_KEYS  # noqa: E402
 from moh.monitor import Recorder  # noqa: E402
 from moh.optim import clip_divisor  # noqa: E402
 from moh.train import _engine_groups, _routing  # noqa: E402
@@ -61,14 +61,9 @@ class Recording(Trainer):
         cfg, rec = self.cfg, self.rec
         self.n += 1
         logged = self.n % self.log_every == 0
-        valid = idx != self.tok.pad_id
-        token_loss, loss_sum, routings = self.model(idx, targets, token_losses=logged, valid=valid)
-        n_tok = (targets != IGNORE).sum()
-        lm_loss = loss_sum / n_tok
-        aux, aux_total = aux_objective(routings, valid, cfg)
-        loss = lm_loss if aux_total is None else lm_loss + aux_total
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, lm_loss, aux, routings, valid, n_tok, token_loss = self.forward_backward(idx, targets, logged)
+        if logged:  # as moh train: before grad_norms(), which then measures the group rows
+            rec.force_log()
         norm, _ = rec.grad_norms()
         finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
         divisor = clip_divisor(norm, cfg.grad_clip) if finite else None

@@ -74,3 +74,26 @@ def test_router_floor_runs_every_stage():
     for stage in ("full", "no aux", "no aux, no difficulty ranks", "no aux, no ranks, null router"):
         row = next(line for line in out.stdout.splitlines() if line.startswith(stage + " "))
         assert float(row.split()[-1]) > 0, row  # the ratio column
+
+
+def test_telemetry_ab_trainers_train_alike_and_only_a_logs(tmp_path):
+    """bench/telemetry_ab.py's premise: the logging trainer and the silent one make the same
+    training (telemetry changes no numerics), so their step times differ by the records alone;
+    A writes a step record every log_every steps, B none."""
+    import json
+
+    import telemetry_ab
+
+    corpus = load_corpus(None)
+    a = telemetry_ab.Recording(CFG, corpus, str(tmp_path), 2)
+    b = telemetry_ab.Recording(CFG, corpus, None, 10 ** 9)
+    for i in range(4):
+        a.step(a.batches[i])
+        b.step(b.batches[i])
+    a.rec.close()
+    b.rec.close()
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    steps = [r for r in map(json.loads, (tmp_path / "run.jsonl").read_text().splitlines()) if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4]
+    assert steps[0]["aux_weighted"]["load_balance"] == CFG.lb_weight * steps[0]["aux"]["load_balance"]
+    assert b.rec.path is None

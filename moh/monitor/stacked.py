@@ -6,13 +6,16 @@ few hundred small operators, not arithmetic. When every layer of the step has th
 dtypes, fields and `valid` tensor (the engine's case, and a user model with identical blocks),
 this path stacks the layers into (L, N, H) tensors and makes each reduction once, indexes the
 valid and target tokens once each, ranks the loss and every layer's series in one call, and
-reads every value with one `tolist()`. Otherwise `rows()` returns None and the caller takes the
-reference path.
+reads every value with one `tolist()`. On the CPU two passes of moh/native.c do the integer
+part and the ranking: `head_count_stats` (every layer's head counts and their statistics) and
+`spearman_rows_at` (the loss alignment, reading the target tokens itself). Otherwise `rows()`
+returns None and the caller takes the reference path.
 
 The written values are bit-identical to the reference (tests/moh/test_monitor_stacked.py
-compares them field by field): each reduction runs over the same tokens in the same order,
-only batched over a leading layer dimension. Reductions whose bits could depend on that
-(heads_std's Welford / two-pass choice) stay per layer.
+compares them field by field, with the kernels and without): each reduction runs over the same
+tokens in the same order, only batched over a leading layer dimension. Reductions whose bits
+could depend on that (heads_std's Welford / two-pass choice) stay per layer in torch; the C
+pass reproduces torch's 1-d std order below its parallel grain (`_STD_GRAIN`).
 """
 
 from __future__ import annotations

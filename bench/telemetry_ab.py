@@ -69,8 +69,9 @@ class Recording(Trainer):
         divisor = clip_divisor(norm, cfg.grad_clip) if finite else None
         if finite:
             self.opt.step(grad_scale=divisor)
+        else:
+            rec.force_log()  # as moh train: a skipped step is logged
         if logged or not finite:
-            rec.force_log()
             for li, r in enumerate(routings):
                 rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
                             valid=valid, pred_norm=r.pred_norm)

@@ -253,7 +253,7 @@ class GradNorms:
         total = squares.sum().sqrt()
         # the fused tensors' row norms, now or at measure(): the optimizer's clip divides the
         # gradients in place later, and they are only wanted on logged steps
-        measured = [self._row_norms(grads, raw)] if rows or not self.fused else []
+        measured = [self._row_norms(grads, raw)] if rows else []
 
         def measure() -> None:
             if not measured:

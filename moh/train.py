@@ -312,7 +312,7 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
             set_lr(opt, lr)
             idx, targets = idx.to(info.device), targets.to(info.device)
             valid = idx != tok.pad_id  # (B, T) real tokens (routing stats, aux losses)
-            logged = step % cfg.log_every == 0 or i + 1 == total  # as below, before non-finite
+            logged = step % cfg.log_every == 0 or i + 1 == total  # and the last step of the phase
             token_loss, loss_sum, routings = net(idx, targets, token_losses=logged, valid=valid)
             n_tok = (targets != -100).sum()
             if reduce is not None:  # the job's token-loss sum and target count (all ranks)
@@ -340,14 +340,12 @@ def _run_phase(model: LM, cfg: Config, tok: Tokenizer, seqs: list[list[int]], he
                     failed = what  # raised once the step record (the evidence) is logged
                 else:
                     log.alert(step, "warning", "nonfinite", what + "; step skipped (nonfinite=skip)")
-                rec.force_log()  # logged: its per-group norms measured before the gradients go
+                rec.force_log()  # a skipped step is logged: its group norms measured before the gradients go
                 opt.zero_grad(set_to_none=True)
             i += 1
             result.steps = step  # what run_end reports if the phase ends by an exception
-            last = i == total
             written = None
-            if step % cfg.log_every == 0 or last or not finite:
-                rec.force_log()  # the last step of a phase and a skipped one are logged too
+            if logged or not finite:  # (forced above: before grad_norms(), or before zero_grad())
                 for li, r in enumerate(routings):
                     rec.routing(li, selected=r.hard, probs=r.probs, threshold=r.tau, complexity=r.complexity,
                                 valid=valid, pred_norm=r.pred_norm)

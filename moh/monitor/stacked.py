@@ -159,7 +159,7 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
             off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
             bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
             flat.append(bins.float() / N)
-    if len(series) > (native_counts is None):
+    if per_token or p is not None:  # the float series' rows (after the counts' on the torch path)
         flat += [mean, lo, hi]
     if r0.pred_norm is not None:
         flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each

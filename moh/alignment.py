@@ -27,6 +27,7 @@ statistic (docs/distributed.md).
 
 from __future__ import annotations
 
+import array
 import ctypes
 from typing import Callable
 
@@ -105,32 +106,35 @@ def spearman_rows(table: torch.Tensor) -> torch.Tensor:
     return r.clamp(-1.0, 1.0)
 
 
-def spearman_rows_at(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, has: torch.Tensor) -> torch.Tensor | None:
-    """`spearman_rows(cat([y[None], a[:, has], b[:, has]]))`: y (N,) the values of the tokens
-    the bool mask `has` (n_all,) marks, a (Ka, n_all) and b (Kb, n_all) rows of every token.
-    In one C pass that reads a and b at the marked tokens itself (moh/native.c
-    spearman_rows_at), the same bits: on a logged step the selection, the head counts' sum
-    and the table's concatenation were half a dozen operators, each ~15-20 us there. None
-    when the kernels cannot take these tensors: the caller builds the table."""
-    n, n_all = y.numel(), has.numel()
-    kernels = native.for_tensors(y, a, b) if 2 <= n < EXACT_N and has.dtype == torch.bool else None
-    if kernels is None or a.dim() != 2 or b.dim() != 2 or a.shape[1] != n_all or b.shape[1] != n_all:
+def spearman_rows_at(y: torch.Tensor, rows: list[torch.Tensor], has: torch.Tensor,
+                     out32: int = 0) -> torch.Tensor | None:
+    """`spearman_rows(stack([y, *(row[has] for row in rows)]))`: y (N,) the values of the tokens
+    the bool mask `has` (n_all,) marks, each of `rows` n_all values, one per token. In one C
+    pass that reads the rows at the marked tokens itself (moh/native.c spearman_rows_at), the
+    same bits: on a logged step the selection, the head counts' sum and the table's
+    concatenation were half a dozen operators, each ~15-20 us there. None when the kernels
+    cannot take these tensors: the caller builds the table. `out32`: the address of
+    len(rows) float32 values that also receive the result rounded to float32 (0: none)."""
+    n, n_all, k = y.numel(), has.numel(), len(rows)
+    kernels = native.for_tensors(y, *rows) if 2 <= n < EXACT_N and has.dtype == torch.bool else None
+    if kernels is None or any(r.numel() != n_all for r in rows):
         return None
-    y, a, b, has = y.contiguous(), a.contiguous(), b.contiguous(), has.contiguous()
-    ka, kb = a.shape[0], b.shape[0]
-    rows = 1 + ka + kb
-    # one float64 scratch: ranks (rows * n), the correlations (ka + kb), the sort's two index
-    # rows (2n int64), the marked count (1 int64) and the gathered float32 table (rows * n / 2)
-    buf = torch.empty(rows * n + (ka + kb) + 2 * n + 1 + (rows * n + 1) // 2, dtype=torch.float64)
+    y, has = y.contiguous(), has.contiguous()
+    rows = [r if r.is_contiguous() else r.contiguous() for r in rows]
+    addresses = array.array("q", [r.data_ptr() for r in rows])
+    # one float64 scratch: ranks ((1 + k) * n), the correlations (k), the sort's two index
+    # rows (2n int64), the marked count (1 int64) and the gathered float32 table ((1 + k) * n / 2)
+    m = (1 + k) * n
+    buf = torch.empty(m + k + 2 * n + 1 + (m + 1) // 2, dtype=torch.float64)
     at = buf.data_ptr()
-    out, order = at + 8 * rows * n, at + 8 * (rows * n + ka + kb)
+    out, order = at + 8 * m, at + 8 * (m + k)
     found, table = order + 16 * n, order + 16 * n + 8
-    kernels.spearman_rows_at(n_all, has.data_ptr(), n, y.data_ptr(), ka, a.data_ptr(), kb, b.data_ptr(),
-                             table, order, order + 8 * n, at, out, found)
+    kernels.spearman_rows_at(n_all, has.data_ptr(), n, y.data_ptr(), k, addresses.buffer_info()[0],
+                             table, order, order + 8 * n, at, out, out32 or None, found)
     marked = ctypes.c_int64.from_address(found).value
     if marked != n:
         raise ValueError(f"{n} token values for {marked} marked tokens")
-    return buf[rows * n:rows * n + ka + kb]
+    return buf[m:m + k]
 
 
 def _pearson(rx: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:

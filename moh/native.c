@@ -671,28 +671,31 @@ void spearman_rows(int64_t rows, int64_t n, const float *x, int64_t *order, int6
     }
 }
 
-/* spearman_rows of the table [y; a's rows; b's rows] over the tokens `has` marks: y (n,) the
-   values of those tokens, a (ka, n_all) and b (kb, n_all) rows of every token, read at the
-   positions where has (n_all bytes) is 1, in order. out (ka + kb): a's correlations, then
-   b's. Writes the number of marked positions to *found; when it is not n nothing else is
-   written (the caller raises). `table`: float32 scratch of (1 + ka + kb) * n; `order`, `tmp`,
-   `ranks` as spearman_rows. The bits of gathering the rows first and calling spearman_rows. */
-void spearman_rows_at(int64_t n_all, const uint8_t *has, int64_t n, const float *y, int64_t ka, const float *a,
-                      int64_t kb, const float *b, float *table, int64_t *order, int64_t *tmp, double *ranks,
-                      double *out, int64_t *found) {
+/* spearman_rows of the table [y; rows] over the tokens `has` marks: y (n,) the values of those
+   tokens, rows[r] (r < k) n_all values each, one per token, read at the positions where has
+   (n_all bytes) is 1, in order. out (k) float64, and where out32 is not NULL the same rounded
+   to float32 (the step record's values). Writes the number of marked positions to *found; when
+   it is not n nothing else is written (the caller raises). `table`: float32 scratch of
+   (1 + k) * n; `order`, `tmp`, `ranks` as spearman_rows. The bits of gathering the rows first
+   and calling spearman_rows. */
+void spearman_rows_at(int64_t n_all, const uint8_t *has, int64_t n, const float *y, int64_t k,
+                      const float *const *rows, float *table, int64_t *order, int64_t *tmp, double *ranks,
+                      double *out, float *out32, int64_t *found) {
     int64_t marked = 0;
     for (int64_t i = 0; i < n_all; i++) marked += has[i] != 0;
     *found = marked;
     if (marked != n) return;
     memcpy(table, y, (size_t)n * sizeof(float));
     float *row = table + n;
-    for (int64_t r = 0; r < ka + kb; r++, row += n) {
-        const float *src = r < ka ? a + r * n_all : b + (r - ka) * n_all;
-        int64_t k = 0;
+    for (int64_t r = 0; r < k; r++, row += n) {
+        const float *src = rows[r];
+        int64_t j = 0;
         for (int64_t i = 0; i < n_all; i++)
-            if (has[i]) row[k++] = src[i];
+            if (has[i]) row[j++] = src[i];
     }
-    spearman_rows(1 + ka + kb, n, table, order, tmp, ranks, out);
+    spearman_rows(1 + k, n, table, order, tmp, ranks, out);
+    if (out32)
+        for (int64_t r = 0; r < k; r++) out32[r] = (float)out[r];
 }
 
 /* The head-count statistics of L layers' selections (moh/monitor/stacked.py): hard[l] (n_all, H)
@@ -742,6 +745,63 @@ void head_count_stats(int64_t L, int64_t n_all, int64_t H, const uint8_t *const 
         for (int64_t j = 0; j < H; j++) load_out[l * H + j] = (float)load[j] / (float)n;
         if (hist)
             for (int64_t k = 0; k <= H; k++) hist_out[l * (H + 1) + k] = (float)bins[k] / (float)n;
+    }
+}
+
+/* The float series of L layers' routing over the valid tokens (moh/monitor/stacked.py), in one
+   pass each: `series` S rows of n_all float32 (every layer's thresholds, then complexities), and
+   where `probs` is given L more rows, each token's sum p log max(p, 1e-12) over probs[l]
+   (n_all, Hp) float32. valid (n_all bytes) marks the n >= 1 tokens counted. Writes, float32:
+   every row's mean, min and max (three blocks of R = S + L rows, or S), then pred (L values)
+   copied from pred[l] where pred is given, then where prob_mean is set each layer's mean of
+   each probability (L * Hp). Means are double sums over the tokens, divided by n in double and
+   rounded once (routing.layer_stats takes them in float64 the same way: the same float32 value
+   unless the double sums' different orders straddle a float32 rounding boundary, ~2^-29 of
+   values); the entropy term is double throughout. Min and max are exact; a NaN makes its row's
+   mean, min and max NaN, as torch's. */
+void series_stats(int64_t n_all, const uint8_t *valid, int64_t n, int64_t S, const float *const *series, int64_t L,
+                  int64_t Hp, const float *const *probs, const float *const *pred, int prob_mean, float *out) {
+    const int64_t R = S + (probs ? L : 0);
+    float *mean = out, *lo = out + R, *hi = out + 2 * R, *tail = out + 3 * R;
+    for (int64_t r = 0; r < R; r++) {
+        const float *x = r < S ? series[r] : NULL, *p = r < S ? NULL : probs[r - S];
+        double sum = 0.0, mn = INFINITY, mx = -INFINITY;
+        int nan = 0;
+        for (int64_t i = 0; i < n_all; i++) {
+            if (!valid[i]) continue;
+            double v;
+            if (x) {
+                v = x[i];
+            } else {
+                const float *row = p + i * Hp;
+                v = 0.0;
+                for (int64_t h = 0; h < Hp; h++) {
+                    double q = row[h];
+                    v += q * log(q < 1e-12 ? 1e-12 : q); /* a NaN q stays NaN, as clamp_min's */
+                }
+            }
+            nan |= v != v;
+            sum += v;
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+        mean[r] = (float)(sum / (double)n);
+        lo[r] = nan ? NAN : (float)mn;
+        hi[r] = nan ? NAN : (float)mx;
+    }
+    if (pred) {
+        for (int64_t l = 0; l < L; l++) tail[l] = *pred[l];
+        tail += L;
+    }
+    if (probs && prob_mean) {
+        for (int64_t l = 0; l < L; l++) {
+            double acc[MAX_HEADS] = {0.0};
+            const float *p = probs[l];
+            for (int64_t i = 0; i < n_all; i++, p += Hp)
+                if (valid[i])
+                    for (int64_t h = 0; h < Hp; h++) acc[h] += p[h];
+            for (int64_t h = 0; h < Hp; h++) tail[l * Hp + h] = (float)(acc[h] / (double)n);
+        }
     }
 }
 

@@ -330,16 +330,26 @@ def layer_stats(r: Routing, valid: torch.Tensor, full: bool = False) -> dict[str
             out |= {f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None}
         else:
             t = t.reshape(-1)[v].detach()
-            out |= {f"{name}_mean": t.mean(), f"{name}_min": t.min(), f"{name}_max": t.max()}
+            out |= {f"{name}_mean": _mean64(t), f"{name}_min": t.min(), f"{name}_max": t.max()}
     if r.probs is None:
         out["entropy"] = None
     else:
         p = r.probs.reshape(-1, r.probs.shape[-1])[v].detach()
-        out["entropy"] = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()  # nats, max log H'
+        p64 = p.double()
+        out["entropy"] = (-(p64 * p64.clamp_min(1e-12).log()).sum(-1).mean()).to(p.dtype)  # nats, max log H'
     out["pred_norm"] = r.pred_norm
     if full:
         H = r.hard.shape[-1]
         n = max(int(counts.numel()), 1)
         out["heads_hist"] = torch.bincount(counts.long(), minlength=H + 1)[: H + 1].float() / n
-        out["prob_mean"] = None if r.probs is None else p.mean(0)
+        out["prob_mean"] = None if r.probs is None else _mean64(p, 0)
     return out
+
+
+def _mean64(t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """t's mean (over `dim`, else all of it) summed in float64 and rounded once to t's dtype:
+    the value does not depend on the order of the sum (to ~2^-29 of values), so the stacked
+    step record (moh/monitor/stacked.py) and its C pass (moh/native.c series_stats) give the
+    same bits, and the mean of a few hundred float32 values loses no digits to the sum."""
+    m = t.double().mean() if dim is None else t.double().mean(dim)
+    return m.to(t.dtype)

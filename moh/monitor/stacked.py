@@ -6,16 +6,20 @@ few hundred small operators, not arithmetic. When every layer of the step has th
 dtypes, fields and `valid` tensor (the engine's case, and a user model with identical blocks),
 this path stacks the layers into (L, N, H) tensors and makes each reduction once, indexes the
 valid and target tokens once each, ranks the loss and every layer's series in one call, and
-reads every value with one `tolist()`. On the CPU two passes of moh/native.c do the integer
-part and the ranking: `head_count_stats` (every layer's head counts and their statistics) and
-`spearman_rows_at` (the loss alignment, reading the target tokens itself). Otherwise `rows()`
-returns None and the caller takes the reference path.
+reads every value with one `tolist()`. On the CPU three passes of moh/native.c do all of it into
+one buffer: `head_count_stats` (every layer's head counts and their statistics),
+`series_stats` (the float series: thresholds, complexities, the entropy term, pred_norm,
+prob_mean) and `spearman_rows_at` (the loss alignment, reading the target tokens itself).
+When the layers cannot be stacked `rows()` returns None and the caller takes the reference path.
 
 The written values are bit-identical to the reference (tests/moh/test_monitor_stacked.py
 compares them field by field, with the kernels and without): each reduction runs over the same
-tokens in the same order, only batched over a leading layer dimension. Reductions whose bits
-could depend on that (heads_std's Welford / two-pass choice) stay per layer in torch; the C
-pass reproduces torch's 1-d std order below its parallel grain (`_STD_GRAIN`).
+tokens in the same order, only batched over a leading layer dimension, or its value does not
+depend on the order: the float series' means are float64 sums rounded once to float32, here and
+in routing.layer_stats (two double sums of a few thousand float32 values in different orders
+straddle a float32 rounding boundary for ~2^-29 of values). Reductions whose bits could depend
+on the batching (heads_std's Welford / two-pass choice) stay per layer in torch; the C pass
+reproduces torch's 1-d std order below its parallel grain (`_STD_GRAIN`).
 """
 
 from __future__ import annotations
@@ -70,11 +74,13 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 _STD_GRAIN = 32768
 
 
-def _head_counts_native(rs: list[Routing], v: torch.Tensor, H: int, full: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """(every token's head count (L, B*T), the head-count statistics laid out as rows() reads
-    them, the number of valid tokens) from one pass of native.c head_count_stats over the
-    layers' selections; None where the kernel cannot take them (the caller's torch ops)."""
+def _head_counts_native(rs: list[Routing], v: torch.Tensor, H: int, full: bool, tail: int
+                        ) -> tuple[torch.Tensor, int] | None:
+    """One float32 buffer: every token's head count (L * B*T: (L, B*T) at its start), the
+    head-count statistics laid out as rows() reads them, and `tail` values more for the rest of
+    the record, filled by one pass of native.c head_count_stats over the layers' selections;
+    with the number of valid tokens. None where the kernel cannot take them (the caller's torch
+    ops)."""
     BT = v.numel()
     if BT >= _STD_GRAIN or BT * H >= 2 ** 24 or H > native.MAX_HEADS or not v.is_cpu:
         return None
@@ -86,12 +92,44 @@ def _head_counts_native(rs: list[Routing], v: torch.Tensor, H: int, full: bool
         return None
     v = v if v.is_contiguous() else v.contiguous()
     L = len(rs)
-    buf = torch.empty(L * BT + 4 * L + L * H + (L * (H + 1) if full else 0), dtype=_F32)
+    buf = torch.empty(L * BT + _count_stats(L, H, full) + tail, dtype=_F32)
     hards, found = array.array("q", [r.hard.data_ptr() for r in rs]), array.array("q", [0])
     at = buf.data_ptr()
     kernels.head_count_stats(L, BT, H, hards.buffer_info()[0], v.data_ptr(), int(full), at, at + 4 * L * BT,
                              found.buffer_info()[0])
-    return buf[:L * BT].view(L, BT), buf[L * BT:], found[0]
+    return buf, found[0]
+
+
+def _count_stats(L: int, H: int, full: bool) -> int:
+    """How many head-count statistics a record has: mean, min, max, std (L each), head_load
+    (L * H), heads_hist (L * (H + 1), full)."""
+    return 4 * L + L * H + (L * (H + 1) if full else 0)
+
+
+def _series_native(rs: list[Routing], per_token: list[str], v: torch.Tensor, n: int, full: bool,
+                   at: int) -> bool:
+    """The float series' mean / min / max rows, pred_norm and (full) prob_mean, written at the
+    address `at` as rows() lays them out, by one pass of native.c series_stats; False (nothing
+    written) where the kernel cannot take the fields."""
+    r0 = rs[0]
+    fields = [getattr(r, a) for a in per_token for r in rs]
+    probs = [r.probs for r in rs] if r0.probs is not None else []
+    preds = [r.pred_norm for r in rs] if r0.pred_norm is not None else []
+    if probs and r0.probs.shape[-1] > native.MAX_HEADS:
+        return False
+    for t in (*fields, *probs, *preds):
+        if t.dtype is not _F32 or not t.is_cpu or not t.is_contiguous():
+            return False
+    kernels = native.lib()
+    if kernels is None:
+        return False
+    series = array.array("q", [t.data_ptr() for t in fields])
+    p = array.array("q", [t.data_ptr() for t in probs])
+    pred = array.array("q", [t.data_ptr() for t in preds])
+    kernels.series_stats(v.numel(), v.data_ptr(), n, len(fields), series.buffer_info()[0] if fields else None,
+                         len(rs), r0.probs.shape[-1] if probs else 0, p.buffer_info()[0] if probs else None,
+                         pred.buffer_info()[0] if preds else None, int(full), at)
+    return True
 
 
 def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: bool,
@@ -108,42 +146,64 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     BT = v.numel()
     L, r0 = len(rs), rs[0]
     H = r0.hard.shape[-1]
+    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
+    # every per-token series whose mean / min / max is logged, one row each: (the head counts, L,
+    # on the torch path) threshold (L) and complexity (L) where present, then each token's sum of
+    # p log p (L; the entropy is minus its mean, negated in _assemble: mean(-x) is -mean(x) to
+    # the bit)
+    per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
+    aligned = has_target is not None and token_loss is not None and "complexity" in per_token
+    S = L * (len(per_token) + (Hp > 0))
+    tail = 3 * S + (L if r0.pred_norm is not None else 0) + (L * Hp if full else 0) + (2 * L if aligned else 0)
     # The head counts: every token's (L, B*T; small integers, exact in float32: the alignment
     # reads its target tokens), and their statistics over the valid tokens, `cstats`: mean, min,
-    # max and std per layer, head_load, heads_hist (full). In C where it can, else torch ops.
-    native_counts = _head_counts_native(rs, v, H, full)
+    # max and std per layer, head_load, heads_hist (full). In C where it can, into one buffer
+    # that the other C passes fill after them; else torch ops.
+    native_counts = _head_counts_native(rs, v, H, full, tail)
     if native_counts is not None:
-        counts_all, cstats, N = native_counts
+        buf, N = native_counts
+        counts_all = buf[:L * BT].view(L, BT)
+        if N == 0:  # the reference's min() of no tokens raises: let it say so
+            return None
+        at = L * BT + _count_stats(L, H, full)
+        if _series_native(rs, per_token, v, N, full, buf.data_ptr() + 4 * at):
+            # every value in the buffer: the alignment's too, or copied in after
+            corr = None
+            if aligned:
+                corr = _alignment([r.complexity for r in rs], counts_all, has_target, token_loss,
+                                  out32=buf.data_ptr() + 4 * (buf.numel() - 2 * L))
+                if corr is not None:
+                    buf[-2 * L:] = corr
+            vals = buf[L * BT:].tolist()
+            return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
+        cstats = buf[L * BT:at]
         idx = None if N == BT else v.nonzero().squeeze(1)  # (None: every token is valid)
         series = []
     else:
         idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
         N = idx.numel()
+        if N == 0:
+            return None
         hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
         hard = _take(hard_all, idx, BT)  # (L, N, H) bool
         counts_all = hard_all.sum(-1, dtype=_F32)
         counts = _take(counts_all, idx, BT)  # (L, N)
         series = [counts]  # its mean / min / max from the table below
-    if N == 0:  # the reference's min() of no tokens raises: let it say so
-        return None
-    # every per-token series whose mean / min / max is logged, one row each, so one mean and one
-    # aminmax serve all layers and fields: (the head counts, L, on the torch path) threshold (L)
-    # and complexity (L) where present, then each token's sum of p log p (L; the entropy is
-    # minus its mean, negated in _assemble: mean(-x) is -mean(x) to the bit)
-    per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
+    # one mean and one aminmax serve all layers and fields; the means in float64, rounded once
+    # (as routing.layer_stats: the value does not depend on the sum's order). The head counts'
+    # sums are exact integers, their float64 quotient rounds to the float32 one.
     tc_all = None
     if per_token:
         tc_all = torch.stack([getattr(r, a) for a in per_token for r in rs]).reshape(len(per_token) * L, -1)
         series.append(_take(tc_all, idx, BT))
     p = None
-    if r0.probs is not None:
-        Hp = r0.probs.shape[-1]
-        p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT)  # (L, N, Hp)
+    if Hp:
+        p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT).double()  # (L, N, Hp)
         series.append((p * p.clamp_min(1e-12).log()).sum(-1))
     flat: list[torch.Tensor] = []
     if series:
         table = torch.cat(series) if len(series) > 1 else series[0]
-        mean = table.mean(-1)
+        mean = table.double().mean(-1)
         lo, hi = table.aminmax(dim=-1)
     if native_counts is not None:
         flat.append(cstats)
@@ -166,28 +226,30 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     if full and p is not None:
         flat.append(p.mean(1))
     corr = None
-    if has_target is not None and token_loss is not None and "complexity" in per_token:
-        corr = _alignment(counts_all, tc_all[per_token.index("complexity") * L:], has_target, token_loss)
+    if aligned:
+        corr = _alignment(list(tc_all[per_token.index("complexity") * L:]), counts_all, has_target, token_loss)
         flat.append(corr)
     # one host sync for every value of the step
     vals = torch.cat([_f32(t if t.dim() == 1 else t.reshape(-1)) for t in flat]).tolist()
-    return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, corr is not None)
+    return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
 
 
-def _alignment(counts_all: torch.Tensor, cx_all: torch.Tensor, has_target: torch.Tensor,
-               token_loss: torch.Tensor) -> torch.Tensor:
+def _alignment(complexity: list[torch.Tensor], counts_all: torch.Tensor, has_target: torch.Tensor,
+               token_loss: torch.Tensor, out32: int = 0) -> torch.Tensor | None:
     """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment),
     (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
-    tokens, ranked once. counts_all (L, B*T) and cx_all (L, B*T): every token's head count and
-    complexity."""
+    tokens, ranked once. complexity: each layer's per-token complexity (B*T values each);
+    counts_all (L, B*T): every token's head count. `out32`: where the C pass also writes them
+    as float32 (then None is returned: the caller has them), else 0."""
     loss = token_loss.detach() if token_loss.requires_grad else token_loss  # (no no-op dispatch)
     has = has_target.reshape(-1)
-    corr = spearman_rows_at(_f32(loss).reshape(-1), _f32(cx_all), counts_all, has)
+    cx = [_f32(c) for c in complexity]
+    corr = spearman_rows_at(_f32(loss).reshape(-1), [*cx, *counts_all], has, out32)
     if corr is not None:  # one C pass reads the target tokens itself
-        return corr
+        return None if out32 else corr
     tidx = has.nonzero().squeeze(1)
-    BT = counts_all.shape[1]
-    table = torch.cat([_f32(loss).reshape(1, -1), _f32(_take(cx_all, tidx, BT)), _take(counts_all, tidx, BT)])
+    table = torch.cat([_f32(loss).reshape(1, -1), torch.stack([c.reshape(-1) for c in cx]).index_select(1, tidx),
+                       counts_all.index_select(1, tidx)])
     return spearman_rows(table)
 
 

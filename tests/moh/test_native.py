@@ -353,20 +353,24 @@ def test_spearman_rows_at_reads_the_marked_tokens_as_the_gathered_table_would():
         a = torch.rand(n_all, 3, generator=g).t()  # strided rows
         b = torch.randint(0, 9, (2, n_all), generator=g).float()
         a[1] = (a[1] * 4).round()
-        got = spearman_rows_at(y, a, b, has)
+        got = spearman_rows_at(y, [*a, *b], has)
         want = spearman_rows(torch.cat([y[None], a[:, has], b[:, has]]))
         assert got.shape == (5,) and torch.equal(got.nan_to_num(9.0), want.nan_to_num(9.0)), n_all
     with pytest.raises(ValueError, match="5 token values for 2 marked tokens"):
-        spearman_rows_at(torch.rand(5), torch.rand(1, 4), torch.rand(1, 4), torch.tensor([True, False, True, False]))
+        spearman_rows_at(torch.rand(5), [torch.rand(4), torch.rand(4)], torch.tensor([True, False, True, False]))
     with pytest.raises(ValueError, match="2 token values for 3 marked tokens"):  # (never read past the table)
-        spearman_rows_at(torch.rand(2), torch.rand(1, 4), torch.rand(1, 4), torch.tensor([True, True, True, False]))
-    assert spearman_rows_at(torch.rand(2), torch.rand(1, 4, dtype=torch.float64), torch.rand(1, 4),
+        spearman_rows_at(torch.rand(2), [torch.rand(4), torch.rand(4)], torch.tensor([True, True, True, False]))
+    assert spearman_rows_at(torch.rand(2), [torch.rand(4, dtype=torch.float64), torch.rand(4)],
                             torch.tensor([True, False, True, False])) is None
+    assert spearman_rows_at(torch.rand(2), [torch.rand(5)], torch.tensor([True, False, True, False])) is None
     # known answer: tokens 0, 2, 3 marked; a reads [1, 3, 2] against y [1, 2, 3] -> 0.5,
     # b reads [5, 1, 1] (a tie) -> -sqrt(3) / 2
-    got = spearman_rows_at(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1.0, 9.0, 3.0, 2.0]]),
-                           torch.tensor([[5.0, 0.0, 1.0, 1.0]]), torch.tensor([True, False, True, True]))
+    out32 = torch.zeros(2)
+    got = spearman_rows_at(torch.tensor([1.0, 2.0, 3.0]), [torch.tensor([1.0, 9.0, 3.0, 2.0]),
+                           torch.tensor([5.0, 0.0, 1.0, 1.0])], torch.tensor([True, False, True, True]),
+                           out32=out32.data_ptr())
     assert got[0].item() == 0.5 and abs(got[1].item() + 3 ** 0.5 / 2) < 1e-15
+    assert out32.tolist() == got.float().tolist()  # the float32 copy, rounded once
 
 
 def test_the_ctypes_signatures_match_the_c_declarations():

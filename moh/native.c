@@ -577,14 +577,14 @@ void aux_sums_backward(int64_t n, int64_t layers_n, const int64_t *layers, const
     }
 }
 
-/* x[a] before x[b] in ascending order, NaN last, equal values by position: a total order. */
-static int before(const float *x, int64_t a, int64_t b) {
-    float u = x[a], v = x[b];
-    if (u < v) return 1;
-    if (u > v) return 0;
-    int un = u != u, vn = v != v;
-    if (un != vn) return vn; /* a number before a NaN */
-    return a < b;
+/* A float's place in ascending order as an unsigned key; every NaN gets the largest (sorted
+   last, among themselves by position). -0 sorts just before +0, next to it: the tie pass
+   compares values, so they share their ranks. */
+static inline uint64_t sort_key(float v) {
+    if (v != v) return 0xFFFFFFFFu;
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 /* average_ranks_row for a series of small non-negative integers (head counts: most tokens tie):
@@ -611,23 +611,30 @@ static int small_int_ranks(int64_t n, const float *x, double *ranks) {
 
 /* Ranks 0..n-1 of x (n,), tied values sharing the mean of their ranks (a NaN is a run of its
    own, sorted last), as float64: moh/alignment.py `average_ranks` for one series. `order`,
-   `tmp`: int64 scratch of n each, for a bottom-up merge sort (torch's sort and the dozen
-   operators of the tie averaging cost more than this whole function at ~400 values). */
+   `tmp`: int64 scratch of n each. The sort is a stable least-significant-digit radix sort of
+   (key << 32 | position) by the key's four bytes (a byte that every value shares is skipped):
+   ascending values, equal ones by position, as a stable sort. Branch-free, unlike the merge
+   sort it replaced, whose comparisons were mispredicted inside a training step (~60 us for the
+   record's three float series there, docs/benchmarks.md "Tenth session"). n < 2^32. */
 static void average_ranks_row(int64_t n, const float *x, int64_t *order, int64_t *tmp, double *ranks) {
     if (small_int_ranks(n, x, ranks)) return;
-    for (int64_t i = 0; i < n; i++) order[i] = i;
-    for (int64_t width = 1; width < n; width *= 2) {
-        for (int64_t lo = 0; lo < n; lo += 2 * width) {
-            int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
-            int64_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi) tmp[k++] = before(x, order[j], order[i]) ? order[j++] : order[i++];
-            while (i < mid) tmp[k++] = order[i++];
-            while (j < hi) tmp[k++] = order[j++];
+    uint64_t *a = (uint64_t *)order, *b = (uint64_t *)tmp;
+    for (int64_t i = 0; i < n; i++) a[i] = sort_key(x[i]) << 32 | (uint64_t)i;
+    for (int shift = 32; shift < 64; shift += 8) {
+        int64_t count[257] = {0};
+        for (int64_t i = 0; i < n; i++) count[((a[i] >> shift) & 0xFF) + 1]++;
+        int skip = 0;
+        for (int d = 0; d < 256; d++) {
+            if (count[d + 1] == n) skip = 1;
+            count[d + 1] += count[d];
         }
-        int64_t *t = order;
-        order = tmp;
-        tmp = t;
+        if (skip) continue; /* every value has this byte: the order stands */
+        for (int64_t i = 0; i < n; i++) b[count[(a[i] >> shift) & 0xFF]++] = a[i];
+        uint64_t *t = a;
+        a = b;
+        b = t;
     }
+    for (int64_t i = 0; i < n; i++) order[i] = (int64_t)(a[i] & 0xFFFFFFFFu);
     int64_t start = 0;
     while (start < n) {
         int64_t end = start;
@@ -802,6 +809,35 @@ void series_stats(int64_t n_all, const uint8_t *valid, int64_t n, int64_t S, con
                     for (int64_t h = 0; h < Hp; h++) acc[h] += p[h];
             for (int64_t h = 0; h < Hp; h++) tail[l * Hp + h] = (float)(acc[h] / (double)n);
         }
+    }
+}
+
+/* The per-group gradient norms of moh/optim.py GradNorms in one pass. Column c of the group
+   table is squares[c] for c < T (each tensor's squared norm, float32: what the total norm for
+   the clip sums), else fused row c - T: the rows of the fused tensors in order, fused[f] being
+   rows[f] x width[f] float32 (the gradient; NULL: none, rows of zero), each row's sum of squares
+   in double. Group g sums columns cols[start[g]] .. cols[start[g + 1] - 1] in double; out[g] is
+   the square root rounded once to float32. `scratch`: double, one per fused row. */
+void group_norms(int64_t T, const float *squares, int64_t F, const float *const *fused, const int64_t *rows,
+                 const int64_t *width, int64_t G, const int64_t *start, const int64_t *cols, double *scratch,
+                 float *out) {
+    double *row_sq = scratch;
+    for (int64_t f = 0; f < F; f++) {
+        const float *g = fused[f];
+        for (int64_t r = 0; r < rows[f]; r++) {
+            double acc = 0.0;
+            if (g)
+                for (int64_t j = 0; j < width[f]; j++) {
+                    double x = g[r * width[f] + j];
+                    acc += x * x;
+                }
+            *row_sq++ = acc;
+        }
+    }
+    for (int64_t k = 0; k < G; k++) {
+        double acc = 0.0;
+        for (int64_t i = start[k]; i < start[k + 1]; i++) acc += cols[i] < T ? (double)squares[cols[i]] : scratch[cols[i] - T];
+        out[k] = (float)sqrt(acc);
     }
 }
 

@@ -46,6 +46,7 @@ SIGNATURES = {  # argument types, in the C declarations' order
     "spearman_rows_at": [_I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
     "rank_quantiles_at": [_I, _P, _I, _P, _P, _P, _P, _P],
     "series_stats": [_I, _P, _I, _I, _P, _I, _I, _P, _P, ctypes.c_int, _P],
+    "group_norms": [_I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P],
 }
 
 _lib: ctypes.CDLL | None = None

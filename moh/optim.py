@@ -14,13 +14,14 @@ Optimizer groups: matrices of the main model decay; biases, norms and everything
 
 from __future__ import annotations
 
+import array
 import math
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
-from . import schema
+from . import native, schema
 from .config import Config
 from .lazy_values import LazyValues
 from .row_blocks import RowBlock, group_members
@@ -192,14 +193,15 @@ class GradNorms:
 
     The table is read once here, as every tensor operation or Python loop costs microseconds
     inside a step (docs/benchmarks.md, "Seventh session"). A call is one `_foreach_norm` over
-    every gradient, its square and sum (the total, which the clip needs), and with `rows` one
-    row-norm operation per fused tensor. The per-group norms come when first read
-    (`GroupNorms`), all groups at once: the tensors' squares and the fused tensors' row squares
-    summed per group by one product with a 0/1 membership matrix made here. They are the norms
-    of the gradients when the rows were measured, whatever happens to the gradients later
-    (clipping, which the optimizer does in place): at the call, or with rows=False (a step that
-    will not be logged: no row work at all) at `GroupNorms.measure()`, which must come before
-    any in-place change to read the same values.
+    every gradient, its square and sum (the total, which the clip needs). The per-group norms
+    (`GroupNorms`) are measured all at once: at the call with `rows`, else at
+    `GroupNorms.measure()` or the first read (a step that will not be logged does none of this
+    work). On the CPU one pass of native.c group_norms sums each group's tensor squares and
+    fused rows' squares in double; elsewhere torch ops do (the fused tensors' row norms, their
+    squares, a product with a 0/1 membership matrix made here), the same values to float32
+    rounding. They are the norms of the gradients when measured, whatever happens to the
+    gradients later (clipping, which the optimizer does in place), so measure() must come before
+    any in-place change to read the values the step had.
     """
 
     def __init__(self, groups: Mapping[str, list]):
@@ -225,6 +227,15 @@ class GradNorms:
                                for r in range(m.start, m.stop)]
             self.members[g] += [at[id(m)] for m in ms if not isinstance(m, RowBlock)]
         self._membership: torch.Tensor | None = None
+        # the same table for native.c group_norms: each group's columns, one after the other
+        self._starts = array.array("q", [0])
+        self._cols = array.array("q")
+        for cols in self.members.values():
+            self._cols.extend(cols)
+            self._starts.append(len(self._cols))
+        self._rows = array.array("q", [self.params[i].shape[0] for i in self.fused])
+        self._widths = array.array("q", [self.params[i].numel() // max(self.params[i].shape[0], 1)
+                                         for i in self.fused])
 
     def membership(self, device: torch.device) -> torch.Tensor:
         """(groups, columns) 0/1: which squares each group sums."""
@@ -251,33 +262,64 @@ class GradNorms:
             grads = [zero if g is None else g.float() for g in raw]
         squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
-        # the fused tensors' row norms, now or at measure(): the optimizer's clip divides the
-        # gradients in place later, and they are only wanted on logged steps
-        measured = [self._row_norms(grads, raw)] if rows else []
+        per_group: dict[str, torch.Tensor] = {}
 
         def measure() -> None:
-            if not measured:
-                measured.append(self._row_norms(grads, raw))
-
-        per_group: dict[str, torch.Tensor] = {}
+            """Every group's norm from the gradients as they are now (once)."""
+            if per_group:
+                return
+            values = self._measure_c(squares, grads, raw)
+            if values is None:  # the torch formulation
+                row_norms = self._row_norms(grads, raw)
+                # (one dispatch squares every row vector: _foreach_pow by 2 is square(), bit for bit)
+                cols = torch.cat([squares, *torch._foreach_pow(row_norms, 2)]) if row_norms else squares
+                values = (self.membership(cols.device) @ cols).sqrt()
+            per_group.update(zip(self.members, values.unbind()))
 
         def norm_of(group: str) -> torch.Tensor | None:
             if not self.groups[group]:
                 return None
-            if not per_group:  # every group at once, on the first read
-                measure()
-                # (one dispatch squares every row vector: _foreach_pow by 2 is square(), bit for bit)
-                cols = torch.cat([squares, *torch._foreach_pow(measured[0], 2)]) if measured[0] else squares
-                per_group.update(zip(self.members, (self.membership(cols.device) @ cols).sqrt().unbind()))
+            measure()  # every group at once, on the first read
             return per_group[group]
 
+        # measured now or at measure(): the optimizer's clip divides the gradients in place
+        # later, and the groups are only wanted on logged steps
+        if rows:
+            measure()
         return total, GroupNorms(self.groups, norm_of, measure)
+
+    def _measure_c(self, squares: torch.Tensor, grads: list[torch.Tensor], raw: list) -> torch.Tensor | None:
+        """Every group's norm, (groups,) float32, by native.c group_norms where it can take the
+        gradients (float32, contiguous, on the CPU), else None (the torch formulation): one
+        pass instead of the row norms, their squares, a concatenation, the membership product
+        and the square root (~100 us a logged step inside a training step). Each group's
+        squares are summed in double and square-rooted once: the torch formulation's values to
+        float32 rounding (here the fused rows' squares never go through a rounded norm)."""
+        fused = [grads[i] if raw[i] is not None else None for i in self.fused]
+        if not squares.is_cpu or any(g is not None and (not g.is_cpu or not g.is_contiguous()) for g in fused):
+            return None
+        kernels = native.lib()
+        if kernels is None:
+            return None
+        addresses = array.array("q", [0 if g is None else g.data_ptr() for g in fused])
+        T, G = len(self.params), len(self.members)
+        buf = torch.empty(G + 2 * (self.columns - T) + 1, dtype=torch.float32)  # out, then a double scratch
+        at = buf.data_ptr()
+        kernels.group_norms(T, squares.data_ptr(), len(fused), _address(addresses), _address(self._rows),
+                            _address(self._widths), G, _address(self._starts), _address(self._cols),
+                            at + 4 * G + (4 * G) % 8, at)  # (the scratch 8-byte aligned)
+        return buf[:G]
+
+
+def _address(a: array.array) -> int:
+    """The address of an array's items for a C argument (never read when it has none)."""
+    return a.buffer_info()[0]
 
 
 class GroupNorms(LazyValues):
-    """The per-group norms of one `GradNorms` call, made on first read. `measure()` takes the
-    fused tensors' row norms now where the call did not (rows=False), e.g. before a clip when a
-    step turns out to be logged after all."""
+    """The per-group norms of one `GradNorms` call, made on first read. `measure()` measures
+    them now where the call did not (rows=False), e.g. before a clip when a step turns out to
+    be logged after all."""
 
     def __init__(self, keys, value_of, measure: Callable[[], None] = lambda: None):
         super().__init__(keys, value_of)

@@ -19,7 +19,7 @@ from moh.losses import aux_losses, weighted_total
 from moh.optim import AdamW, clip_divisor, grad_norms
 from moh.route_fast import _st_backward, _st_select, native_select
 from moh.routing import Routing, layer_stats, select_heads
-from tests.moh.native_switch import native_on
+from tests.moh.native_switch import both_kernels, native_on  # noqa: F401 (a fixture)
 from tests.moh.records import Records
 
 # ------------------------------------------------------------------------------------------------
@@ -298,6 +298,7 @@ class _FusedRouter(torch.nn.Module):
         self.grad_rows = {"weight": {"router": (0, 2), "threshold": (2, 3)}, "bias": {"threshold": (1, 2)}}
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_row_blocks_split_a_fused_tensor_between_groups():
     """Rows of one tensor count toward their own groups (a row no group claims, and the bias's
     row 0, count in the total only); the tensor counts once in the total."""
@@ -319,6 +320,7 @@ def test_row_blocks_split_a_fused_tensor_between_groups():
     assert per["router"].item() == pytest.approx(5.0) and per["threshold"].item() == pytest.approx(13.0)
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_row_blocks_of_several_fused_tensors_go_to_their_own_groups():
     """Two fused modules whose groups interleave across tensors (router rows of both, then the
     threshold rows of both, then a bias row): each group is the norm of exactly its rows, and
@@ -346,6 +348,38 @@ def test_row_blocks_of_several_fused_tensors_go_to_their_own_groups():
     assert unmeasured["router"].item() == pytest.approx(math.sqrt(9 + 16) / 2)
 
 
+def test_group_norms_in_c_are_the_torch_formulation_to_float32_rounding(monkeypatch):
+    """native.c group_norms against the torch formulation on a real model's gradients (the
+    adaptive router's fused rows, every group): equal to float32 rounding, and the C pass is
+    the one that ran (it answers None where it cannot take the gradients)."""
+    if not native_on():
+        pytest.skip("moh/native.c not loaded")
+    from moh import native
+    from moh.model import LM
+    from moh.optim import GradNorms, named_groups
+
+    torch.manual_seed(0)
+    model = LM(Config(n_layers=2, n_heads=4, d_model=16, d_ff=32), vocab_size=20)
+    idx = torch.randint(0, 20, (3, 9))
+    _, loss_sum, _ = model(idx, idx)
+    loss_sum.backward()
+    norms = GradNorms(named_groups(model))
+    answers = []
+    real = GradNorms._measure_c
+    monkeypatch.setattr(GradNorms, "_measure_c", lambda *a: answers.append(real(*a)) or answers[-1])
+    total_c, in_c = norms()
+    with native.disabled():
+        total_t, in_torch = norms()
+    assert [a is not None for a in answers] == [True, False]
+    assert total_c.item() == total_t.item()  # the clip's norm: one formulation
+    for g in in_c:
+        if in_torch[g] is None:
+            assert in_c[g] is None
+        else:
+            assert in_c[g].item() == pytest.approx(in_torch[g].item(), rel=1e-6, abs=0) and in_c[g].item() > 0, g
+    assert sum(v is not None for v in in_c.values()) == 6
+
+
 def test_the_adaptive_routers_rows_are_its_three_groups():
     from moh.model import LM
     from moh.optim import named_groups
@@ -364,6 +398,7 @@ def _step_clipped(params, total, clip):
     AdamW([{"params": params}], lr=0.0, betas=(0.9, 0.999), eps=1e-8).step(grad_scale=clip_divisor(total, clip))
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_grad_norms_per_group_are_the_gradients_before_clipping():
     """The per-group norms are read on logged steps, after the optimizer's step has clipped the
     gradients in place: they must still be the norms grad_norms measured (the record logs those)."""

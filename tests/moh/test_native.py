@@ -287,6 +287,37 @@ def test_average_ranks_of_a_table_are_the_torch_bits():
 
 
 @needs_native
+def test_the_radix_sort_orders_every_kind_of_float_as_the_torch_sort():
+    """native.c's rank sort (a radix sort of float keys) against the torch sort and tie
+    averaging: both signs, -0.0 tying with 0.0, infinities, subnormals, NaNs of either sign
+    (last, each a run of its own), rows whose values share their top bytes (passes skipped),
+    and sizes up to thousands (every byte of the key used)."""
+    from moh.alignment import average_ranks
+
+    g = torch.Generator().manual_seed(8)
+    neg_nan = torch.tensor([-4194303], dtype=torch.int32).view(torch.float32)[0].item()  # bits 0xFFC00001
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, float("inf"), -float("inf"), float("nan"), neg_nan,
+                            0.5, -0.5, 3.4e38, -3.4e38, 0.25])
+    rows = [special, torch.cat([special, special.flip(0)]),
+            1.0 + torch.rand(700, generator=g),  # one exponent: the top bytes are shared
+            torch.randn(5000, generator=g) * 1e3,
+            (torch.randn(3000, generator=g) * 4).round() / 8]  # many ties, negative: not counted
+    rows[3][::97] = float("nan")
+    for row in rows:
+        with native.disabled():
+            want = average_ranks(row)
+        got = average_ranks(row)
+        nan = row.isnan()
+        assert torch.equal(got[~nan], want[~nan]), row[:6]
+        # the NaNs take the last ranks: in position order here, in the order torch's unstable
+        # sort leaves them there
+        assert got[nan].tolist() == sorted(want[nan].tolist()) == list(range(len(row) - int(nan.sum()), len(row)))
+    # known answer: -inf, -3.4e38, -0.5, -1e-45, then 0 and -0 tie (ranks 4, 5 -> 4.5), 1e-45,
+    # 0.25, 0.5, 3.4e38, inf, and the NaNs in position order
+    assert average_ranks(special).tolist() == [4.5, 4.5, 6.0, 3.0, 10.0, 0.0, 11.0, 12.0, 8.0, 2.0, 9.0, 1.0, 7.0]
+
+
+@needs_native
 def test_small_integer_rows_are_ranked_by_counting_with_the_sorts_bits():
     """Head counts (small non-negative integers) take native.c's counting pass; a row with any
     other value (negative, fractional, 128 or more, NaN) the merge sort. Both against the torch

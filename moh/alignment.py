@@ -106,15 +106,13 @@ def spearman_rows(table: torch.Tensor) -> torch.Tensor:
     return r.clamp(-1.0, 1.0)
 
 
-def spearman_rows_at(y: torch.Tensor, rows: list[torch.Tensor], has: torch.Tensor,
-                     out32: int = 0) -> torch.Tensor | None:
+def spearman_rows_at(y: torch.Tensor, rows: list[torch.Tensor], has: torch.Tensor) -> torch.Tensor | None:
     """`spearman_rows(stack([y, *(row[has] for row in rows)]))`: y (N,) the values of the tokens
     the bool mask `has` (n_all,) marks, each of `rows` n_all values, one per token. In one C
     pass that reads the rows at the marked tokens itself (moh/native.c spearman_rows_at), the
     same bits: on a logged step the selection, the head counts' sum and the table's
     concatenation were half a dozen operators, each ~15-20 us there. None when the kernels
-    cannot take these tensors: the caller builds the table. `out32`: the address of
-    len(rows) float32 values that also receive the result rounded to float32 (0: none)."""
+    cannot take these tensors: the caller builds the table."""
     n, n_all, k = y.numel(), has.numel(), len(rows)
     kernels = native.for_tensors(y, *rows) if 2 <= n < EXACT_N and has.dtype == torch.bool else None
     if kernels is None or any(r.numel() != n_all for r in rows):
@@ -130,7 +128,7 @@ def spearman_rows_at(y: torch.Tensor, rows: list[torch.Tensor], has: torch.Tenso
     out, order = at + 8 * m, at + 8 * (m + k)
     found, table = order + 16 * n, order + 16 * n + 8
     kernels.spearman_rows_at(n_all, has.data_ptr(), n, y.data_ptr(), k, addresses.buffer_info()[0],
-                             table, order, order + 8 * n, at, out, out32 or None, found)
+                             table, order, order + 8 * n, at, out, None, found)
     marked = ctypes.c_int64.from_address(found).value
     if marked != n:
         raise ValueError(f"{n} token values for {marked} marked tokens")

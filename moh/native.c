@@ -812,6 +812,42 @@ void series_stats(int64_t n_all, const uint8_t *valid, int64_t n, int64_t S, con
     }
 }
 
+/* Every value the step record's `layers` entries need, for L layers of one step, in one call
+   (moh/monitor/stacked.py): head_count_stats, then series_stats, then, where `loss` is given,
+   spearman_rows_at of the loss (n_target values) against every layer's complexity rows
+   (complexity[l], n_all values) and head-count rows over the tokens `has` marks. out, float32:
+   the counts (L * n_all), the head-count statistics, the float series' block (series_stats:
+   R = S + (probs ? L : 0) rows, so 3 R values, then pred, then prob_mean where full), then where
+   loss is given the 2L correlations (complexity rows, then head-count rows). found[0]: the valid
+   tokens (0: only the counts written), found[1]: the marked ones (not n_target: no correlation
+   written, the caller raises). `scratch` (loss given): doubles for spearman_rows_at, (1 + 2L)
+   n_target ranks, 2L correlations, then 2 n_target int64 and the (1 + 2L) n_target float32 table. */
+void step_layers(int64_t L, int64_t n_all, int64_t H, const uint8_t *const *hard, const uint8_t *valid, int full,
+                 int64_t S, const float *const *series, int64_t Hp, const float *const *probs,
+                 const float *const *pred, const uint8_t *has, int64_t n_target, const float *loss,
+                 const float *const *complexity, double *scratch, float *out, int64_t *found) {
+    float *stats = out + L * n_all;
+    head_count_stats(L, n_all, H, hard, valid, full, out, stats, found);
+    found[1] = 0;
+    const int64_t n = found[0];
+    if (n == 0) return;
+    float *tail = stats + 4 * L + L * H + (full ? L * (H + 1) : 0);
+    series_stats(n_all, valid, n, S, series, L, Hp, probs, pred, full, tail);
+    if (!loss) return;
+    const int64_t R = S + (probs ? L : 0);
+    tail += 3 * R + (pred ? L : 0) + (probs && full ? L * Hp : 0);
+    const float *rows[2 * L];
+    for (int64_t l = 0; l < L; l++) {
+        rows[l] = complexity[l];
+        rows[L + l] = out + l * n_all;
+    }
+    const int64_t m = (1 + 2 * L) * n_target;
+    double *ranks = scratch, *corr = scratch + m;
+    int64_t *order = (int64_t *)(corr + 2 * L);
+    spearman_rows_at(n_all, has, n_target, loss, 2 * L, rows, (float *)(order + 2 * n_target), order,
+                     order + n_target, ranks, corr, tail, found + 1);
+}
+
 /* The per-group gradient norms of moh/optim.py GradNorms in one pass. Column c of the group
    table is squares[c] for c < T (each tensor's squared norm, float32: what the total norm for
    the clip sums), else fused row c - T: the rows of the fused tensors in order, fused[f] being

@@ -47,6 +47,7 @@ SIGNATURES = {  # argument types, in the C declarations' order
     "rank_quantiles_at": [_I, _P, _I, _P, _P, _P, _P, _P],
     "series_stats": [_I, _P, _I, _I, _P, _I, _I, _P, _P, ctypes.c_int, _P],
     "group_norms": [_I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P],
+    "step_layers": [_I, _I, _I, _P, _P, ctypes.c_int, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P],
 }
 
 _lib: ctypes.CDLL | None = None

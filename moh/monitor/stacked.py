@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .. import native, schema
-from ..alignment import spearman_rows, spearman_rows_at
+from ..alignment import EXACT_N, spearman_rows, spearman_rows_at
 from ..routing import Routing
 
 _F32 = torch.float32
@@ -74,62 +74,66 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 _STD_GRAIN = 32768
 
 
-def _head_counts_native(rs: list[Routing], v: torch.Tensor, H: int, full: bool, tail: int
-                        ) -> tuple[torch.Tensor, int] | None:
-    """One float32 buffer: every token's head count (L * B*T: (L, B*T) at its start), the
-    head-count statistics laid out as rows() reads them, and `tail` values more for the rest of
-    the record, filled by one pass of native.c head_count_stats over the layers' selections;
-    with the number of valid tokens. None where the kernel cannot take them (the caller's torch
-    ops)."""
-    BT = v.numel()
-    if BT >= _STD_GRAIN or BT * H >= 2 ** 24 or H > native.MAX_HEADS or not v.is_cpu:
-        return None
-    for r in rs:
-        if r.hard.dtype is not torch.bool or not r.hard.is_cpu or not r.hard.is_contiguous():
-            return None
-    kernels = native.lib()
-    if kernels is None:
-        return None
-    v = v if v.is_contiguous() else v.contiguous()
-    L = len(rs)
-    buf = torch.empty(L * BT + _count_stats(L, H, full) + tail, dtype=_F32)
-    hards, found = array.array("q", [r.hard.data_ptr() for r in rs]), array.array("q", [0])
-    at = buf.data_ptr()
-    kernels.head_count_stats(L, BT, H, hards.buffer_info()[0], v.data_ptr(), int(full), at, at + 4 * L * BT,
-                             found.buffer_info()[0])
-    return buf, found[0]
-
-
 def _count_stats(L: int, H: int, full: bool) -> int:
     """How many head-count statistics a record has: mean, min, max, std (L each), head_load
     (L * H), heads_hist (L * (H + 1), full)."""
     return 4 * L + L * H + (L * (H + 1) if full else 0)
 
 
-def _series_native(rs: list[Routing], per_token: list[str], v: torch.Tensor, n: int, full: bool,
-                   at: int) -> bool:
-    """The float series' mean / min / max rows, pred_norm and (full) prob_mean, written at the
-    address `at` as rows() lays them out, by one pass of native.c series_stats; False (nothing
-    written) where the kernel cannot take the fields."""
-    r0 = rs[0]
-    fields = [getattr(r, a) for a in per_token for r in rs]
-    probs = [r.probs for r in rs] if r0.probs is not None else []
+def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list[str],
+                 has_target: torch.Tensor | None, token_loss: torch.Tensor | None, aligned: bool
+                 ) -> tuple[list[float], int] | None:
+    """Every value of the layers' entries after the head counts, laid out as _assemble reads
+    them, and the number of valid tokens (0: nothing but that), from one call of native.c
+    step_layers; None where the kernels cannot take the fields (the caller's torch ops)."""
+    BT, r0, L = v.numel(), rs[0], len(rs)
+    H = r0.hard.shape[-1]
+    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
+    if BT >= _STD_GRAIN or BT * H >= 2 ** 24 or max(H, Hp) > native.MAX_HEADS or not v.is_cpu:
+        return None
+    # (dense's selection is an expanded view of one row: one copy)
+    hards = [r.hard if r.hard.is_contiguous() else r.hard.contiguous() for r in rs]
+    series = [getattr(r, a) for a in per_token for r in rs]
+    probs = [r.probs for r in rs] if Hp else []
     preds = [r.pred_norm for r in rs] if r0.pred_norm is not None else []
-    if probs and r0.probs.shape[-1] > native.MAX_HEADS:
-        return False
-    for t in (*fields, *probs, *preds):
+    if r0.hard.dtype is not torch.bool:  # (stackable: every layer's dtypes alike, not devices)
+        return None
+    for t in hards:
+        if not t.is_cpu:
+            return None
+    for t in (*series, *probs, *preds):
         if t.dtype is not _F32 or not t.is_cpu or not t.is_contiguous():
-            return False
+            return None
     kernels = native.lib()
     if kernels is None:
-        return False
-    series = array.array("q", [t.data_ptr() for t in fields])
-    p = array.array("q", [t.data_ptr() for t in probs])
-    pred = array.array("q", [t.data_ptr() for t in preds])
-    kernels.series_stats(v.numel(), v.data_ptr(), n, len(fields), series.buffer_info()[0] if fields else None,
-                         len(rs), r0.probs.shape[-1] if probs else 0, p.buffer_info()[0] if probs else None,
-                         pred.buffer_info()[0] if preds else None, int(full), at)
-    return True
+        return None
+    v = v if v.is_contiguous() else v.contiguous()
+    # the loss alignment in the same call where the kernel ranks these targets, else after it
+    n_t = token_loss.numel() if aligned else 0
+    loss = _f32(token_loss).reshape(-1) if aligned else None
+    in_call = aligned and 2 <= n_t < EXACT_N and has_target.is_cpu and loss.is_cpu and loss.is_contiguous()
+    cx = [r.complexity for r in rs] if aligned else []
+    S, R = len(series), len(series) + (L if Hp else 0)
+    end = L * BT + _count_stats(L, H, full) + 3 * R + len(preds) + (L * Hp if full else 0)
+    buf = torch.empty(end + (2 * L if aligned else 0), dtype=_F32)
+    m = (1 + 2 * L) * n_t
+    scratch = torch.empty(m + 2 * L + 2 * n_t + (m + 1) // 2, dtype=torch.float64) if in_call else None
+    at = array.array("q", [t.data_ptr() for t in (*hards, *series, *probs, *preds, *cx)])
+    found = array.array("q", [0, 0])
+    a = at.buffer_info()[0]
+    addr = [a, a + 8 * L, a + 8 * (L + S), a + 8 * (L + S + len(probs)), a + 8 * (L + S + len(probs) + len(preds))]
+    has = has_target if in_call and has_target.is_contiguous() else (has_target.contiguous() if in_call else None)
+    kernels.step_layers(L, BT, H, addr[0], v.data_ptr(), int(full), S, addr[1] if S else None, Hp,
+                        addr[2] if Hp else None, addr[3] if preds else None, has.data_ptr() if in_call else None,
+                        n_t, loss.data_ptr() if in_call else None, addr[4] if in_call else None,
+                        scratch.data_ptr() if in_call else None, buf.data_ptr(), found.buffer_info()[0])
+    if found[0] == 0:
+        return [], 0
+    if in_call and found[1] != n_t:
+        raise ValueError(f"{n_t} token values for {found[1]} marked tokens")
+    if aligned and not in_call:  # (fewer than 2 targets, or too many to rank exactly)
+        buf[end:] = _alignment(cx, buf[:L * BT].view(L, BT), has_target, token_loss)
+    return buf[L * BT:].tolist(), found[0]
 
 
 def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: bool,
@@ -153,42 +157,22 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     # the bit)
     per_token = [a for a in ("tau", "complexity") if getattr(r0, a) is not None]
     aligned = has_target is not None and token_loss is not None and "complexity" in per_token
-    S = L * (len(per_token) + (Hp > 0))
-    tail = 3 * S + (L if r0.pred_norm is not None else 0) + (L * Hp if full else 0) + (2 * L if aligned else 0)
-    # The head counts: every token's (L, B*T; small integers, exact in float32: the alignment
-    # reads its target tokens), and their statistics over the valid tokens, `cstats`: mean, min,
-    # max and std per layer, head_load, heads_hist (full). In C where it can, into one buffer
-    # that the other C passes fill after them; else torch ops.
-    native_counts = _head_counts_native(rs, v, H, full, tail)
-    if native_counts is not None:
-        buf, N = native_counts
-        counts_all = buf[:L * BT].view(L, BT)
-        if N == 0:  # the reference's min() of no tokens raises: let it say so
+    in_c = _values_in_c(rs, v, full, per_token, has_target, token_loss, aligned)
+    if in_c is not None:
+        vals, n = in_c
+        if n == 0:  # the reference's min() of no tokens raises: let it say so
             return None
-        at = L * BT + _count_stats(L, H, full)
-        if _series_native(rs, per_token, v, N, full, buf.data_ptr() + 4 * at):
-            # every value in the buffer: the alignment's too, or copied in after
-            corr = None
-            if aligned:
-                corr = _alignment([r.complexity for r in rs], counts_all, has_target, token_loss,
-                                  out32=buf.data_ptr() + 4 * (buf.numel() - 2 * L))
-                if corr is not None:
-                    buf[-2 * L:] = corr
-            vals = buf[L * BT:].tolist()
-            return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
-        cstats = buf[L * BT:at]
-        idx = None if N == BT else v.nonzero().squeeze(1)  # (None: every token is valid)
-        series = []
-    else:
-        idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
-        N = idx.numel()
-        if N == 0:
-            return None
-        hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
-        hard = _take(hard_all, idx, BT)  # (L, N, H) bool
-        counts_all = hard_all.sum(-1, dtype=_F32)
-        counts = _take(counts_all, idx, BT)  # (L, N)
-        series = [counts]  # its mean / min / max from the table below
+        return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
+    # torch ops: the head counts, every token's (L, B*T) and over the valid tokens
+    idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
+    N = idx.numel()
+    if N == 0:
+        return None
+    hard_all = torch.stack([r.hard for r in rs]).reshape(L, -1, H)  # (L, B*T, H) bool
+    hard = _take(hard_all, idx, BT)  # (L, N, H) bool
+    counts_all = hard_all.sum(-1, dtype=_F32)  # small integers, exact in float32
+    counts = _take(counts_all, idx, BT)  # (L, N)
+    series = [counts]
     # one mean and one aminmax serve all layers and fields; the means in float64, rounded once
     # (as routing.layer_stats: the value does not depend on the sum's order). The head counts'
     # sums are exact integers, their float64 quotient rounds to the float32 one.
@@ -200,53 +184,44 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
     if Hp:
         p = _take(torch.stack([r.probs for r in rs]).reshape(L, -1, Hp), idx, BT).double()  # (L, N, Hp)
         series.append((p * p.clamp_min(1e-12).log()).sum(-1))
-    flat: list[torch.Tensor] = []
-    if series:
-        table = torch.cat(series) if len(series) > 1 else series[0]
-        mean = table.double().mean(-1)
-        lo, hi = table.aminmax(dim=-1)
-    if native_counts is not None:
-        flat.append(cstats)
-    else:
-        # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
-        # guaranteed to round alike
-        std = torch.stack([c.std(unbiased=False) for c in counts.unbind()])  # (one op for the rows)
-        # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
-        flat += [mean[:L], lo[:L], hi[:L], std, hard.sum(1, dtype=_F32) / N]
-        mean, lo, hi = mean[L:], lo[L:], hi[L:]
-        if full:
-            # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
-            off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
-            bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
-            flat.append(bins.float() / N)
-    if per_token or p is not None:  # the float series' rows (after the counts' on the torch path)
-        flat += [mean, lo, hi]
+    table = torch.cat(series) if len(series) > 1 else series[0]
+    mean = table.double().mean(-1)
+    lo, hi = table.aminmax(dim=-1)
+    # std stays per layer: a 1-d std() (all-reduce kernel) and a row-wise std(-1) are not
+    # guaranteed to round alike
+    std = torch.stack([c.std(unbiased=False) for c in counts.unbind()])  # (one op for the rows)
+    # head_load: mean() is sum() then a division by N; the sums of 0/1 are exact either way
+    flat = [mean[:L], lo[:L], hi[:L], std, hard.sum(1, dtype=_F32) / N]
+    if full:
+        # one bincount for every layer: layer l's counts (0..H) offset into bins l * (H + 1)
+        off = torch.arange(L, device=counts.device).unsqueeze(1) * (H + 1)
+        bins = torch.bincount((counts.long() + off).reshape(-1), minlength=L * (H + 1))
+        flat.append(bins.float() / N)
+    if per_token or p is not None:  # the float series' rows
+        flat += [mean[L:], lo[L:], hi[L:]]
     if r0.pred_norm is not None:
         flat.append(torch.stack([r.pred_norm for r in rs]))  # (L,) or (L, 1): one value each
     if full and p is not None:
         flat.append(p.mean(1))
-    corr = None
     if aligned:
-        corr = _alignment(list(tc_all[per_token.index("complexity") * L:]), counts_all, has_target, token_loss)
-        flat.append(corr)
+        flat.append(_alignment([r.complexity for r in rs], counts_all, has_target, token_loss))
     # one host sync for every value of the step
     vals = torch.cat([_f32(t if t.dim() == 1 else t.reshape(-1)) for t in flat]).tolist()
     return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
 
 
 def _alignment(complexity: list[torch.Tensor], counts_all: torch.Tensor, has_target: torch.Tensor,
-               token_loss: torch.Tensor, out32: int = 0) -> torch.Tensor | None:
+               token_loss: torch.Tensor) -> torch.Tensor:
     """complexity_loss_corr and heads_loss_corr of every layer (as alignment.loss_alignment),
     (2L,) float64: complexity rows, then head-count rows. One (1 + 2L, N) table over the target
     tokens, ranked once. complexity: each layer's per-token complexity (B*T values each);
-    counts_all (L, B*T): every token's head count. `out32`: where the C pass also writes them
-    as float32 (then None is returned: the caller has them), else 0."""
+    counts_all (L, B*T): every token's head count."""
     loss = token_loss.detach() if token_loss.requires_grad else token_loss  # (no no-op dispatch)
     has = has_target.reshape(-1)
     cx = [_f32(c) for c in complexity]
-    corr = spearman_rows_at(_f32(loss).reshape(-1), [*cx, *counts_all], has, out32)
+    corr = spearman_rows_at(_f32(loss).reshape(-1), [*cx, *counts_all], has)
     if corr is not None:  # one C pass reads the target tokens itself
-        return None if out32 else corr
+        return corr
     tidx = has.nonzero().squeeze(1)
     table = torch.cat([_f32(loss).reshape(1, -1), torch.stack([c.reshape(-1) for c in cx]).index_select(1, tidx),
                        counts_all.index_select(1, tidx)])

@@ -70,29 +70,28 @@ def real_step(tiny_cfg, router, steps=3, padded=True):
 @pytest.mark.parametrize("kernels", ["native", "torch"])
 def test_stacked_rows_are_the_reference_to_the_bit(tiny_cfg, router, full, padded, kernels, monkeypatch):
     parts, has_target, token_loss = real_step(tiny_cfg, router, padded=padded)
-    series_in_c = spy_series(monkeypatch)
+    in_c = spy_c(monkeypatch)
     for ht, tl in ((None, None), (has_target, None), (has_target, token_loss)):
         with native.disabled() if kernels == "torch" else contextlib.nullcontext():
             fast = stacked.rows(parts, [0, 1], full, ht, tl)
         assert fast is not None  # same shapes: the stacked path is taken
         assert text(fast) == text(reference(parts, [0, 1], full, ht, tl))
-    # the path named is the one run (dense's selection is an expanded view of one row, which the
-    # C counting pass does not take: its torch ops run, and the float series with them)
-    assert series_in_c == ([True] * 3 if kernels == "native" and router != "dense" else [])
+    assert in_c == [kernels == "native"] * 3  # the path named is the one run
     if router == "adaptive":  # the alignment values are measured, not null, on this step
         assert isinstance(fast[0]["complexity_loss_corr"], float)
         assert fast[0]["complexity_loss_corr"] != fast[1]["complexity_loss_corr"]
 
 
-def spy_series(monkeypatch) -> list[bool]:
-    """What each stacked._series_native call answered (True: the C pass wrote the float series)."""
+def spy_c(monkeypatch) -> list[bool]:
+    """What each stacked._values_in_c call answered (True: native.c step_layers made the values)."""
     calls: list[bool] = []
-    real = stacked._series_native
+    real = stacked._values_in_c
 
     def spy(*args):
-        calls.append(real(*args))
-        return calls[-1]
-    monkeypatch.setattr(stacked, "_series_native", spy)
+        got = real(*args)
+        calls.append(got is not None)
+        return got
+    monkeypatch.setattr(stacked, "_values_in_c", spy)
     return calls
 
 
@@ -101,7 +100,7 @@ def test_random_float_fields_of_many_sizes_match_the_reference(kernels, monkeypa
     # thresholds, complexities and probabilities with no exact sums: each row-wise mean (in C, a
     # double sum in token order; in torch, a float64 row-wise mean) must round as the per-layer
     # 1-d float64 mean does, at sizes below and above the kernels' blocks
-    series_in_c = spy_series(monkeypatch)
+    in_c = spy_c(monkeypatch)
     g = torch.Generator().manual_seed(1)
     for n in (1, 2, 7, 31, 224, 1000, 4099):
         valid = torch.rand(n, generator=g) > 0.2
@@ -119,39 +118,47 @@ def test_random_float_fields_of_many_sizes_match_the_reference(kernels, monkeypa
             with native.disabled() if kernels == "torch" else contextlib.nullcontext():
                 fast = stacked.rows(parts, [3, 5, 9], full, has_target, loss)
             assert text(fast) == text(reference(parts, [3, 5, 9], full, has_target, loss)), n
-    assert series_in_c == ([True] * 14 if kernels == "native" else [])
+    assert in_c == [kernels == "native"] * 14
 
 
-@pytest.mark.skipif(native.lib() is None, reason="no C compiler: the torch path is tested")
-def test_series_stats_known_answers():
-    """native.c series_stats through stacked._series_native: means, extremes, the entropy term,
-    pred_norm and prob_mean over the valid tokens only, on values with known answers; a NaN in
-    a valid token makes its row NaN, one in a padding token is not read; a field the kernel
-    cannot take (float64, strided) writes nothing."""
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_known_answers_of_every_field(kernels):
+    """Both paths (native.c step_layers, the torch ops) on values with known answers: means,
+    extremes, the entropy, pred_norm, prob_mean and the head counts over the valid tokens
+    only; a NaN in a valid token makes its field NaN, one in a padding token is not read."""
     valid = torch.tensor([True, False, True, True])
     tau = torch.tensor([1.0, 100.0, 2.0, 4.0])
-    cx = torch.tensor([0.5, float("nan"), float("nan"), 0.25])
     probs = torch.tensor([[0.5, 0.5], [float("nan"), 1.0], [1.0, 0.0], [0.25, 0.75]])
-    r = Routing(hard=probs > 0.4, probs=probs, tau=tau, complexity=cx, pred_norm=torch.tensor(3.5))
-    r2 = Routing(hard=probs > 0.4, probs=probs.flip(-1).contiguous(), tau=tau * 2, complexity=tau,
-                 pred_norm=torch.tensor(-1.0))
-    out = torch.full((3 * 6 + 2 + 4,), -7.0)
-    assert stacked._series_native([r, r2], ["tau", "complexity"], valid, 3, True, out.data_ptr())
-    mean, lo, hi, tail = out[:6].tolist(), out[6:12].tolist(), out[12:18].tolist(), out[18:].tolist()
-    plogp = 0.5 * math.log(0.5) * 2 + 0.0 + 0.25 * math.log(0.25) + 0.75 * math.log(0.75)  # (1e-12 clamp: 0 log 0 = 0)
+    hard = probs > 0.4  # valid tokens use 2, 1 and 1 heads (the padding token 1)
+    parts = [(Routing(hard=hard, probs=probs, tau=tau, complexity=torch.tensor([0.5, 0.0, float("nan"), 0.25]),
+                      pred_norm=torch.tensor(3.5)), valid),
+             (Routing(hard=hard.flip(-1).contiguous(), probs=probs.flip(-1).contiguous(), tau=tau * 2,
+                      complexity=tau, pred_norm=torch.tensor(-1.0)), valid)]
+    with native.disabled() if kernels == "torch" else contextlib.nullcontext():
+        a, b = stacked.rows(parts, [0, 1], True, None, None)
     f32 = lambda x: torch.tensor(x, dtype=torch.float64).float().item()  # noqa: E731
-    # rows: tau, tau * 2, complexity (NaN in a valid token), complexity = tau, then p log p twice
-    assert mean[:2] == [f32(7 / 3), f32(14 / 3)] and lo[:2] == [1.0, 2.0] and hi[:2] == [4.0, 8.0]
-    assert all(x != x for x in (mean[2], lo[2], hi[2]))  # NaN in token 2 (valid); token 1's is skipped
-    assert (mean[3], lo[3], hi[3]) == (f32(7 / 3), 1.0, 4.0)
-    assert mean[4] == mean[5] == f32(plogp / 3) and (lo[4], hi[4]) == (f32(math.log(0.5)), 0.0)
-    # pred_norm, then prob_mean: (0.5 + 1 + 0.25) / 3 and (0.5 + 0 + 0.75) / 3, flipped in layer 2
-    assert tail == [3.5, -1.0, f32(1.75 / 3), f32(1.25 / 3), f32(1.25 / 3), f32(1.75 / 3)]
-    out.fill_(-7.0)
-    for bad in (r.tau.double(), torch.rand(8)[::2]):
-        assert not stacked._series_native([Routing(hard=r.hard, tau=bad), Routing(hard=r.hard, tau=bad)], ["tau"],
-                                          valid, 3, False, out.data_ptr())
-    assert out.eq(-7.0).all()
+    plogp = 0.5 * math.log(0.5) * 2 + 0.0 + 0.25 * math.log(0.25) + 0.75 * math.log(0.75)  # 0 log 0 = 0
+    assert (a["threshold_mean"], a["threshold_min"], a["threshold_max"]) == (f32(7 / 3), 1.0, 4.0)
+    assert (b["threshold_mean"], b["threshold_min"], b["threshold_max"]) == (f32(14 / 3), 2.0, 8.0)
+    assert all(a[f] != a[f] for f in ("complexity_mean", "complexity_min", "complexity_max"))  # NaN
+    assert (b["complexity_mean"], b["complexity_min"], b["complexity_max"]) == (f32(7 / 3), 1.0, 4.0)
+    assert a["entropy"] == b["entropy"] == -f32(plogp / 3) and (a["pred_norm"], b["pred_norm"]) == (3.5, -1.0)
+    assert a["prob_mean"] == [f32(1.75 / 3), f32(1.25 / 3)] and b["prob_mean"] == [f32(1.25 / 3), f32(1.75 / 3)]
+    assert (a["heads_mean"], a["heads_min"], a["heads_max"]) == (f32(4 / 3), 1.0, 2.0)
+    assert a["heads_std"] == f32(math.sqrt(2 / 9)) and a["head_load"] == b["head_load"] == [f32(2 / 3)] * 2
+    assert a["heads_hist"] == b["heads_hist"] == [0.0, f32(2 / 3), f32(1 / 3)]
+
+
+def test_fields_the_kernels_cannot_take_go_to_the_torch_ops(monkeypatch):
+    """float64 or strided fields: step_layers is not called (it reads float32 rows), the torch
+    ops answer, the same values as the reference."""
+    in_c = spy_c(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    valid = torch.rand(50, generator=g) > 0.2
+    for bad in (torch.rand(50, generator=g).double(), torch.rand(100, generator=g)[::2]):
+        parts = [(Routing(hard=torch.rand(50, 4, generator=g) > 0.5, tau=bad), valid) for _ in range(2)]
+        assert text(stacked.rows(parts, [0, 1], False, None, None)) == text(reference(parts, [0, 1], False, None, None))
+    assert in_c == [False, False]
 
 
 def test_head_counts_of_many_values_match_the_reference_in_c_and_past_its_limits():

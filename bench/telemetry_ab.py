@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _engine import Trainer, load_avg, write_json  # noqa: E402
-from moh import schema, threads  # noqa: E402
+from moh import heap, schema, threads  # noqa: E402
 from moh.config import Config  # noqa: E402
 from moh.data import load_corpus  # noqa: E402
 from moh.losses import TERMS, WEIGHT_KEYS  # noqa: E402
@@ -86,6 +86,11 @@ class Recording(Trainer):
 def measure(cfg: Config, corpus, periods: int, tmp: str) -> dict:
     a = Recording(cfg, corpus, tmp, cfg.log_every)
     b = Recording(cfg, corpus, None, 10 ** 9)
+    with heap.frozen():  # as moh train, once set up
+        return _measure(a, b, cfg, periods)
+
+
+def _measure(a: Recording, b: Recording, cfg: Config, periods: int) -> dict:
     batches = a.batches
     k = cfg.log_every
     for i in range(2 * k):  # warm both (first steps allocate, build the kernels)

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, native, schema, threads
+from . import distributed, heap, native, schema, threads
 from .atomic import replacing
 from .config import Config
 from .data import Corpus, count_truncated, load_corpus, make_batches
@@ -172,6 +172,8 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
               (schema.PHASE_INSTRUCT, ins_seqs, cfg.instruct_epochs, cfg.instruct_lr, cfg.instruct_batch_size)]
     phase_names = [p[0] for p in phases]
     stop = ckpt.GracefulStop().__enter__()  # handlers restored in `finally`
+    frozen = heap.frozen()  # set up: what lives now lives for the run, out of full GC passes (moh/heap.py)
+    frozen.__enter__()
     try:
         for p_idx, (phase, seqs, epochs, peak, bsz) in enumerate(phases):
             if at is not None and p_idx < at["phase"]:
@@ -204,6 +206,7 @@ def train(cfg: Config, out_dir: str | os.PathLike | None = None, *, sink: Sink |
         raise
     finally:
         stop.__exit__(None, None, None)
+        frozen.__exit__(None, None, None)
         step = max(step, result.steps)  # _run_phase counts steps in result.steps as it goes
         result.steps, result.wall_s = step, time.time() - t0
         ending = result.status != schema.STATUS_COMPLETED  # an exception may be on its way out

@@ -236,6 +236,8 @@ class GradNorms:
         self._rows = array.array("q", [self.params[i].shape[0] for i in self.fused])
         self._widths = array.array("q", [self.params[i].numel() // max(self.params[i].shape[0], 1)
                                          for i in self.fused])
+        self._out: array.array | None = None
+        self._scratch: array.array | None = None
 
     def membership(self, device: torch.device) -> torch.Tensor:
         """(groups, columns) 0/1: which squares each group sums."""
@@ -262,11 +264,12 @@ class GradNorms:
             grads = [zero if g is None else g.float() for g in raw]
         squares = torch.stack(torch._foreach_norm(grads)).square()  # (tensors,)
         total = squares.sum().sqrt()
+        measured: list = []  # every group's norm once measured: floats (C) or a (groups,) tensor
         per_group: dict[str, torch.Tensor] = {}
 
         def measure() -> None:
             """Every group's norm from the gradients as they are now (once)."""
-            if per_group:
+            if measured:
                 return
             values = self._measure_c(squares, grads, raw)
             if values is None:  # the torch formulation
@@ -274,41 +277,56 @@ class GradNorms:
                 # (one dispatch squares every row vector: _foreach_pow by 2 is square(), bit for bit)
                 cols = torch.cat([squares, *torch._foreach_pow(row_norms, 2)]) if row_norms else squares
                 values = (self.membership(cols.device) @ cols).sqrt()
-            per_group.update(zip(self.members, values.unbind()))
+            measured.append(values)
 
         def norm_of(group: str) -> torch.Tensor | None:
             if not self.groups[group]:
                 return None
             measure()  # every group at once, on the first read
+            if not per_group:
+                values = measured[0]
+                per_group.update(zip(self.members, values.unbind() if isinstance(values, torch.Tensor)
+                                     else (torch.tensor(v) for v in values)))
             return per_group[group]
+
+        def as_floats() -> dict[str, float | None] | None:
+            measure()
+            values = measured[0]
+            if isinstance(values, torch.Tensor):
+                if not values.is_cpu:
+                    return None
+                values = values.tolist()
+            return {g: v if self.groups[g] else None for g, v in zip(self.members, values)}
 
         # measured now or at measure(): the optimizer's clip divides the gradients in place
         # later, and the groups are only wanted on logged steps
         if rows:
             measure()
-        return total, GroupNorms(self.groups, norm_of, measure)
+        return total, GroupNorms(self.groups, norm_of, measure, as_floats)
 
-    def _measure_c(self, squares: torch.Tensor, grads: list[torch.Tensor], raw: list) -> torch.Tensor | None:
-        """Every group's norm, (groups,) float32, by native.c group_norms where it can take the
-        gradients (float32, contiguous, on the CPU), else None (the torch formulation): one
-        pass instead of the row norms, their squares, a concatenation, the membership product
-        and the square root (~100 us a logged step inside a training step). Each group's
-        squares are summed in double and square-rooted once: the torch formulation's values to
-        float32 rounding (here the fused rows' squares never go through a rounded norm)."""
+    def _measure_c(self, squares: torch.Tensor, grads: list[torch.Tensor], raw: list) -> list[float] | None:
+        """Every group's norm (float32 values as Python floats, in group order), by native.c
+        group_norms where it can take the gradients (float32, contiguous, on the CPU), else None
+        (the torch formulation): one pass instead of the row norms, their squares, a
+        concatenation, the membership product and the square root (~100 us a logged step inside
+        a training step). Each group's squares are summed in double and square-rooted once: the
+        torch formulation's values to float32 rounding (here the fused rows' squares never go
+        through a rounded norm)."""
         fused = [grads[i] if raw[i] is not None else None for i in self.fused]
         if not squares.is_cpu or any(g is not None and (not g.is_cpu or not g.is_contiguous()) for g in fused):
             return None
         kernels = native.lib()
         if kernels is None:
             return None
+        if self._out is None:  # the output and the double scratch, made once (read out as floats below)
+            self._out = array.array("f", bytes(4 * len(self.members)))
+            self._scratch = array.array("d", bytes(8 * (self.columns - len(self.params))))
         addresses = array.array("q", [0 if g is None else g.data_ptr() for g in fused])
-        T, G = len(self.params), len(self.members)
-        buf = torch.empty(G + 2 * (self.columns - T) + 1, dtype=torch.float32)  # out, then a double scratch
-        at = buf.data_ptr()
-        kernels.group_norms(T, squares.data_ptr(), len(fused), _address(addresses), _address(self._rows),
-                            _address(self._widths), G, _address(self._starts), _address(self._cols),
-                            at + 4 * G + (4 * G) % 8, at)  # (the scratch 8-byte aligned)
-        return buf[:G]
+        kernels.group_norms(len(self.params), squares.data_ptr(), len(fused), _address(addresses),
+                            _address(self._rows), _address(self._widths), len(self.members),
+                            _address(self._starts), _address(self._cols), _address(self._scratch),
+                            _address(self._out))
+        return self._out.tolist()
 
 
 def _address(a: array.array) -> int:
@@ -319,11 +337,19 @@ def _address(a: array.array) -> int:
 class GroupNorms(LazyValues):
     """The per-group norms of one `GradNorms` call, made on first read. `measure()` measures
     them now where the call did not (rows=False), e.g. before a clip when a step turns out to
-    be logged after all."""
+    be logged after all. `floats()`: all of them as Python floats from one read."""
 
-    def __init__(self, keys, value_of, measure: Callable[[], None] = lambda: None):
+    def __init__(self, keys, value_of, measure: Callable[[], None] = lambda: None,
+                 as_floats: Callable[[], "dict[str, float | None] | None"] = lambda: None):
         super().__init__(keys, value_of)
         self.measure = measure
+        self._as_floats = as_floats
+
+    def floats(self) -> dict[str, float | None] | None:
+        """{group: norm as a float, None for a group without parameters}, read from the one CPU
+        tensor that holds them all (no tensor per group, no stacking: ~25 us of a logged step);
+        None where they are elsewhere (read them one by one, as `recorder.floats` batches)."""
+        return self._as_floats()
 
 
 def grad_norms(groups: Mapping[str, list]) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | None]]:

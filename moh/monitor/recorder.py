@@ -34,7 +34,7 @@ import torch.nn as nn
 from .. import distributed, layer_sums, schema
 from ..alignment import FIELDS as ALIGNMENT_FIELDS
 from ..alignment import loss_alignment
-from ..optim import GradNorms
+from ..optim import GradNorms, GroupNorms
 from ..routing import Routing, layer_stats
 from ..telemetry import JsonlSink, Sink
 from . import groups as grouping
@@ -352,14 +352,17 @@ class Recorder:
             norms = self._grad_norms() if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
         norm, per = norms
         layers = self._layer_rows(acc, token_loss, has_target)
-        # every scalar of the record in one host read
-        groups = list(per)
+        # every scalar of the record in one host read (the group norms in their own where they
+        # are in one CPU tensor already)
+        per_f = per.floats() if isinstance(per, GroupNorms) else None
+        by_group = [] if per_f is not None else [per[g] for g in per]
         aux_, weighted = aux or {}, aux_weighted or {}
-        values = floats([lm_loss, lr, norm, grad_norm_clipped, *(per[g] for g in groups),
+        values = floats([lm_loss, lr, norm, grad_norm_clipped, *by_group,
                          *(aux_.get(t) for t in schema.AUX_TERMS), *(weighted.get(t) for t in schema.AUX_TERMS)])
         lm_loss_f, lr_f, norm_f, clipped_f = values[:4]
-        at = 4 + len(groups)
-        per_f = dict(zip(groups, values[4:at]))
+        at = 4 + len(by_group)
+        if per_f is None:
+            per_f = dict(zip(per, values[4:at]))
         aux_f = dict(zip(schema.AUX_TERMS, values[at:at + len(schema.AUX_TERMS)]))
         weighted_f = dict(zip(schema.AUX_TERMS, values[at + len(schema.AUX_TERMS):]))
         if aux_weights is not None:

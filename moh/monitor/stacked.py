@@ -110,14 +110,18 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
     v = v if v.is_contiguous() else v.contiguous()
     # the loss alignment in the same call where the kernel ranks these targets, else after it
     n_t = token_loss.numel() if aligned else 0
-    loss = _f32(token_loss).reshape(-1) if aligned else None
+    loss = None
+    if aligned:
+        loss = _f32(token_loss)
+        loss = loss if loss.dim() == 1 else loss.reshape(-1)
     in_call = aligned and 2 <= n_t < EXACT_N and has_target.is_cpu and loss.is_cpu and loss.is_contiguous()
     cx = [r.complexity for r in rs] if aligned else []
     S, R = len(series), len(series) + (L if Hp else 0)
     end = L * BT + _count_stats(L, H, full) + 3 * R + len(preds) + (L * Hp if full else 0)
-    buf = torch.empty(end + (2 * L if aligned else 0), dtype=_F32)
+    # plain arrays: read out as floats below, nothing holds them after this call
+    buf = array.array("f", bytes(4 * (end + (2 * L if aligned else 0))))
     m = (1 + 2 * L) * n_t
-    scratch = torch.empty(m + 2 * L + 2 * n_t + (m + 1) // 2, dtype=torch.float64) if in_call else None
+    scratch = array.array("d", bytes(8 * (m + 2 * L + 2 * n_t + (m + 1) // 2))) if in_call else None
     at = array.array("q", [t.data_ptr() for t in (*hards, *series, *probs, *preds, *cx)])
     found = array.array("q", [0, 0])
     a = at.buffer_info()[0]
@@ -126,13 +130,14 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
     kernels.step_layers(L, BT, H, addr[0], v.data_ptr(), int(full), S, addr[1] if S else None, Hp,
                         addr[2] if Hp else None, addr[3] if preds else None, has.data_ptr() if in_call else None,
                         n_t, loss.data_ptr() if in_call else None, addr[4] if in_call else None,
-                        scratch.data_ptr() if in_call else None, buf.data_ptr(), found.buffer_info()[0])
+                        scratch.buffer_info()[0] if in_call else None, buf.buffer_info()[0], found.buffer_info()[0])
     if found[0] == 0:
         return [], 0
     if in_call and found[1] != n_t:
         raise ValueError(f"{n_t} token values for {found[1]} marked tokens")
     if aligned and not in_call:  # (fewer than 2 targets, or too many to rank exactly)
-        buf[end:] = _alignment(cx, buf[:L * BT].view(L, BT), has_target, token_loss)
+        counts_all = torch.frombuffer(buf, dtype=_F32, count=L * BT).view(L, BT)
+        buf[end:] = array.array("f", _alignment(cx, counts_all, has_target, token_loss).tolist())
     return buf[L * BT:].tolist(), found[0]
 
 

@@ -318,6 +318,10 @@ def test_row_blocks_split_a_fused_tensor_between_groups():
     assert total.item() == pytest.approx(math.sqrt(9 + 16 + 144 + 4 + 25 + 1))
     model.gate.weight.grad.mul_(0.5)  # clipped in place later: the norms were taken before
     assert per["router"].item() == pytest.approx(5.0) and per["threshold"].item() == pytest.approx(13.0)
+    # all at once as floats (the step record's read): the same values, None without parameters
+    as_floats = per.floats()
+    assert as_floats == {g: None if per[g] is None else per[g].item() for g in per}
+    assert list(as_floats) == list(per) and as_floats["complexity"] is None and as_floats["router"] > 0
 
 
 @pytest.mark.usefixtures("both_kernels")

@@ -149,6 +149,26 @@ def test_known_answers_of_every_field(kernels):
     assert a["heads_hist"] == b["heads_hist"] == [0.0, f32(2 / 3), f32(1 / 3)]
 
 
+def test_an_alignment_the_call_cannot_rank_is_made_after_it(monkeypatch):
+    """One target token (nothing to rank) or a strided target mask: step_layers makes the rest
+    and the alignment comes from alignment.py after it: null for one token, values for the
+    strided mask, as the reference."""
+    in_c = spy_c(monkeypatch)
+    g = torch.Generator().manual_seed(6)
+    valid = torch.ones(40, dtype=torch.bool)
+    parts = [(Routing(hard=torch.rand(40, 4, generator=g) > 0.5, tau=torch.rand(40, generator=g),
+                      complexity=torch.rand(40, generator=g)), valid) for _ in range(2)]
+    one = torch.zeros(40, dtype=torch.bool)
+    one[3] = True
+    strided = (torch.rand(80, generator=g) > 0.3)[::2]
+    for has in (one, strided):
+        loss = torch.rand(int(has.sum()), generator=g)
+        got = stacked.rows(parts, [0, 1], False, has, loss)
+        assert text(got) == text(reference(parts, [0, 1], False, has, loss))
+        assert (got[0]["heads_loss_corr"] is None) == (has is one)
+    assert in_c == [True, True]
+
+
 def test_fields_the_kernels_cannot_take_go_to_the_torch_ops(monkeypatch):
     """float64 or strided fields: step_layers is not called (it reads float32 rows), the torch
     ops answer, the same values as the reference."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's goal figures in one go, for a quiet machine (load < 1, nothing else running).
 #
-#     bash bench/goal_figures.sh [OUT_DIR]       (from the repository root; ~8 minutes on 2 cores)
+#     bash bench/goal_figures.sh [OUT_DIR]       (from the repository root; ~13 minutes on 2 cores)
 #
 # 1. the default `moh train` run, timed 3 times (automatic threads), then `moh report` on the last;
 # 2. the reference corpus: time to loss <= 0.40 and the whole two-phase run (bench_time_to_target);
@@ -40,8 +40,11 @@ grep -iE "overhead|goal|^(off|default|full) " "$OUT/telemetry.log" | head -n 12
 # the records' share of real runs, timed in place (1 thread): less spread than whole runs
 run telemetry_in_place env OMP_NUM_THREADS=1 "$PY" bench/telemetry_in_place.py --epochs 10 --runs 3
 tail -n 1 "$OUT/telemetry_in_place.log"
-# ... and paired inside the step against a trainer that never logs (counts what the floor leaves out)
-run telemetry_ab env OMP_NUM_THREADS=1 "$PY" bench/telemetry_ab.py --threads 1 --repeat 3
+# ... and paired inside the step against a trainer that never logs (counts what the floor leaves
+# out): the judge, 1 thread, 1,500 periods twice; then the default 2 threads in wall time
+run telemetry_ab env OMP_NUM_THREADS=1 "$PY" bench/telemetry_ab.py --threads 1 --steps 3000 --repeat 2
 grep -E "telemetry" "$OUT/telemetry_ab.log"
+run telemetry_ab_wall2 "$PY" bench/telemetry_ab.py --steps 3000 --repeat 1 --clock wall
+grep -E "threads|telemetry" "$OUT/telemetry_ab_wall2.log" | head -n 2
 run throughput "$PY" bench/bench_throughput.py --steps 60
 grep -iE "mfu|peak|tokens/s" "$OUT/throughput.log" | head -n 8

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's goal figures in one go, for a quiet machine (load < 1, nothing else running).
 #
-#     bash bench/goal_figures.sh [OUT_DIR]       (from the repository root; ~13 minutes on 2 cores)
+#     bash bench/goal_figures.sh [OUT_DIR]       (from the repository root; ~7 minutes on 2 cores)
 #
 # 1. the default `moh train` run, timed 3 times (automatic threads), then `moh report` on the last;
 # 2. the reference corpus: time to loss <= 0.40 and the whole two-phase run (bench_time_to_target);

@@ -6,10 +6,11 @@ few hundred small operators, not arithmetic. When every layer of the step has th
 dtypes, fields and `valid` tensor (the engine's case, and a user model with identical blocks),
 this path stacks the layers into (L, N, H) tensors and makes each reduction once, indexes the
 valid and target tokens once each, ranks the loss and every layer's series in one call, and
-reads every value with one `tolist()`. On the CPU three passes of moh/native.c do all of it into
-one buffer: `head_count_stats` (every layer's head counts and their statistics),
-`series_stats` (the float series: thresholds, complexities, the entropy term, pred_norm,
-prob_mean) and `spearman_rows_at` (the loss alignment, reading the target tokens itself).
+reads every value with one `tolist()`. On the CPU one call of moh/native.c `step_layers` does
+all of it into one buffer, in three passes: `head_count_stats` (every layer's head counts and
+their statistics), `series_stats` (the float series: thresholds, complexities, the entropy
+term, pred_norm, prob_mean) and `spearman_rows_at` (the loss alignment, reading the target
+tokens itself).
 When the layers cannot be stacked `rows()` returns None and the caller takes the reference path.
 
 The written values are bit-identical to the reference (tests/moh/test_monitor_stacked.py
@@ -126,9 +127,9 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
     found = array.array("q", [0, 0])
     a = at.buffer_info()[0]
     addr = [a, a + 8 * L, a + 8 * (L + S), a + 8 * (L + S + len(probs)), a + 8 * (L + S + len(probs) + len(preds))]
-    has = has_target if in_call and has_target.is_contiguous() else (has_target.contiguous() if in_call else None)
+    has = None if not in_call else has_target if has_target.is_contiguous() else has_target.contiguous()
     kernels.step_layers(L, BT, H, addr[0], v.data_ptr(), int(full), S, addr[1] if S else None, Hp,
-                        addr[2] if Hp else None, addr[3] if preds else None, has.data_ptr() if in_call else None,
+                        addr[2] if Hp else None, addr[3] if preds else None, None if has is None else has.data_ptr(),
                         n_t, loss.data_ptr() if in_call else None, addr[4] if in_call else None,
                         scratch.buffer_info()[0] if in_call else None, buf.buffer_info()[0], found.buffer_info()[0])
     if found[0] == 0:

@@ -77,6 +77,31 @@ def test_accumulated_forwards_give_the_known_statistics(tmp_path):
     assert recs[0]["model"]["n_heads"] == 3 and recs[-1]["status"] == "completed"
 
 
+def test_routing_still_in_the_graph_gives_the_detached_record(tmp_path):
+    """routing() holds what a forward hook hands it as given (no detach: an operator each inside
+    a step); the statistics, one pass or accumulated, are the detached tensors' to the bit,
+    probabilities in float64 converted without a graph, and nothing is held after step()."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, requires_grad=True)
+    probs = logits.double().softmax(-1)  # a float64 router: converted to float32 by the recorder
+    tau, cx = logits.sigmoid().mean(-1), logits.tanh().abs().mean(-1)
+    sel = probs > 0.25
+    out = []
+    for name, grad in (("graph", True), ("detached", False)):
+        p_, t_, c_ = (probs, tau, cx) if grad else (probs.detach(), tau.detach(), cx.detach())
+        with Recorder(tmp_path / name, unit="head", log_every=1) as rec:
+            rec.routing(0, selected=sel, probs=p_, threshold=t_, complexity=c_)
+            rec.routing(1, selected=sel, probs=p_, threshold=t_, complexity=c_)
+            one = rec.step(1, loss=1.0)["layers"]
+            for _ in range(2):  # accumulation: the merged sums
+                rec.routing(0, selected=sel, probs=p_, threshold=t_, complexity=c_)
+            two = rec.step(2, loss=1.0)["layers"]
+            assert rec._acc == {}
+        out.append(json.dumps([one, two]))
+    assert out[0] == out[1]
+    assert logits.grad is None  # the recorder did not touch the graph
+
+
 def test_reduction_matches_the_engine_layer_stats_on_the_concatenated_tokens():
     g = torch.Generator().manual_seed(1)
     parts = []

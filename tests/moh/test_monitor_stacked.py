@@ -150,9 +150,9 @@ def test_known_answers_of_every_field(kernels):
 
 
 def test_an_alignment_the_call_cannot_rank_is_made_after_it(monkeypatch):
-    """One target token (nothing to rank) or a strided target mask: step_layers makes the rest
-    and the alignment comes from alignment.py after it: null for one token, values for the
-    strided mask, as the reference."""
+    """One target token (nothing to rank): step_layers makes the rest and the alignment comes
+    from alignment.py after it, null; a strided target mask is copied for the call: values. Both
+    as the reference."""
     in_c = spy_c(monkeypatch)
     g = torch.Generator().manual_seed(6)
     valid = torch.ones(40, dtype=torch.bool)

@@ -42,6 +42,7 @@ from . import stacked
 from .rows import layer_rows
 
 Extract = Callable[[nn.Module, tuple, Any], "Mapping[str, Any] | None"]
+_AUX_TERMS = frozenset(schema.AUX_TERMS)
 
 
 def _rank() -> int:
@@ -349,14 +350,13 @@ class Recorder:
             return None
         if aux_weighted is not None and aux_weights is not None:
             raise ValueError("give aux_weighted or aux_weights, not both")
-        unknown = sorted(set(aux or {}) - set(schema.AUX_TERMS))
+        unknown = sorted(t for t in aux or () if t not in _AUX_TERMS)
         if unknown:
             raise ValueError(f"unknown aux terms {unknown}; known: {schema.AUX_TERMS}")
         if norms is None:
             norms = self._grad_norms() if self._groups else (None, {g: None for g in schema.GRAD_GROUPS})
         norm, per = norms
-        with torch.no_grad():  # (the routing is held as given: no graph from its statistics)
-            layers = self._layer_rows(acc, token_loss, has_target)
+        layers = self._layer_rows(acc, token_loss, has_target)
         # every scalar of the record in one host read (the group norms in their own where they
         # are in one CPU tensor already)
         per_f = per.floats() if isinstance(per, GroupNorms) else None
@@ -408,6 +408,12 @@ class Recorder:
             rows = stacked.rows(parts, order, self.full, has_target, token_loss)
             if rows is not None:
                 return rows
+        with torch.no_grad():  # (the routing is held as given: no graph from its statistics)
+            return self._layer_rows_reduced(parts, order, token_loss, has_target)
+
+    def _layer_rows_reduced(self, parts: list, order: list[int], token_loss: torch.Tensor | None,
+                            has_target: torch.Tensor | None) -> list[dict]:
+        """_layer_rows layer by layer, or over ranks: layer_stats, or the sums all-reduced."""
         if _world() > 1:
             sums = [layer_sums.partial(*p, self.full) if isinstance(p, tuple) else p for p in parts]
             stats = [layer_sums.finish(s) for s in layer_sums.reduce(sums, distributed.sum_, distributed.max_)]

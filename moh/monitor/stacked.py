@@ -120,7 +120,8 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
     S, R = len(series), len(series) + (L if Hp else 0)
     end = L * BT + _count_stats(L, H, full) + 3 * R + len(preds) + (L * Hp if full else 0)
     # plain arrays: read out as floats below, nothing holds them after this call
-    buf = array.array("f", bytes(4 * (end + (2 * L if aligned else 0))))
+    size = end + (2 * L if aligned else 0)
+    buf = array.array("f", bytes(4 * size))
     m = (1 + 2 * L) * n_t
     scratch = array.array("d", bytes(8 * (m + 2 * L + 2 * n_t + (m + 1) // 2))) if in_call else None
     at = array.array("q", [t.data_ptr() for t in (*hards, *series, *probs, *preds, *cx)])
@@ -138,7 +139,8 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
         raise ValueError(f"{n_t} token values for {found[1]} marked tokens")
     if aligned and not in_call:  # (fewer than 2 targets, or too many to rank exactly)
         counts_all = torch.frombuffer(buf, dtype=_F32, count=L * BT).view(L, BT)
-        buf[end:] = array.array("f", _alignment(cx, counts_all, has_target, token_loss).tolist())
+        with torch.no_grad():
+            buf[end:] = array.array("f", _alignment(cx, counts_all, has_target, token_loss).tolist())
     return buf[L * BT:].tolist(), found[0]
 
 
@@ -169,7 +171,18 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
         if n == 0:  # the reference's min() of no tokens raises: let it say so
             return None
         return _assemble(vals, L, H, r0, layers, per_token, full, has_target is not None, aligned)
-    # torch ops: the head counts, every token's (L, B*T) and over the valid tokens
+    with torch.no_grad():  # (the routing is held as given: no graph from its statistics)
+        return _rows_torch(rs, v, layers, full, per_token, has_target, token_loss, aligned)
+
+
+def _rows_torch(rs: list[Routing], v: torch.Tensor, layers: list[int], full: bool, per_token: list[str],
+                has_target: torch.Tensor | None, token_loss: torch.Tensor | None, aligned: bool
+                ) -> list[dict] | None:
+    """rows() in torch ops, where the kernels cannot take the fields."""
+    BT, L, r0 = v.numel(), len(rs), rs[0]
+    H = r0.hard.shape[-1]
+    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
+    # the head counts, every token's (L, B*T) and over the valid tokens
     idx = v.nonzero().squeeze(1)  # the valid tokens, once for every field of every layer
     N = idx.numel()
     if N == 0:

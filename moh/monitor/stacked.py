@@ -105,6 +105,14 @@ def _values_in_c(rs: list[Routing], v: torch.Tensor, full: bool, per_token: list
     for t in (*series, *probs, *preds):
         if t.dtype is not _F32 or not t.is_cpu or not t.is_contiguous():
             return None
+    # one value a token (Hp a token for probs): the C pass reads that many, nothing checked
+    # them before (the torch ops raise on another shape, as the reference does)
+    for t in series:
+        if t.numel() != BT:
+            return None
+    for t in probs:
+        if t.numel() != BT * Hp:
+            return None
     kernels = native.lib()
     if kernels is None:
         return None

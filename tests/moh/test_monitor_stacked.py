@@ -169,6 +169,21 @@ def test_an_alignment_the_call_cannot_rank_is_made_after_it(monkeypatch):
     assert in_c == [True, True]
 
 
+def test_a_field_of_the_wrong_length_is_refused_not_read_past(monkeypatch):
+    """A threshold or probability table with fewer values than tokens (a caller's bug): the C
+    pass is not called (it would read past the tensor); the torch ops raise, as the reference."""
+    in_c = spy_c(monkeypatch)
+    valid = torch.ones(6, dtype=torch.bool)
+    hard = torch.rand(6, 3) > 0.5
+    for short in ({"tau": torch.rand(4)}, {"probs": torch.rand(4, 3)}):
+        parts = [(Routing(hard=hard, **short), valid) for _ in range(2)]
+        with pytest.raises((IndexError, RuntimeError)):
+            stacked.rows(parts, [0, 1], False, None, None)
+        with pytest.raises((IndexError, RuntimeError)):
+            reference(parts, [0, 1], False, None, None)
+    assert in_c == [False, False]
+
+
 def test_fields_the_kernels_cannot_take_go_to_the_torch_ops(monkeypatch):
     """float64 or strided fields: step_layers is not called (it reads float32 rows), the torch
     ops answer, the same values as the reference."""

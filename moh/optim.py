@@ -313,8 +313,10 @@ class GradNorms:
         torch formulation's values to float32 rounding (here the fused rows' squares never go
         through a rounded norm)."""
         fused = [grads[i] if raw[i] is not None else None for i in self.fused]
-        if not squares.is_cpu or any(g is not None and (not g.is_cpu or not g.is_contiguous()) for g in fused):
-            return None
+        if not squares.is_cpu or any(g is not None and (not g.is_cpu or not g.is_contiguous()
+                                                        or g.numel() != self._rows[j] * self._widths[j])
+                                     for j, g in enumerate(fused)):
+            return None  # (a gradient of another size than the table's parameter: never read past it)
         kernels = native.lib()
         if kernels is None:
             return None

@@ -384,6 +384,23 @@ def test_group_norms_in_c_are_the_torch_formulation_to_float32_rounding(monkeypa
     assert sum(v is not None for v in in_c.values()) == 6
 
 
+def test_a_fused_tensor_resized_after_the_table_is_not_read_past():
+    """GradNorms reads its table once; a fused parameter given smaller data later (fewer rows
+    than the table's) is not handed to the C pass, which would read past its end: the torch
+    formulation says the table no longer fits."""
+    from moh.monitor.groups import named_groups
+    from moh.optim import GradNorms
+
+    model = torch.nn.Module()
+    model.gate = _FusedRouter()
+    norms = GradNorms(named_groups(model))
+    model.gate.weight.data = torch.zeros(2, 2)  # 3 rows in the table
+    model.gate.weight.grad = torch.ones(2, 2)
+    model.gate.bias.grad = torch.ones(2)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        norms()
+
+
 def test_the_adaptive_routers_rows_are_its_three_groups():
     from moh.model import LM
     from moh.optim import named_groups

@@ -716,8 +716,8 @@ void spearman_rows_at(int64_t n_all, const uint8_t *has, int64_t n, const float 
    division; std is torch's 1-d CPU std below its parallel grain (the caller checks): the squared
    deviations from the float32 mean summed in token order in double, over n, square-rooted in
    double, cast to float32. */
-void head_count_stats(int64_t L, int64_t n_all, int64_t H, const uint8_t *const *hard, const uint8_t *valid,
-                      int hist, float *counts, float *stats, int64_t *found) {
+static void head_count_stats(int64_t L, int64_t n_all, int64_t H, const uint8_t *const *hard,
+                             const uint8_t *valid, int hist, float *counts, float *stats, int64_t *found) {
     int64_t n = 0;
     for (int64_t i = 0; i < n_all; i++) n += valid[i] != 0;
     *found = n;
@@ -766,8 +766,8 @@ void head_count_stats(int64_t L, int64_t n_all, int64_t H, const uint8_t *const 
    unless the double sums' different orders straddle a float32 rounding boundary, ~2^-29 of
    values); the entropy term is double throughout. Min and max are exact; a NaN makes its row's
    mean, min and max NaN, as torch's. */
-void series_stats(int64_t n_all, const uint8_t *valid, int64_t n, int64_t S, const float *const *series, int64_t L,
-                  int64_t Hp, const float *const *probs, const float *const *pred, int prob_mean, float *out) {
+static void series_stats(int64_t n_all, const uint8_t *valid, int64_t n, int64_t S, const float *const *series,
+                         int64_t L, int64_t Hp, const float *const *probs, const float *const *pred, int prob_mean, float *out) {
     const int64_t R = S + (probs ? L : 0);
     float *mean = out, *lo = out + R, *hi = out + 2 * R, *tail = out + 3 * R;
     for (int64_t r = 0; r < R; r++) {

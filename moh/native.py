@@ -42,10 +42,8 @@ SIGNATURES = {  # argument types, in the C declarations' order
     "aux_sums_backward": [_I, _I, _P, _P, _F, _F, _P, _P, ctypes.c_int, _P],
     "average_ranks": [_I, _I, _P, _P, _P, _P],
     "spearman_rows": [_I, _I, _P, _P, _P, _P, _P],
-    "head_count_stats": [_I, _I, _I, _P, _P, ctypes.c_int, _P, _P, _P],
     "spearman_rows_at": [_I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
     "rank_quantiles_at": [_I, _P, _I, _P, _P, _P, _P, _P],
-    "series_stats": [_I, _P, _I, _I, _P, _I, _I, _P, _P, ctypes.c_int, _P],
     "group_norms": [_I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P],
     "step_layers": [_I, _I, _I, _P, _P, ctypes.c_int, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P],
 }

@@ -236,8 +236,9 @@ class GradNorms:
         self._rows = array.array("q", [self.params[i].shape[0] for i in self.fused])
         self._widths = array.array("q", [self.params[i].numel() // max(self.params[i].shape[0], 1)
                                          for i in self.fused])
-        self._out: array.array | None = None
-        self._scratch: array.array | None = None
+        # group_norms' output and its double scratch (one per fused row), read out as floats
+        self._out = array.array("f", bytes(4 * len(self.members)))
+        self._scratch = array.array("d", bytes(8 * (self.columns - len(self.params))))
 
     def membership(self, device: torch.device) -> torch.Tensor:
         """(groups, columns) 0/1: which squares each group sums."""
@@ -320,9 +321,6 @@ class GradNorms:
         kernels = native.lib()
         if kernels is None:
             return None
-        if self._out is None:  # the output and the double scratch, made once (read out as floats below)
-            self._out = array.array("f", bytes(4 * len(self.members)))
-            self._scratch = array.array("d", bytes(8 * (self.columns - len(self.params))))
         addresses = array.array("q", [0 if g is None else g.data_ptr() for g in fused])
         kernels.group_norms(len(self.params), squares.data_ptr(), len(fused), _address(addresses),
                             _address(self._rows), _address(self._widths), len(self.members),

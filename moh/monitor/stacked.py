@@ -163,10 +163,8 @@ def rows(parts: list[tuple[Routing, torch.Tensor]], layers: list[int], full: boo
         return None
     rs = [r for r, _ in parts]
     v = parts[0][1].reshape(-1)
-    BT = v.numel()
     L, r0 = len(rs), rs[0]
     H = r0.hard.shape[-1]
-    Hp = 0 if r0.probs is None else r0.probs.shape[-1]
     # every per-token series whose mean / min / max is logged, one row each: (the head counts, L,
     # on the torch path) threshold (L) and complexity (L) where present, then each token's sum of
     # p log p (L; the entropy is minus its mean, negated in _assemble: mean(-x) is -mean(x) to
